@@ -1,0 +1,1 @@
+"""Drop-in sparse modules and ``sparsify``: no trainer, no workflow knowledge."""

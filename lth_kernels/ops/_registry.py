@@ -1,0 +1,133 @@
+"""Backend registry: which implementations of each op exist, which are live, and which one a call gets.
+
+Every op has a plain-PyTorch ``reference`` backend (any device, the test oracle) and optionally ``cpu``
+(compiled C++/OpenMP), ``cuda`` (compiled CUDA) and ``triton`` backends. Selection, in order: the
+per-call ``backend=`` argument, the ``LTH_KERNELS_BACKEND`` environment variable (a backend name, or
+``op=backend,op=backend``), then the first live backend in the op's preference order for the device.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from lth_kernels import _ext
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+# Default preference per device type; an op may override it (e.g. when Triton beats the CUDA kernel).
+DEFAULT_PREFERENCE = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+
+
+def _triton_status(device: torch.device) -> tuple[bool, str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:  # pragma: no cover - triton ships with CUDA builds of torch
+        return False, f"triton not importable ({e})"
+    if device.type == "cuda":
+        return True, "ok"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, "ok (TRITON_INTERPRET=1: interpreter on CPU tensors)"
+    return False, "Triton runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1)"
+
+
+def backend_status(backend: str, device: torch.device | str, needs: str | None = None) -> tuple[bool, str]:
+    """(live, reason) for a backend on a device. ``needs`` names the compiled symbol the op requires."""
+    device = torch.device(device)
+    if backend == "reference":
+        return True, "ok"
+    if backend == "triton":
+        return _triton_status(device)
+    if backend in ("cpu", "cuda"):
+        if device.type != backend:
+            return False, f"{backend} backend runs on {backend} tensors, not {device.type}"
+        if _ext.C is None:
+            return False, f"lth_kernels._C not built ({_ext.load_error})"
+        if backend == "cuda" and not _ext.has_cuda():
+            return False, "lth_kernels._C built without CUDA sources"
+        if backend == "cuda" and not torch.cuda.is_available():
+            return False, "no CUDA device"
+        if needs is not None and not _ext.has_op(needs):
+            return False, f"_C has no {needs}"
+        return True, "ok"
+    raise ValueError(f"backend: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+
+
+@dataclass
+class OpBackends:
+    """The implementations of one public op, keyed by backend name."""
+
+    name: str
+    impls: dict[str, Callable] = field(default_factory=dict)
+    needs: dict[str, str] = field(default_factory=dict)  # backend -> compiled op it calls
+    preference: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_PREFERENCE))
+
+    def status(self, backend: str, device: torch.device | str) -> tuple[bool, str]:
+        if backend not in self.impls:
+            return False, "not implemented for this op"
+        return backend_status(backend, device, self.needs.get(backend))
+
+
+_OPS: dict[str, OpBackends] = {}
+
+
+def register(op: str, backend: str, *, needs: str | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as the ``backend`` implementation of ``op``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+
+    def deco(fn: Callable) -> Callable:
+        entry = _OPS.setdefault(op, OpBackends(op))
+        entry.impls[backend] = fn
+        if needs is not None:
+            entry.needs[backend] = needs
+        return fn
+
+    return deco
+
+
+def set_preference(op: str, device_type: str, order: tuple[str, ...]) -> None:
+    """Override the automatic backend order of ``op`` on ``device_type`` (from measured dispatch tables)."""
+    _OPS.setdefault(op, OpBackends(op)).preference[device_type] = tuple(order)
+
+
+def ops() -> dict[str, OpBackends]:
+    return dict(_OPS)
+
+
+def _env_choice(op: str) -> str | None:
+    value = os.environ.get("LTH_KERNELS_BACKEND", "").strip()
+    if not value:
+        return None
+    if "=" not in value:
+        return value
+    for item in value.split(","):
+        name, _, backend = item.partition("=")
+        if name.strip() == op:
+            return backend.strip()
+    return None
+
+
+def resolve(op: str, device: torch.device | str, backend: str | None = None) -> str:
+    """The backend name a call of ``op`` on ``device`` runs with."""
+    entry = _OPS[op]
+    device = torch.device(device)
+    choice = backend or _env_choice(op)
+    if choice and choice != "auto":
+        if choice not in BACKENDS:
+            raise ValueError(f"backend: unknown backend {choice!r} for {op}; valid: {', '.join(BACKENDS)}")
+        live, why = entry.status(choice, device)
+        if not live:
+            raise RuntimeError(f"backend: {choice!r} is not available for {op} on {device}: {why}")
+        return choice
+    for name in entry.preference.get(device.type, ("reference",)):
+        if entry.status(name, device)[0]:
+            return name
+    return "reference"
+
+
+def implementation(op: str, backend: str) -> Callable:
+    return _OPS[op].impls[backend]

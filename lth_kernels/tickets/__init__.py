@@ -1,0 +1,1 @@
+"""Tickets (name -> bool mask + metadata), pruning strategies, mask distances, import/export."""

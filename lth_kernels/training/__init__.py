@@ -1,0 +1,1 @@
+"""The one Trainer, hparams, schedules, checkpoints, run directories, metrics, distributed helpers."""
