@@ -142,7 +142,11 @@ def write_build_info(path: str, info: dict[str, str]) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     # Keep the old file (and its mtime) when nothing changed, so ninja does not rebuild module.cpp.
-    if os.path.exists(path) and open(path).read() == text:
+    old = None
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+    if old == text:
         os.remove(tmp)
     else:
         os.replace(tmp, path)

@@ -2,5 +2,7 @@
 
 __version__ = "0.1.0"
 
-from lth_kernels import _ext  # noqa: F401  (loads _C if built; says why once if not)
-from lth_kernels import ops  # noqa: F401
+from lth_kernels import (
+    _ext,  # noqa: F401  (loads _C if built; says why once if not)
+    ops,  # noqa: F401
+)

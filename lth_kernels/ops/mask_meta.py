@@ -91,16 +91,20 @@ if HAS_TRITON:
         tl.store(out_ptr + rows * n_cols + cols, bit.to(tl.int8), mask=inside)
 
     @triton.jit
-    def _tile_occupancy_kernel(mask_ptr, out_ptr, n_rows, n_cols, n_tile_cols, BM: tl.constexpr,
-                               BN: tl.constexpr, SUB: tl.constexpr):
-        # One program per (BM x BN) tile, scanned in (SUB x BN) strips so big tiles stay in registers.
+    def _tile_occupancy_kernel(mask_ptr, out_ptr, n_rows, n_cols, n_tile_cols, bm, bn, BN: tl.constexpr,
+                               SUB: tl.constexpr):
+        # One program per (bm x bn) tile, scanned in (SUB x BN) strips (BN = next pow2 of bn) so any tile shape
+        # works and big tiles stay in registers.
         ti = tl.program_id(0)
         tj = tl.program_id(1)
-        cols = tj * BN + tl.arange(0, BN)[None, :]
+        offs_c = tl.arange(0, BN)[None, :]
+        cols = tj * bn + offs_c
         any_kept = tl.zeros((SUB, BN), dtype=tl.int32)
-        for r0 in range(0, BM, SUB):
-            rows = ti * BM + r0 + tl.arange(0, SUB)[:, None]
-            m = tl.load(mask_ptr + rows * n_cols + cols, mask=(rows < n_rows) & (cols < n_cols), other=0)
+        for r0 in range(0, bm, SUB):
+            offs_r = r0 + tl.arange(0, SUB)[:, None]
+            rows = ti * bm + offs_r
+            inside = (offs_r < bm) & (offs_c < bn) & (rows < n_rows) & (cols < n_cols)
+            m = tl.load(mask_ptr + rows * n_cols + cols, mask=inside, other=0)
             any_kept = tl.maximum(any_kept, (m != 0).to(tl.int32))
         tl.store(out_ptr + ti * n_tile_cols + tj, (tl.max(tl.max(any_kept, axis=1), axis=0) > 0).to(tl.int8))
 
@@ -134,11 +138,10 @@ if HAS_TRITON:
         tr, tc = triton.cdiv(rows, bm), triton.cdiv(cols, bn)
         out = torch.empty(tr, tc, dtype=torch.bool, device=mask.device)
         if out.numel():
-            BM, BN = triton.next_power_of_2(bm), triton.next_power_of_2(bn)
-            if (BM, BN) != (bm, bn):  # the kernel tiles in powers of two; fall back for odd tile shapes
-                return tile_occupancy_reference(mask, bm, bn)
-            _tile_occupancy_kernel[(tr, tc)](_as_bytes(mask), out.view(torch.int8), rows, cols, tc, BM=BM, BN=BN,
-                                             SUB=min(BM, 16))
+            BN = triton.next_power_of_2(bn)
+            SUB = max(1, min(triton.next_power_of_2(bm), 4096 // BN))
+            _tile_occupancy_kernel[(tr, tc)](_as_bytes(mask), out.view(torch.int8), rows, cols, tc, bm, bn, BN=BN,
+                                             SUB=SUB)
         return out
 
 
