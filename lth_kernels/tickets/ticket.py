@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import math
 import os
 import uuid
@@ -138,6 +139,19 @@ class Ticket(Mapping[str, torch.Tensor]):
         total, kept = self.num_total, self.num_kept
         return {"total": total, "unpruned": kept, "density": kept / total if total else 1.0,
                 "sparsity": 1.0 - (kept / total if total else 1.0), "layers": layers}
+
+    def save_report(self, path: str | os.PathLike) -> Path:
+        """Write ``report()`` as JSON (``sparsity_report.json``), atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.report(), indent=2) + "\n")
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
 
     # ------------------------------------------------------------------------------------------ comparisons
 

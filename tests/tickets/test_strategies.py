@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from lth_kernels.tickets import Ticket, get_strategy, prunable_parameters, prune, register_strategy, strategy_names
+from lth_kernels.tickets import (
+    Ticket,
+    get_strategy,
+    prunable_parameters,
+    prune,
+    register_strategy,
+    shuffle,
+    strategy_names,
+)
 from lth_kernels.tickets.strategies import Strategy
 from lth_kernels.tickets.strategies.base import _REGISTRY
 from tests.tickets._models import CNN, MLP, FakeMaskedLinear
@@ -270,3 +278,16 @@ def test_registry():
         register_strategy("magnitude")(FirstColumn)
     with pytest.raises(TypeError, match="Strategy subclass"):
         register_strategy("x")(object)
+
+
+def test_shuffle_keeps_counts():
+    model = MLP(d_in=30, hidden=(40, 20))
+    t = prune(model, "magnitude", 0.6)
+    lw = shuffle(t, scope="layerwise", generator=torch.Generator().manual_seed(0))
+    assert all(int(lw[n].sum()) == int(t[n].sum()) for n in t) and not lw.equal(t)
+    assert lw.metadata["strategy"] == "shuffle_layerwise" and lw.metadata["shuffled_from"] == "magnitude"
+    g = shuffle(t, scope="global", generator=torch.Generator().manual_seed(0), exclude=("fc",))
+    assert g.num_kept == t.num_kept and torch.equal(g["fc.weight"], t["fc.weight"])
+    assert shuffle(t, scope="global", generator=torch.Generator().manual_seed(0), exclude=("fc",)).equal(g)
+    with pytest.raises(ValueError, match="scope: "):
+        shuffle(t, scope="even")

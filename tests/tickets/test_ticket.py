@@ -216,3 +216,9 @@ def test_apply_wrapped_model():
     wrapped = nn.DataParallel(model)
     t.apply(wrapped)
     assert Ticket.from_model(model).equal(t)
+
+
+def test_save_report(tmp_path):
+    t = Ticket(A)
+    path = t.save_report(tmp_path / "level_1" / "sparsity_report.json")
+    assert json.loads(path.read_text()) == json.loads(json.dumps(t.report()))

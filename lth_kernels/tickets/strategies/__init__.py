@@ -14,7 +14,8 @@ from lth_kernels.tickets.strategies import (  # noqa: F401
 )
 from lth_kernels.tickets.strategies._prune import prune
 from lth_kernels.tickets.strategies.base import PruneContext, Strategy, get_strategy, register_strategy, strategy_names
+from lth_kernels.tickets.strategies.random import shuffle
 from lth_kernels.tickets.strategies.structure import Structure, parse_structure
 
 __all__ = ["PruneContext", "Strategy", "Structure", "get_strategy", "parse_structure", "prune", "register_strategy",
-           "strategy_names"]
+           "shuffle", "strategy_names"]

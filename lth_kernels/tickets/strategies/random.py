@@ -1,14 +1,20 @@
 """Random pruning, the open_lth control: ``scope="global"`` shuffles across layers, ``"layerwise"`` within
 each layer. Each group gets a distinct random rank (one ``randperm`` drawn from ``generator``), so the
-counts are exact (no ties) and the same generator state gives the same ticket."""
+counts are exact (no ties) and the same generator state gives the same ticket.
+
+``shuffle(ticket, scope=...)`` is open_lth's ``randomly_prune`` branch: it keeps a given ticket's counts
+(per layer or in total) and moves the kept weights to random places."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
+from lth_kernels.tickets.prunable import excluded
 from lth_kernels.tickets.strategies.base import PruneContext, Strategy, register_strategy
+from lth_kernels.tickets.ticket import Ticket
 
 
 @register_strategy("random")
@@ -28,3 +34,31 @@ class Random(Strategy):
                                                         device=ctx.current[name].device), ctx.current[name])[1]
                  for name in shapes}
         return scores, alive
+
+
+def shuffle(ticket: Ticket, *, scope: str = "layerwise", generator: torch.Generator | None = None,
+            exclude: Iterable[str] = ()) -> Ticket:
+    """open_lth's ``randomly_prune`` control: the same number of kept weights as ``ticket``, at random places.
+
+    ``scope="layerwise"`` keeps each layer's count (shuffle within layers); ``"global"`` keeps only the
+    total (shuffle across layers). Entries matching ``exclude`` globs are left as they are.
+    """
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"scope: expected 'global' or 'layerwise', got {scope!r}")
+    globs = tuple(exclude) if not isinstance(exclude, str) else (exclude,)
+    names = [n for n in ticket if not excluded(n, globs)]
+    out = dict(ticket.items())
+    if scope == "layerwise":
+        for n in names:
+            flat = ticket[n].flatten()
+            out[n] = flat[torch.randperm(flat.numel(), generator=generator)].reshape(ticket[n].shape)
+    elif names:
+        flat = torch.cat([ticket[n].flatten() for n in names])
+        flat = flat[torch.randperm(flat.numel(), generator=generator)]
+        offset = 0
+        for n in names:
+            size = ticket[n].numel()
+            out[n] = flat[offset:offset + size].reshape(ticket[n].shape)
+            offset += size
+    return Ticket(out, {**ticket.metadata, "strategy": f"shuffle_{scope}",
+                        "shuffled_from": ticket.metadata.get("strategy", "")})
