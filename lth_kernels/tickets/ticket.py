@@ -49,8 +49,9 @@ def _as_mask(name: str, value: Any) -> torch.Tensor:
     if value.dtype != torch.bool:
         if not bool(((value == 0) | (value == 1)).all()):
             raise ValueError(f"masks[{name!r}]: a mask holds only 0 and 1, got values {value.unique()[:5].tolist()}")
-        value = value != 0
-    return value.detach().to("cpu").contiguous()
+        return (value != 0).to("cpu").contiguous()
+    # Copy: a ticket must not alias a layer's mask buffer that set_mask later overwrites in place.
+    return value.detach().to("cpu", copy=True).contiguous()
 
 
 def shapes_hash(masks: Mapping[str, torch.Tensor]) -> str:

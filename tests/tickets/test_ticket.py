@@ -222,3 +222,10 @@ def test_save_report(tmp_path):
     t = Ticket(A)
     path = t.save_report(tmp_path / "level_1" / "sparsity_report.json")
     assert json.loads(path.read_text()) == json.loads(json.dumps(t.report()))
+
+
+def test_ticket_does_not_alias_layer_masks():
+    model = nn.Sequential(FakeMaskedLinear(4, 3))
+    t = Ticket.from_model(model)
+    model[0].set_mask(torch.zeros(3, 4, dtype=torch.bool))
+    assert bool(t["0.weight"].all())
