@@ -24,7 +24,8 @@ def collect() -> dict:
     gpu = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        gpu = {"name": props.name, "capability": f"{props.major}.{props.minor}", "memory_gib": props.total_memory / 2**30}
+        gpu = {"name": props.name, "capability": f"{props.major}.{props.minor}",
+               "memory_gib": props.total_memory / 2**30}
     devices = ["cpu", "cuda"]  # cuda too without a GPU: the table then says why each GPU backend is off
     ops = {}
     for name, entry in sorted(_registry.ops().items()):
@@ -65,9 +66,8 @@ def format_info(info: dict) -> str:
         cuda = f"CPU + CUDA (archs {ext.get('archs')})" if ext.get("with_cuda") == "1" else "CPU only"
         lines.append(f"extension    _C built: {cuda}; {ext.get('cuda_decision')}; {ext.get('compiler')}")
     gpu = info["gpu"]
-    lines.append(
-        f"gpu          {gpu['name']} (sm {gpu['capability']}, {gpu['memory_gib']:.0f} GiB)" if gpu else "gpu          none"
-    )
+    gpu_text = f"{gpu['name']} (sm {gpu['capability']}, {gpu['memory_gib']:.0f} GiB)" if gpu else "none"
+    lines.append(f"gpu          {gpu_text}")
     lines.append("")
     width = max((len(n) for n in info["ops"]), default=4) + 2
     for name, per_device in info["ops"].items():
