@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 
 $(VENV)/.deps-stamp: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "setuptools>=64" wheel ninja
+	$(PY) -m pip install -q "setuptools>=77" wheel ninja
 	$(PY) -m pip install -q $(TORCH_PINS)
 	LTH_KERNELS_SKIP_BUILD=1 $(PY) -m pip install -q --no-build-isolation -e ".[dev]" $(TORCH_PINS)
 	touch $@
