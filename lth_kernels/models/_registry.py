@@ -156,13 +156,18 @@ def load_weights(model: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Mod
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint_path: no file at {path}")
     state = strip_prefixes(_read_state_dict(path))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
         def few(keys):
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "") if keys else "none"
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "") if keys else "none"
 
         raise ValueError(f"checkpoint_path: {path} does not fit model {getattr(model, 'model_name', '?')}: "
-                         f"missing {few(result.missing_keys)}; unexpected {few(result.unexpected_keys)}")
+                         f"missing {few(missing)}; unexpected {few(unexpected)}; shape (file vs model) {few(shapes)}")
+    model.load_state_dict(state, strict=True)
     return model
 
 
