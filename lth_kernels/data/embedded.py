@@ -45,7 +45,10 @@ def _synthetic(*, data_dir, download, augment, num_classes: int = 10, in_chans: 
     global pooling can pick it up); a sample is its class prototype plus Gaussian noise of std ``noise``.
     Classes are balanced. Images are normalised with the training split's per-channel mean/std.
     """
-    h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(hw) != 2:
+        raise ValueError(f"img_size: expected an int or (h, w), got {img_size!r}")
+    h, w = hw
     for arg, v in (("num_classes", num_classes), ("in_chans", in_chans), ("img_size", min(h, w)),
                    ("num_train", num_train), ("num_test", num_test)):
         if not isinstance(v, int) or v < 1:
