@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from lth_kernels.tickets.prunable import canonical_name, iter_maskable, unwrap_model
+from lth_kernels.tickets.prunable import canonical_name, iter_maskable, model_name, unwrap_model
 from lth_kernels.tickets.ticket import Ticket, TicketError
 
 
@@ -36,7 +36,7 @@ def from_torch_prune(model: nn.Module, *, include_unpruned: bool = True) -> Tick
         for name, module, _ in iter_maskable(model):
             ordered[name] = masks.pop(name) if name in masks else torch.ones(module.weight.shape, dtype=torch.bool)
         masks = {**ordered, **masks}
-    meta = {"model": type(unwrap_model(model)).__name__, "strategy": "torch_prune", "structure": "unstructured"}
+    meta = {"model": model_name(model), "strategy": "torch_prune", "structure": "unstructured"}
     return Ticket(masks, meta)
 
 

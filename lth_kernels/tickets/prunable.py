@@ -38,6 +38,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def model_name(model: nn.Module) -> str:
+    """The registry name a model was created from (``model_name``), else its class name."""
+    inner = unwrap_model(model)
+    name = getattr(inner, "model_name", None)
+    return name if isinstance(name, str) and name else type(inner).__name__
+
+
 def _is_maskable_module(module: nn.Module) -> bool:
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         return isinstance(getattr(module, "weight", None), torch.Tensor)

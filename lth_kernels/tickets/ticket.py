@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lth_kernels.tickets.prunable import canonical_name, iter_maskable, maskable_parameters, unwrap_model
+from lth_kernels.tickets.prunable import canonical_name, iter_maskable, maskable_parameters, model_name
 
 FORMAT = "lth_kernels.ticket"
 FORMAT_VERSION = 1
@@ -227,7 +227,7 @@ class Ticket(Mapping[str, torch.Tensor]):
                 masks[name] = mask
             else:
                 masks[name] = torch.ones(module.weight.shape, dtype=torch.bool)
-        meta = {"model": type(unwrap_model(model)).__name__, "strategy": "from_model", "structure": "unstructured"}
+        meta = {"model": model_name(model), "strategy": "from_model", "structure": "unstructured"}
         return cls(masks, {**meta, **(metadata or {})})
 
     @classmethod
@@ -235,7 +235,7 @@ class Ticket(Mapping[str, torch.Tensor]):
              ) -> Ticket:
         """The dense ticket: all-ones masks for every maskable weight except ``exclude`` globs."""
         masks = {name: torch.ones(p.shape, dtype=torch.bool) for name, p in maskable_parameters(model, exclude).items()}
-        meta = {"model": type(unwrap_model(model)).__name__, "strategy": "dense", "structure": "unstructured",
+        meta = {"model": model_name(model), "strategy": "dense", "structure": "unstructured",
                 "level": "0"}
         return cls(masks, {**meta, **(metadata or {})})
 

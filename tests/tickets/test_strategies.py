@@ -291,3 +291,16 @@ def test_shuffle_keeps_counts():
     assert shuffle(t, scope="global", generator=torch.Generator().manual_seed(0), exclude=("fc",)).equal(g)
     with pytest.raises(ValueError, match="scope: "):
         shuffle(t, scope="even")
+
+
+def test_registry_models_default_exclusions():
+    from lth_kernels.models import create_model
+
+    lenet = create_model("lenet_300_100", num_classes=10, in_chans=1, img_size=28)
+    t = prune(lenet, "magnitude", 0.2)
+    assert t.metadata["model"] == "lenet_300_100"
+    assert bool(t["fc.weight"].all())  # open_lth: LeNet ignores its output layer
+    names = list(prunable_parameters(lenet))
+    assert "fc.weight" not in names and _kept(t, names) == sum(t[n].numel() for n in names) * 4 // 5
+    resnet = create_model("cifar_resnet_8", num_classes=10, in_chans=3, img_size=32)
+    assert set(prunable_parameters(resnet)) == set(Ticket.ones(resnet))  # ResNets exclude nothing

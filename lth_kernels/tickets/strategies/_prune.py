@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lth_kernels.tickets.prunable import canonical_name, iter_maskable, prunable_parameters, unwrap_model
+from lth_kernels.tickets.prunable import canonical_name, iter_maskable, model_name, prunable_parameters
 from lth_kernels.tickets.strategies.base import PruneContext, get_strategy
 from lth_kernels.tickets.strategies.structure import BLOCK_NORMS, RULES, fraction_count, parse_structure
 from lth_kernels.tickets.ticket import Ticket
@@ -113,7 +113,7 @@ def prune(model: nn.Module, strategy: str, fraction: float | None = None, *,
     except ValueError:
         level = "1"
     meta = {"strategy": strat.name, "structure": str(st), "level": level,
-            "model": base.metadata.get("model", type(unwrap_model(model)).__name__)}
+            "model": base.metadata.get("model", model_name(model))}
     if not st.fixed_density:
         meta.update(scope=scope, fraction=repr(fraction))
     if rule != "exact":

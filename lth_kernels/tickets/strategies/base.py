@@ -62,8 +62,7 @@ class Strategy:
         groups, alive = {}, {}
         for name, s in scores.items():
             a = ctx.current[name].to(s.device)
-            live = s[a]
-            if not bool(torch.isfinite(live).all()):
+            if not bool(torch.isfinite(s).logical_or_(~a).all()):
                 raise FloatingPointError(f"strategy {self.name!r} produced non-finite scores for {name!r}")
             groups[name], alive[name] = ctx.structure.reduce(s, a, norm=ctx.block_norm, signed=self.signed)
         return groups, alive

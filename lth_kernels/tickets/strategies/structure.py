@@ -135,45 +135,50 @@ def fraction_count(fraction: float) -> Count:
     return count
 
 
-def _keep_above(scores: torch.Tensor, n: int, rule: str) -> torch.Tensor:
-    """Keep flags for one unit (flat alive ``scores`` of the unit), removing ``n`` by the threshold rule."""
-    remaining = scores.numel()
+def _threshold(scores: torch.Tensor, remaining: int, n: int, rule: str) -> torch.Tensor | None | bool:
+    """The keep threshold of one unit: ``scores`` flat with dead groups at +inf, ``remaining`` alive ones.
+
+    Returns ``None`` (remove nothing), ``False`` (remove every alive group) or the threshold value.
+    """
     k = n if rule == "exact" else n + 1  # open_lth: threshold = sorted(scores)[n] (0-based)
     if n <= 0 or remaining == 0:
-        return torch.ones_like(scores, dtype=torch.bool)
+        return None
     if k > remaining:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    threshold = torch.kthvalue(scores, k).values
-    return scores > threshold
+        return False
+    return torch.kthvalue(scores, k).values  # dead groups (+inf) sort last: the k-th is an alive one
+
+
+def _keep(scores: torch.Tensor, alive: torch.Tensor, threshold: torch.Tensor | None | bool) -> torch.Tensor:
+    if threshold is None:
+        return alive.clone()
+    if threshold is False:
+        return torch.zeros_like(alive)
+    return alive & (scores > threshold.to(scores.device, scores.dtype))
 
 
 def threshold_select(scores: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], scope: str, count: Count,
                      rule: str = "exact") -> dict[str, torch.Tensor]:
     """Group scores + alive flags -> keep flags (per name), removing ``count(unit, remaining)`` per unit."""
-    keep = {}
+    # Dead groups become +inf instead of being dropped: a boolean gather of every score costs more than kthvalue.
+    inf = math.inf
     if scope == "layerwise":
+        keep = {}
         for name, s in scores.items():
             a = alive[name]
-            flat_keep = _keep_above(s[a], count(name, int(a.sum())), rule)
-            k = torch.zeros_like(a)
-            k[a] = flat_keep
-            keep[name] = k
+            remaining = int(a.sum())
+            flat = torch.where(a, s, torch.full((), inf, dtype=s.dtype, device=s.device)).flatten()
+            keep[name] = _keep(s, a, _threshold(flat, remaining, count(name, remaining), rule))
         return keep
     names = list(scores)
     device = scores[names[0]].device
     # One dtype for the global ranking: float32 holds fp32/fp16/bf16 scores exactly; float64 if any is float64.
     dtype = torch.float64 if any(s.dtype == torch.float64 for s in scores.values()) else torch.float32
-    vec = torch.cat([scores[n][alive[n]].to(device, dtype) for n in names])
-    flat_keep = _keep_above(vec, count(None, vec.numel()), rule)
-    offset = 0
-    for n in names:
-        a = alive[n]
-        cnt = int(a.sum())
-        k = torch.zeros_like(a)
-        k[a] = flat_keep[offset:offset + cnt].to(a.device)
-        keep[n] = k
-        offset += cnt
-    return keep
+    vec = torch.cat([torch.where(alive[n], scores[n], torch.full((), inf, dtype=scores[n].dtype,
+                                                                 device=scores[n].device)).flatten().to(device, dtype)
+                     for n in names])
+    remaining = sum(int(a.sum()) for a in alive.values())
+    threshold = _threshold(vec, remaining, count(None, remaining), rule)
+    return {n: _keep(scores[n].to(dtype), alive[n], threshold) for n in names}
 
 
 def nm_select(scores: torch.Tensor, alive: torch.Tensor, n: int, m: int) -> torch.Tensor:
