@@ -121,14 +121,17 @@ if HAS_TRITON:
 
     # ----------------------------------------------------------------------------------------- GPU autotune
 
+    # The autotuner passes positional arguments as ``named_args`` and the constexprs given by keyword apart.
     def _prune_dds(configs, named_args, **kwargs):
-        bq = named_args["BQ"]
-        m_cap = max(16, triton.next_power_of_2(named_args["M"]))
+        args = {**named_args, **kwargs}
+        bq = args["BQ"]
+        m_cap = max(16, triton.next_power_of_2(args["M"]))
         kept = [c for c in configs if c.kwargs["BK"] <= bq and c.kwargs["BLOCK_M"] <= max(64, m_cap)]
         return kept or configs[:1]
 
     def _prune_sdd(configs, named_args, **kwargs):
-        bm, bn = named_args["BM"], named_args["BN"]
+        args = {**named_args, **kwargs}
+        bm, bn = args["BM"], args["BN"]
         kept = [c for c in configs if c.kwargs["BR"] <= bm and c.kwargs["BC"] <= bn]
         return kept or configs[:1]
 

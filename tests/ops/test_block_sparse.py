@@ -297,3 +297,17 @@ def test_gpu_small_m_decode_regime():
         x = torch.randn(m, 768, device="cuda", dtype=torch.bfloat16)
         ref = bs.block_sparse_linear(x.float(), w.float(), lay, backend="reference")
         torch.testing.assert_close(bs.block_sparse_linear(x, w, lay).float(), ref, atol=0.1, rtol=5e-2)
+
+
+def test_gpu_autotune_config_pruning():
+    """The autotuned GPU configs must fit every block shape (checked here because autotuning needs CUDA)."""
+    bst = pytest.importorskip("lth_kernels.ops._block_sparse_triton")
+    for bq in bs.BLOCK_SIZES:
+        for m in (1, 15, 300):
+            kept = bst._prune_dds(bst._DDS_CONFIGS, {"M": m}, BQ=bq, BP=16)
+            assert kept and all(c.kwargs["BK"] <= bq for c in kept)
+            assert all(c.kwargs["BLOCK_M"] <= 64 for c in kept) or m > 64
+    for bm in bs.BLOCK_SIZES:
+        for bn in bs.BLOCK_SIZES:
+            kept = bst._prune_sdd(bst._SDD_CONFIGS, {"R": 64}, BM=bm, BN=bn)
+            assert kept and all(bm % c.kwargs["BR"] == 0 and bn % c.kwargs["BC"] == 0 for c in kept)
