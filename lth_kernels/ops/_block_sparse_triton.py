@@ -139,7 +139,8 @@ if HAS_TRITON:
     _DDS_CONFIGS = [
         triton.Config({"BLOCK_M": bm, "BK": bk}, num_warps=w, num_stages=s)
         for bm, bk, w, s in [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (128, 64, 8, 3), (128, 32, 8, 4),
-                             (64, 64, 4, 5), (128, 64, 4, 4), (32, 64, 4, 4)]
+                             (64, 64, 4, 5), (128, 64, 4, 4), (32, 64, 4, 4), (64, 16, 4, 4),
+                             (128, 16, 4, 4), (32, 16, 4, 3)]
     ]
     _SDD_CONFIGS = [
         triton.Config({"BR": br, "BC": bc, "BL": bl}, num_warps=w, num_stages=s)
