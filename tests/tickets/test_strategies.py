@@ -304,3 +304,17 @@ def test_registry_models_default_exclusions():
     assert "fc.weight" not in names and _kept(t, names) == sum(t[n].numel() for n in names) * 4 // 5
     resnet = create_model("cifar_resnet_8", num_classes=10, in_chans=3, img_size=32)
     assert set(prunable_parameters(resnet)) == set(Ticket.ones(resnet))  # ResNets exclude nothing
+
+
+def test_two_four_agrees_with_the_semi_structured_op():
+    # The kernel side (ops.semi_structured.mask_2to4) and the ticket side must pick the same 2 of 4 for linear
+    # weights, ties included (both give ties to the lower index).
+    from lth_kernels.ops.semi_structured import mask_2to4
+
+    torch.manual_seed(0)
+    layer = nn.Linear(22, 9)
+    with torch.no_grad():
+        layer.weight[0] = 1.0  # all ties
+        layer.weight[1, :8] = torch.tensor([3.0, -3.0, 1.0, 1.0, 0.0, 2.0, 2.0, -2.0])
+    t = prune(nn.Sequential(layer), "magnitude", structure="2:4")
+    assert torch.equal(t["0.weight"], mask_2to4(layer.weight))
