@@ -57,3 +57,23 @@ def classification_batches(n_batches: int = 2, batch: int = 16, shape=(20,), cla
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn((batch, *shape), generator=g), torch.randint(0, classes, (batch,), generator=g))
             for _ in range(n_batches)]
+
+
+class _OnceDifferentiableLinear(torch.autograd.Function):
+    """x @ W^T whose backward cannot be differentiated again, as a custom sparse op's may not be."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x @ w.t()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        return grad @ w, grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+
+
+class OnceDiffMaskedLinear(FakeMaskedLinear):
+    def forward(self, x):
+        return _OnceDifferentiableLinear.apply(x, self.weight * self.mask) + self.bias

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lth_kernels.tickets import Ticket, prunable_parameters, prune
-from tests.tickets._models import CNN, MLP, FakeMaskedLinear, classification_batches
+from tests.tickets._models import CNN, MLP, FakeMaskedLinear, OnceDiffMaskedLinear, classification_batches
 
 
 def _expected_keep(scores: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], fraction: float):
@@ -200,3 +200,21 @@ def test_cuda_model_gives_the_cpu_ticket(strategy, structure):
     # gradient-based scores may differ in the last bits between devices: allow a few swaps at the threshold
     assert cpu.distance(gpu) <= (0.0 if strategy in ("magnitude", "random") else 1e-3)
     assert cpu.num_kept == gpu.num_kept
+
+
+def test_scoring_copy_runs_masked_layers_densely():
+    # GraSP differentiates twice; a masked layer whose op supports one backward only (here the default-excluded
+    # output layer) must be run as its plain torch base class in the scoring copy.
+    torch.manual_seed(0)
+    model = MLP()
+    model.fc = OnceDiffMaskedLinear(16, 5)
+    model.fc.set_mask(torch.rand(5, 16) > 0.5)
+    data = classification_batches()
+    with pytest.raises(RuntimeError):  # the premise: double backward through it fails
+        x, y = data[0]
+        w = [p for p in model.parameters()]
+        g = torch.autograd.grad(F.cross_entropy(model(x), y), w, create_graph=True)
+        sum(gi.sum() for gi in g).backward()
+    t = prune(model, "grasp", 0.5, data=data, loss_fn=F.cross_entropy)
+    assert torch.equal(t["fc.weight"], model.fc.mask) and t.density < 1.0
+    assert type(model.fc) is OnceDiffMaskedLinear  # the caller's model keeps its layers

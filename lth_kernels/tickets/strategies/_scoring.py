@@ -30,14 +30,20 @@ def scoring_copy(ctx: PruneContext, dtype: torch.dtype | None = None) -> tuple[n
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
-        for name in ctx.params:
-            module = modules[name]
+        for module in modules.values():
+            mask = getattr(module, "mask", None)
+            if not (hasattr(module, "set_mask") and isinstance(mask, torch.Tensor)
+                    and mask.shape == module.weight.shape):
+                continue
             for base in (nn.Linear, nn.Conv2d):
-                # A masked layer subclasses the torch layer and holds the same attributes: its base class
-                # computes the same function once the mask is multiplied into the weight.
+                # A masked layer subclasses the torch layer and holds its attributes: the base class computes
+                # the same function once the mask is in the weight. Every masked layer is swapped, excluded ones
+                # too, since GraSP differentiates through all of them twice.
                 if isinstance(module, base) and type(module) is not base:
+                    module.weight.mul_(mask.to(module.weight.dtype))
                     module.__class__ = base
-            w = module.weight
+        for name in ctx.params:
+            w = modules[name].weight
             w.mul_(ctx.current[name].to(w.device, w.dtype))
             w.grad = None
             w.requires_grad_(True)
