@@ -50,7 +50,8 @@ class Callback:
     backward / optimizer step, ``on_after_optimizer_step(s + 1)`` (mask swaps go here: the mask guard then
     zeroes newly pruned weights and their optimizer state), save/eval, ``on_step_end(s + 1)``,
     ``on_epoch_end`` (then the per-epoch checkpoint). ``trainer.request_stop()`` ends training after the
-    current step. Callbacks with state implement ``state_dict``/``load_state_dict`` (saved in checkpoints).
+    current step (from a start hook: before it). Callbacks with state implement ``state_dict`` /
+    ``load_state_dict`` (saved in checkpoints).
     """
 
     def on_train_start(self, trainer: Trainer, step: int) -> None: ...
@@ -169,7 +170,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def request_stop(self) -> None:
-        """End training after the current step (e.g. an early-bird ticket was found)."""
+        """End training after the current step, or before it when called from ``on_epoch_start`` /
+        ``on_step_start`` (e.g. an early-bird ticket was found); the final state is evaluated and saved."""
         self._stop = True
 
     # ---------------------------------------------------------------------------------------------- data
@@ -319,7 +321,7 @@ class Trainer:
             bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, leave=False)
         self.ddp_model.train()
         batches = None
-        while self.step < end and not self._stop:
+        while self.step < end:
             s = self.step
             if batches is None or s % spe == 0:
                 if s % spe == 0:
@@ -328,6 +330,8 @@ class Trainer:
                 batches = self._epoch_batches(s // spe, s % spe)
             for cb in self.callbacks:
                 cb.on_step_start(self, s)
+            if self._stop:  # requested by an epoch/step-start hook: this step is not taken
+                break
             x, y = next(batches)
             self._train_step(x, y, self.schedule.lr(s))
             self.step = s + 1
@@ -350,8 +354,12 @@ class Trainer:
                         save_checkpoint(self.out_dir / CHECKPOINT, self.state_dict(*self._segment))
             if bar is not None:
                 bar.update(1)
+            if self._stop:
+                break
         if bar is not None:
             bar.close()
+        if self._stop and last.get("step") != self.step:
+            last = self._eval_and_log(end)
         return last
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
