@@ -284,7 +284,11 @@ class Trainer:
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.step, resumed, self._segment = start, None, (start, end)
         ckpt = load_checkpoint(self.out_dir / CHECKPOINT) if self.out_dir else None
-        if ckpt is not None and (ckpt["start_step"], ckpt["end_step"]) == (start, end) and start < ckpt["step"] <= end:
+        if ckpt is not None and not self._resumable(ckpt, start, end):
+            log.warning("ignoring %s: it was written by a run with other steps or training hparams",
+                        self.out_dir / CHECKPOINT)
+            ckpt = None
+        if ckpt is not None:
             self.load_state_dict(ckpt)
             resumed = self.step
             log.info("resuming from %s at step %d", self.out_dir / CHECKPOINT, self.step)
@@ -301,6 +305,10 @@ class Trainer:
                 first = self._eval_and_log(end)
         last = self._loop(end) or first
         return self._finish(start, end, resumed, last)
+
+    def _resumable(self, ckpt: dict, start: int, end: int) -> bool:
+        return ((ckpt.get("start_step"), ckpt.get("end_step")) == (start, end) and start < ckpt["step"] <= end
+                and ckpt.get("training") == self.hp.to_dict())
 
     def _sync_from_rank0(self) -> None:
         if not dist_utils.is_distributed():

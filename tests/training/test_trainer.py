@@ -234,3 +234,15 @@ def test_request_stop_and_bad_batch_size():
     assert r.metrics["step"] == 8
     with pytest.raises(ValueError, match="--dataset.batch_size: 200 is larger than the training set"):
         Trainer(tiny_mlp(), train, test, _hp(), batch_size=200)
+
+
+def test_digits_lenet_end_to_end():
+    from lth_kernels.data import create_dataset
+    from lth_kernels.models import create_model
+
+    train, test, info = create_dataset("digits")
+    model = create_model("lenet_300_100", num_classes=info.num_classes, in_chans=info.in_chans,
+                         img_size=info.img_size)
+    r = Trainer(model, train, test, TrainingHparams(training_steps="3ep"), batch_size=128).train()
+    assert r.step == 3 * (1437 // 128) and r.metrics["test_n"] == 360
+    assert r.metrics["test_acc"] > 0.85
