@@ -53,6 +53,6 @@ def initialize(model: nn.Module, init: str = "kaiming_normal", batchnorm_init: s
     for m in model.modules():
         if isinstance(m, _WEIGHTED):
             WEIGHT_INITS[init](m.weight)
-        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.affine:
             BN_INITS[batchnorm_init](m)
     return model

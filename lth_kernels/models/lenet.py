@@ -3,7 +3,8 @@
 ``lenet_<n1>[_<n2>...]`` (open_lth's ``mnist_lenet_<...>``; alias ``mlp_<...>``): hidden Linear layers of
 ``n1, n2, ...`` units with ReLU, then the output layer ``fc``. The input is flattened, so any image shape
 works: ``in_features = in_chans * h * w`` (784 for MNIST, 64 for the 8x8 digits). As in open_lth the output
-layer's weight is not pruned by default.
+layer's weight is not pruned by default. ``mlp_bn_<n1>[_<n2>...]`` puts a ``BatchNorm1d`` after each hidden
+layer (Linear - BN - ReLU): the BN scales are what network slimming and the early-bird detector rank.
 """
 
 from __future__ import annotations
@@ -22,20 +23,24 @@ from lth_kernels.models.initializers import initialize
 class LeNet(nn.Module):
     """open_lth ``mnist_lenet``: Linear+ReLU per entry of ``plan``, then the output layer ``fc``."""
 
-    def __init__(self, plan: list[int], num_classes: int, in_features: int):
+    def __init__(self, plan: list[int], num_classes: int, in_features: int, batchnorm: bool = False):
         super().__init__()
         layers, current = [], in_features
         for size in plan:
             layers.append(nn.Linear(current, size))
             current = size
         self.fc_layers = nn.ModuleList(layers)
+        self.bns = nn.ModuleList([nn.BatchNorm1d(size) for size in plan]) if batchnorm else None
         self.fc = nn.Linear(current, num_classes)
         self.default_prune_exclude = ("fc.weight",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        for layer in self.fc_layers:
-            x = F.relu(layer(x))
+        for i, layer in enumerate(self.fc_layers):
+            x = layer(x)
+            if self.bns is not None:
+                x = self.bns[i](x)
+            x = F.relu(x)
         return self.fc(x)
 
 
@@ -47,6 +52,13 @@ _PLAN = r"(?P<plan>[1-9]\d*(?:_[1-9]\d*)*)"
 def _lenet(name, spec, *, num_classes, in_chans, img_size, init="kaiming_normal", batchnorm_init="uniform"):
     plan = [int(n) for n in spec["plan"].split("_")]
     model = LeNet(plan, num_classes, in_chans * img_size[0] * img_size[1])
+    return initialize(model, init, batchnorm_init)
+
+
+@register_model(re.compile(r"mlp_bn_" + _PLAN), display="mlp_bn_<n>[_<n>...]")
+def _mlp_bn(name, spec, *, num_classes, in_chans, img_size, init="kaiming_normal", batchnorm_init="uniform"):
+    plan = [int(n) for n in spec["plan"].split("_")]
+    model = LeNet(plan, num_classes, in_chans * img_size[0] * img_size[1], batchnorm=True)
     return initialize(model, init, batchnorm_init)
 
 
