@@ -24,7 +24,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 from lth_kernels.training.hparams import (
