@@ -17,6 +17,7 @@ from lth_kernels.models import create_model, model_names, prunable_parameter_nam
 CASES = {
     "lenet_<n>[_<n>...]": [("lenet_300_100", {}, 1, 8), ("mnist_lenet_20", {}, 3, 5)],
     "mlp_<n>[_<n>...]": [("mlp_128_64", {}, 1, 8)],
+    "mlp_bn_<n>[_<n>...]": [("mlp_bn_32_16", {}, 1, 8)],
     "lenet5": [("lenet5", {}, 1, 12)],
     "conv2": [("conv2", {}, 1, 8)],
     "conv4": [("conv4", {}, 1, 8)],
