@@ -69,7 +69,9 @@ at::Tensor cpu_sparse_linear_impl(const at::Tensor& x_in, const at::Tensor& row_
     bias_ptr = bias.data_ptr<float>();
   }
   // The kernel takes rows with a stride and contiguous columns: reshape keeps most views without a copy.
-  at::Tensor x = x_in.reshape({-1, in_features});
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x_in.dim(); ++d) rows *= x_in.size(d);  // not numel / K: K may be 0
+  at::Tensor x = x_in.reshape({rows, in_features});
   if (x.stride(-1) != 1 || (x.size(0) > 1 && x.stride(0) < in_features)) x = x.contiguous();
   const int64_t batch = x.size(0);
   auto out_shape = x_in.sizes().vec();
