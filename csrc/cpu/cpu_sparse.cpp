@@ -18,8 +18,9 @@ constexpr int64_t kTileRows = 8;
 // Batches up to this size skip packing and gather X per non-zero: padding 1-2 rows to a vector of 8 wastes
 // 4-8x of the FMAs (measured: gather wins at B <= 2, the packed path from B = 3).
 constexpr int64_t kGatherMaxBatch = 2;
-// Below this many multiply-adds the OpenMP fork/join costs more than the work.
-constexpr int64_t kParallelGrain = 1 << 15;
+// Below this many multiply-adds (~50 us on one core) the OpenMP fork/join, and on a shared machine a
+// descheduled second thread, cost more than the work.
+constexpr int64_t kParallelGrain = 1 << 18;
 
 bool has_avx2() {
 #if defined(__x86_64__) || defined(__i386__)

@@ -160,7 +160,8 @@ def test_opcheck(backend):
 
 def test_table_lookup(tmp_path):
     entries = [{"batch": b, "in_features": k, "out_features": n, "crossover": c}
-               for b, c0 in ((1, 0.5), (8, 0.7), (64, 0.85)) for (k, n), c in (((768, 3072), c0), ((64, 256), c0 + 0.1))]
+               for b, c0 in ((1, 0.5), (8, 0.7), (64, 0.85))
+               for (k, n), c in (((768, 3072), c0), ((64, 256), c0 + 0.1))]
     table = {"machine": {}, "entries": entries}
     assert cs.crossover(1, 768, 3072, table) == 0.5
     assert cs.crossover(50, 700, 3000, table) == 0.85  # nearest batch and shape
@@ -183,3 +184,54 @@ def test_shipped_table_is_monotone_in_sparsity():
         for k, n in ((768, 2304), (3072, 768), (64, 256), (2048, 512)):
             answers = [cs.use_sparse_cpu(s / 100, batch, k, n) for s in range(0, 101)]
             assert answers == sorted(answers), (batch, k, n)  # False ... False True ... True
+
+
+class _TinyMasked(torch.nn.Linear):
+    """The attributes eval_forward relies on (as lth_kernels.nn.MaskedLinear has them)."""
+
+    def __init__(self, k, n, mask):
+        super().__init__(k, n)
+        self.register_buffer("mask", mask.clone(), persistent=False)
+        self.mask_version = 0
+        with torch.no_grad():
+            self.weight.mul_(mask)
+
+    @torch.no_grad()
+    def set_mask(self, mask):
+        self.mask.copy_(mask)
+        self.weight.mul_(mask)
+        self.mask_version += 1
+
+
+def test_eval_forward_cache_follows_mask_and_weight():
+    layer = _TinyMasked(129, 97, torch.rand(97, 129) > 0.9)
+    x = torch.randn(5, 3, 129)
+    with torch.no_grad():
+        assert_close(cs.eval_forward(layer, x), F.linear(x, layer.weight, layer.bias), torch.float32)
+        first = layer.__dict__["_cpu_sparse_weight"][1]
+        cs.eval_forward(layer, x)
+        assert layer.__dict__["_cpu_sparse_weight"][1] is first  # cached
+        layer.set_mask(torch.rand(97, 129) > 0.5)
+        assert_close(cs.eval_forward(layer, x), F.linear(x, layer.weight, layer.bias), torch.float32)
+        assert layer.__dict__["_cpu_sparse_weight"][1] is not first
+    # An optimizer step changes the kept weights in place: the cache must notice (weight._version).
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.randn(4, 129)).square().sum().backward()
+    layer.weight.grad.mul_(layer.mask)
+    opt.step()
+    with torch.no_grad():
+        assert_close(cs.eval_forward(layer, x), F.linear(x, layer.weight, layer.bias), torch.float32)
+
+
+def test_eval_forward_applies_only_to_inference():
+    layer = _TinyMasked(768, 768, torch.rand(768, 768) > 0.999)
+    x = torch.randn(8, 768)
+    layer.train()
+    with torch.no_grad():
+        assert not cs.eval_forward_applies(layer, x)
+    layer.eval()
+    assert not cs.eval_forward_applies(layer, x)  # grad enabled and the weight requires grad
+    with torch.no_grad():
+        assert not cs.eval_forward_applies(layer, x.double())
+        expected = cs.use_sparse_cpu(1 - layer.mask.float().mean().item(), 8, 768, 768)
+        assert cs.eval_forward_applies(layer, x) == expected
