@@ -65,7 +65,7 @@ if HAS_TRITON:
         return acc, l_i, m_new
 
     @triton.jit
-    def _attn_fwd_kernel(Q, K, V, O, LSE, IDX, CU, KVN, KVI, FKVN, FKVI, EM,
+    def _attn_fwd_kernel(Q, K, V, OUT, LSE, IDX, CU, KVN, KVI, FKVN, FKVI, EM,
                          s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
                          s_ib, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh, s_emq,
                          H, SEQ, LSE_LEN, qk_scale,
@@ -115,14 +115,14 @@ if HAS_TRITON:
             orows = offs_m.to(tl.int64)
         else:
             orows = qrows
-        optrs = O + b * s_ob + h * s_oh + orows[:, None] * s_on + offs_d[None, :]
-        tl.store(optrs, out.to(O.dtype.element_ty), mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
+        optrs = OUT + b * s_ob + h * s_oh + orows[:, None] * s_on + offs_d[None, :]
+        tl.store(optrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
         # natural-log LSE; +inf marks a fully masked row so that the backward's P is exactly 0 there
         lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
         tl.store(LSE + bh.to(tl.int64) * LSE_LEN + offs_m, lse, mask=m_valid)
 
     @triton.jit
-    def _attn_bwd_delta_kernel(O, DO, DELTA, IDX, CU, s_ob, s_oh, s_on, s_db, s_dh, s_dn, s_ib, H, SEQ, LSE_LEN,
+    def _attn_bwd_delta_kernel(OUT, DO, DELTA, IDX, CU, s_ob, s_oh, s_on, s_db, s_dh, s_dn, s_ib, H, SEQ, LSE_LEN,
                                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                                MODE: tl.constexpr, O_COMPACT: tl.constexpr):
         # delta_i = sum_d O_id dO_id, the softmax-backward row term
@@ -140,7 +140,7 @@ if HAS_TRITON:
             rows = offs_m.to(tl.int64)
         else:
             rows = _rows(IDX, b * s_ib, start, offs_m, m_valid, MODE)
-        o = _load_rows(O, b * s_ob + h * s_oh, rows, s_on, m_valid, offs_d, HEAD_DIM).to(tl.float32)
+        o = _load_rows(OUT, b * s_ob + h * s_oh, rows, s_on, m_valid, offs_d, HEAD_DIM).to(tl.float32)
         do = _load_rows(DO, b * s_db + h * s_dh, rows, s_dn, m_valid, offs_d, HEAD_DIM).to(tl.float32)
         tl.store(DELTA + bh.to(tl.int64) * LSE_LEN + offs_m, tl.sum(o * do, 1), mask=m_valid)
 
