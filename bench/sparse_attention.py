@@ -46,7 +46,8 @@ def main() -> None:
                 lambda q, k, v, ri=rows_idx: F.scaled_dot_product_attention(*(t.gather(2, ri) for t in (q, k, v))))
             cases[f"lth_keep_k{keep}"] = (
                 lambda q, k, v, ix=index: sparse_attention(q, k, v, keep_index=ix, checked=False))
-        masks = {"local8": local_window_block_mask(n, 8 * 14 if n == 197 else 64, block=64)}
+        masks = {"local": local_window_block_mask((14, 14), 3, block=64, prefix=1) if n == 197
+                 else local_window_block_mask(n, 64, block=64)}
         if n == 197:
             masks["swin7_shift3"] = swin_window_block_mask((14, 14), 7, shift=3, block=64, prefix=1)
         for mname, bm in masks.items():
