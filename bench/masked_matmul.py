@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # (model, layer, tokens M, in K, out N)
@@ -72,15 +72,15 @@ def main(argv=None) -> int:
         print("bench/masked_matmul.py needs a CUDA device (use --smoke for a tiny CPU run); nothing measured.")
         return 0
     import torch.nn.functional as F
-    from common import environment, gemm_cap, time_interleaved, write_results
 
+    from bench.common import env_info, gemm_cap, time_interleaved, write_results
     from lth_kernels.ops import _mask_cache, masked_matmul
 
     masked_linear, MaskMeta = masked_matmul.masked_linear, _mask_cache.MaskMeta
 
     device = torch.device("cpu" if args.smoke else "cuda")
     dtype = torch.float32 if args.smoke else getattr(torch, DTYPES[args.dtype])
-    env = environment(device)
+    env = env_info(device)
     roof = _measure_roof(torch, time_interleaved, device, dtype)
     env["measured_roof_tflops"] = None if roof is None else round(roof / 1e12, 1)
     shapes = SHAPES[:4] if args.quick else SHAPES
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
                     rows.append(row)
                     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     if not args.no_write and not args.smoke:
-        print("wrote", write_results("masked_matmul", env, rows, COLUMNS))
+        print("wrote", write_results("masked_matmul", rows, env, COLUMNS))
     return 0
 
 

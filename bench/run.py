@@ -1,12 +1,13 @@
 """Runs benchmark scripts: ``python -m bench.run [names...] [-- args for each script]``.
 
-Without names, every ``bench/<name>.py`` that defines ``main(argv)`` runs in turn (each writes its own result
-files under bench/results/). Arguments after ``--`` are passed to every script.
+Without names, every ``bench/<name>.py`` that defines ``main`` runs in turn (each writes its own result files
+under bench/results/). Arguments after ``--`` go to the scripts whose ``main`` takes an argument list.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import inspect
 import os
 import sys
 
@@ -27,17 +28,21 @@ def main(argv=None) -> int:
     if unknown:
         print(f"names: unknown benchmark(s) {unknown}; available: {', '.join(known)}")
         return 2
-    if HERE not in sys.path:
-        sys.path.insert(0, HERE)  # the scripts import their helpers as `common`
+    for path in (HERE, os.path.dirname(HERE)):  # scripts import `bench.common` or their siblings directly
+        if path not in sys.path:
+            sys.path.insert(0, path)
     status = 0
     for name in names or known:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(HERE, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = importlib.import_module(f"bench.{name}")
         if not hasattr(module, "main"):
             continue
-        print(f"== {name}")
-        status = max(status, int(module.main(extra) or 0))
+        print(f"== {name}", flush=True)
+        takes_args = len(inspect.signature(module.main).parameters) > 0
+        try:
+            rc = module.main(extra) if takes_args else module.main()
+        except SystemExit as e:  # scripts exit 0 when there is no CUDA device
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        status = max(status, int(rc or 0))
     return status
 
 
