@@ -7,7 +7,8 @@ Times are medians (and minima) of interleaved repetitions (providers alternate s
 alike); ``--rounds`` repeats the whole sweep (median of medians, min of minima). Writes
 ``bench/results/<date>-cpu-cpu_sparse.{json,md}`` and regenerates ``lth_kernels/ops/cpu_sparse_table.json``
 (the crossover sparsity per batch and shape, read by ``use_sparse_cpu``). ``--mkl-avx2`` caps MKL and oneDNN at
-AVX2 (the CI machine kind) for the dense and torch-CSR baselines; the table is then not written.
+AVX2 (the CI machine kind) for the dense and torch-CSR baselines (only when this script is the process entry:
+under ``bench.run`` torch is already loaded); the table is then not written.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ BATCHES = [1, 8, 64]
 SPARSITIES = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99]
 
 
-def parse():
+def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=25, help="timed repetitions per provider and cell (median)")
@@ -40,7 +41,7 @@ def parse():
     p.add_argument("--mkl-avx2", action="store_true", help="cap MKL/oneDNN at AVX2 (set before torch loads)")
     p.add_argument("--no-table", action="store_true", help="do not rewrite lth_kernels/ops/cpu_sparse_table.json")
     p.add_argument("--quick", action="store_true", help="3 shapes, for a smoke run")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def cpu_model() -> dict:
@@ -95,8 +96,8 @@ def crossover_of(points: list[tuple[float, float]]) -> float:
     return round(s0 + (s1 - s0) * (0 - l0) / (l1 - l0) if l1 != l0 else s1, 4)
 
 
-def main() -> None:
-    args = parse()
+def main(argv=None) -> int:
+    args = parse(argv)
     if args.mkl_avx2:
         os.environ["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
@@ -109,8 +110,7 @@ def main() -> None:
 
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-    from common import _atomic_write, environment, write_results
-
+    from bench.common import _atomic_write, env_info, write_results
     from lth_kernels.ops import _registry
     from lth_kernels.ops.cpu_sparse import TABLE_PATH, SparseWeight, cpu_sparse_linear
 
@@ -123,7 +123,7 @@ def main() -> None:
     shapes = SHAPES[:1] + SHAPES[3:4] + SHAPES[6:7] if args.quick else SHAPES
     machine = {**cpu_model(), "torch_threads": args.threads, "kernel_isa": torch.ops.lth_kernels_C.cpu_sparse_isa(),
                "mkl_isa_cap": "AVX2" if args.mkl_avx2 else "none", "mkl": torch.backends.mkl.is_available()}
-    env = {**environment("cpu"), "device": "cpu", "cpu": machine["model"], "threads": args.threads,
+    env = {**env_info("cpu"), "device": "cpu", "cpu": machine["model"], "threads": args.threads,
            "mkl_cap": machine["mkl_isa_cap"], "kernel_isa": machine["kernel_isa"], "rounds": args.rounds,
            "reps": args.reps}
     print(json.dumps(env))
@@ -162,16 +162,16 @@ def main() -> None:
     columns = ["shape", "K", "N", "batch", "sparsity", "dense_us", "torch_csr_us", "cpu_sparse_us", "gflops_useful",
                "dense_gflops", "x_vs_dense", "x_vs_torch_csr", "min_x_vs_dense", "min_x_vs_torch_csr",
                "min_gflops_useful"]
-    suffix = "cpu_sparse" + ("-mklavx2" if args.mkl_avx2 else "") + (f"-t{args.threads}" if args.threads != 2 else "")
-    stem = write_results(suffix, env, rows, columns)
-    print(f"wrote {stem}.json/.md")
+    suffix = "cpu_sparse" + ("-quick" if args.quick else "") + ("-mklavx2" if args.mkl_avx2 else "")
+    suffix += f"-t{args.threads}" if args.threads != 2 else ""
+    print(f"wrote {write_results(suffix, rows, env, columns)} (+ .md)")
     for r in rows:
         if r["sparsity"] in (0.9, 0.99):
             print(f"{r['shape']:>20} B={r['batch']:<3} s={r['sparsity']:.2f}  x dense {r['x_vs_dense']:6.2f} "
                   f"(min {r['min_x_vs_dense']:6.2f})  x torch_csr {r['x_vs_torch_csr']:6.2f} "
                   f"(min {r['min_x_vs_torch_csr']:5.2f})  {r['gflops_useful']:6.1f} GFLOP/s")
     if args.mkl_avx2 or args.no_table or args.quick:
-        return
+        return 0
     entries = []
     for name, k, n in shapes:
         for b in BATCHES:
@@ -185,7 +185,8 @@ def main() -> None:
              "entries": entries}
     _atomic_write(TABLE_PATH, json.dumps(table, indent=1) + "\n")
     print(f"wrote {TABLE_PATH}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
