@@ -1,1 +1,4 @@
 """Drop-in sparse modules and ``sparsify``: no trainer, no workflow knowledge."""
+
+from lth_kernels.nn.masked import MaskedConv2d, MaskedLinear  # noqa: F401
+from lth_kernels.nn.sparsify import canonical_name, current_masks, densify, masked_modules, sparsify  # noqa: F401
