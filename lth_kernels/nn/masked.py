@@ -90,7 +90,6 @@ class _Masked:
         layer.train(module.training)
         if mask is None and isinstance(module, _Masked):
             mask = module.mask
-            layer.mask_version = module.mask_version
         if mask is not None:
             layer.set_mask(mask)
         return layer
