@@ -61,8 +61,8 @@ def _layer_slots(model: nn.Module):
     for parent_fqn, parent in model.named_modules():
         if isinstance(parent, nn.MultiheadAttention):
             continue
-        for attr, child in parent.named_children():
-            if _masked_cls(child) is not None:
+        for attr, child in parent._modules.items():  # not named_children(): it hides a second name of a layer
+            if child is not None and _masked_cls(child) is not None:
                 yield canonical_name(f"{parent_fqn}.{attr}" if parent_fqn else attr), parent, attr, child
 
 
@@ -83,8 +83,6 @@ def _weight_name(fqn: str) -> str:
 
 def _ticket_masks(ticket, selected: set[str], model: nn.Module) -> dict[str, torch.Tensor]:
     """Canonical weight name -> mask, every entry checked against the model and the selected layers."""
-    if not isinstance(ticket, Mapping):
-        raise TypeError(f"ticket: expected a mapping parameter name -> bool mask, got {type(ticket).__name__}")
     params = {canonical_name(n): p for n, p in model.named_parameters()}
     masks: dict[str, torch.Tensor] = {}
     for raw, mask in ticket.items():
@@ -117,6 +115,8 @@ def sparsify(model: nn.Module, ticket: Mapping[str, torch.Tensor] | None = None,
     override ``forward`` and the layers inside ``nn.MultiheadAttention`` are never swapped.
     """
     include, exclude = _patterns("include", include), _patterns("exclude", exclude)
+    if ticket is not None and (not isinstance(ticket, Mapping) or not all(isinstance(k, str) for k in ticket)):
+        raise TypeError(f"ticket: expected a mapping parameter name (str) -> bool mask, got {type(ticket).__name__}")
     wanted = None if ticket is None or include is not None else {canonical_name(n) for n in ticket}
 
     def selected(fqn: str) -> bool:
