@@ -291,7 +291,7 @@ def _autocast(x, *tensors):
     """Under autocast, cast float operands to the autocast dtype as F.linear/F.conv2d would (custom ops are not
     autocast by the dispatcher)."""
     device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):  # meta: none
         return (x, *tensors)
     dtype = torch.get_autocast_dtype(device_type)
     cast = lambda t: t.to(dtype) if t is not None and t.dtype in (torch.float32, torch.float16, torch.bfloat16) else t

@@ -219,6 +219,25 @@ def test_rewind_and_reapply_cycle():
     _train(net, opt, steps=2)
 
 
+def test_compile_fullgraph_trace_masked_model():
+    # aot_eager: dynamo + AOT autograd without a C++ toolchain; the inductor run is a gpu test in tests/ops
+    net = _pruned_net()
+    ref = copy.deepcopy(net)
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 7, 7)
+    compiled(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    for a, b in zip(_masked_layers(net), _masked_layers(ref), strict=True):
+        torch.testing.assert_close(a.weight.grad, b.weight.grad)
+        assert torch.all(a.weight.grad[~a.mask] == 0)
+
+
+def test_meta_device_forward():  # shape inference on meta models (no autocast on meta)
+    assert MaskedLinear(4, 3, device="meta")(torch.empty(2, 4, device="meta")).shape == (2, 3)
+    conv = MaskedConv2d(4, 3, 3, device="meta")
+    assert conv(torch.empty(2, 4, 5, 5, device="meta")).shape == (2, 3, 3, 3)
+
+
 def test_direct_weight_write_then_set_mask_restores_invariant():
     layer = MaskedLinear(6, 4, mask=torch.rand(4, 6) > 0.5)
     with torch.no_grad():
