@@ -1,1 +1,20 @@
-"""Data set registry."""
+"""Data set registry: ``create_dataset(name, *, data_dir=None, download=False, augment=True, **kwargs)``
+returns ``(train_ds, test_ds, DatasetInfo)``; items are ``(float image [C, H, W], int label)``.
+
+Names: ``digits`` (embedded default, scikit-learn's 8x8 digits), ``synthetic``, ``mnist``, ``cifar10``,
+``cifar100``, ``imagefolder``. In-memory data sets (``digits``, ``synthetic``) are ``TensorImageDataset``s whose
+``.tensors = (images, labels)`` can be indexed directly for batching.
+"""
+
+from lth_kernels.data import embedded, vision  # noqa: F401  (register the data sets)
+from lth_kernels.data._registry import (
+    DatasetInfo,
+    create_dataset,
+    dataset_names,
+    register_dataset,
+    resolve_data_dir,
+)
+from lth_kernels.data.tensor import TensorImageDataset
+
+__all__ = ["DatasetInfo", "TensorImageDataset", "create_dataset", "dataset_names", "register_dataset",
+           "resolve_data_dir"]

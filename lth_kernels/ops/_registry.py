@@ -28,7 +28,7 @@ def _triton_status(device: torch.device) -> tuple[bool, str]:
     except ImportError as e:  # pragma: no cover - triton ships with CUDA builds of torch
         return False, f"triton not importable ({e})"
     if device.type == "cuda":
-        return True, "ok"
+        return (True, "ok") if torch.cuda.is_available() else (False, "no CUDA device")
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True, "ok (TRITON_INTERPRET=1: interpreter on CPU tensors)"
     return False, "Triton runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1)"

@@ -1,0 +1,48 @@
+# Set-up and entry points. Every target creates the virtual environment if it is missing, installs the
+# pinned torch first (so nothing later can swap it), installs the package editable without build
+# isolation (the extension must compile against this torch), then rebuilds the extension incrementally.
+#   make demo    the main job on the embedded default data set (digits)
+#   make test    lint + the test suite (what CI runs)
+#   make bench   the benchmarks (GPU ones say so and exit when no GPU is present)
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch 2.14.1 + torchvision 0.29.1 (CUDA 13 builds, run on CPU too) are the newest pair that import
+# together here; the CPU wheel of torch breaks PyPI's torchvision, which timm needs.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# torch's own CUDA_HOME detection follows an `nvcc` wrapper on PATH to the wrong place; setup.py looks
+# for the toolkit's headers itself, so only an explicit CUDA_HOME is passed through.
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0a
+export MAX_JOBS ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: venv build demo test lint bench clean
+
+$(VENV)/.deps-stamp: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "setuptools>=77" wheel ninja
+	$(PY) -m pip install -q $(TORCH_PINS)
+	LTH_KERNELS_SKIP_BUILD=1 $(PY) -m pip install -q --no-build-isolation -e ".[dev]" $(TORCH_PINS)
+	touch $@
+
+venv: $(VENV)/.deps-stamp
+
+build: venv
+	$(PY) setup.py -q build_ext --inplace
+
+lint: venv
+	$(PY) -m ruff check .
+
+demo: build
+	$(VENV)/bin/lth info
+	$(VENV)/bin/lth imp --preset lenet_300_100-digits --levels 5 --branches random_reinit
+
+test: build lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: build
+	$(PY) -m bench.run
+
+clean:
+	rm -rf build lth_kernels/_C*.so

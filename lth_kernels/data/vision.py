@@ -1,0 +1,97 @@
+"""File-backed image data sets through torchvision: ``mnist``, ``cifar10``, ``cifar100``, ``imagefolder``.
+
+Transforms (augmentation only on the training split, and only with ``augment=True``):
+
+* ``mnist``: none; normalised with mean 0.1307, std 0.3081 (as open_lth).
+* ``cifar10`` / ``cifar100``: random crop 32 with 4-pixel padding + horizontal flip; per-channel normalisation.
+* ``imagefolder`` (ImageNet layout ``data_dir/train/<class>/*``, ``data_dir/val/<class>/*``): train
+  RandomResizedCrop(img_size) + flip; test Resize(img_size / 0.875) + CenterCrop(img_size); ImageNet statistics.
+
+Random transforms draw from torch's global generator, which the trainer seeds per epoch.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lth_kernels.data._registry import DatasetInfo, missing_data, register_dataset, resolve_data_dir
+
+_MNIST_STATS = ((0.1307,), (0.3081,))
+_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # open_lth's values
+_CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _open(name: str, cls, root: str, download: bool, **kwargs):
+    """Instantiate a torchvision data set, turning 'not found' into the one-line error."""
+    if not download and not os.path.isdir(root):
+        raise missing_data(name, root)
+    try:
+        return cls(root, download=download, **kwargs)
+    except RuntimeError as e:
+        if download or "not found" not in str(e).lower():
+            raise
+        raise missing_data(name, root) from None
+
+
+def _torchvision(name: str, cls, stats, num_classes: int, in_chans: int, size: int, data_dir, download,
+                 augment: bool, crop: bool):
+    from torchvision import transforms as T
+
+    root = resolve_data_dir(data_dir)
+    base = [T.ToTensor(), T.Normalize(*stats)]
+    aug = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()] if augment and crop else []
+    train = _open(name, cls, root, download, train=True, transform=T.Compose(aug + base))
+    test = _open(name, cls, root, download, train=False, transform=T.Compose(base))
+    info = DatasetInfo(name, num_classes, in_chans, (size, size), len(train), len(test), *stats)
+    return train, test, info
+
+
+@register_dataset("mnist")
+def _mnist(*, data_dir, download, augment):
+    from torchvision.datasets import MNIST
+
+    return _torchvision("mnist", MNIST, _MNIST_STATS, 10, 1, 28, data_dir, download, augment, crop=False)
+
+
+@register_dataset("cifar10")
+def _cifar10(*, data_dir, download, augment):
+    from torchvision.datasets import CIFAR10
+
+    return _torchvision("cifar10", CIFAR10, _CIFAR10_STATS, 10, 3, 32, data_dir, download, augment, crop=True)
+
+
+@register_dataset("cifar100")
+def _cifar100(*, data_dir, download, augment):
+    from torchvision.datasets import CIFAR100
+
+    return _torchvision("cifar100", CIFAR100, _CIFAR100_STATS, 100, 3, 32, data_dir, download, augment, crop=True)
+
+
+@register_dataset("imagefolder")
+def _imagefolder(*, data_dir, download, augment, img_size: int = 224):
+    from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
+
+    if download:
+        raise ValueError("download: imagefolder data cannot be downloaded; pass --data-dir with train/ and val/")
+    if not isinstance(img_size, int) or img_size < 1:
+        raise ValueError(f"img_size: expected a positive int, got {img_size!r}")
+    root = resolve_data_dir(data_dir)
+    for split in ("train", "val"):
+        if not os.path.isdir(os.path.join(root, split)):
+            raise missing_data("imagefolder", os.path.join(root, split), can_download=False)
+    norm = [T.ToTensor(), T.Normalize(*_IMAGENET_STATS)]
+    if augment:
+        train_tf = [T.RandomResizedCrop(img_size), T.RandomHorizontalFlip()]
+    else:
+        train_tf = [T.Resize(round(img_size / 0.875)), T.CenterCrop(img_size)]
+    test_tf = [T.Resize(round(img_size / 0.875)), T.CenterCrop(img_size)]
+    train = ImageFolder(os.path.join(root, "train"), transform=T.Compose(train_tf + norm))
+    test = ImageFolder(os.path.join(root, "val"), transform=T.Compose(test_tf + norm))
+    if train.classes != test.classes:
+        raise ValueError(f"data_dir: train/ and val/ under {root} have different class folders "
+                         f"({len(train.classes)} vs {len(test.classes)})")
+    info = DatasetInfo("imagefolder", len(train.classes), 3, (img_size, img_size), len(train), len(test),
+                       *_IMAGENET_STATS)
+    return train, test, info

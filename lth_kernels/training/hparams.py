@@ -1,0 +1,512 @@
+"""Typed hparams dataclasses: the one source of truth for a run, its JSON file, its hash and its CLI.
+
+A workflow's hparams are a frozen dataclass whose fields are scalars (bool, int, float, str, optional
+variants), ``tuple[str, ...]``, ``dict[str, Any]`` or nested ``Hparams`` groups. From it come:
+
+* ``to_dict``/``from_dict``/``to_json``/``from_json`` (strict: unknown keys are errors),
+* ``non_default()`` and ``hashname()`` (a short hash of the non-default values, so adding a new hparam
+  with a default keeps old run names valid, as in open_lth),
+* ``add_args``/``from_args`` generating ``--training.lr 0.1``-style flags, and ``parse_cli`` adding
+  ``--preset NAME`` (overrides registered by workflows with ``register_preset``), with ``--help``
+  showing the *effective* values (defaults after the preset).
+
+No torch import here: ``--help`` and validation must be instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from lth_kernels.training.steps import StepError, split_step_list, split_step_string
+
+_MISSING = object()
+
+
+class HparamsError(ValueError):
+    """A bad hparam value; ``str()`` is one line naming the flag (``--training.lr: ...``)."""
+
+    def __init__(self, name: str, message: str):
+        self.name, self.message = name, message
+        super().__init__(f"--{name}: {message}")
+
+    def with_prefix(self, prefix: str) -> HparamsError:
+        return HparamsError(prefix + self.name, self.message)
+
+
+def hfield(default: Any = _MISSING, help: str = "", *, choices: tuple | None = None, default_factory=None):  # noqa: A002
+    """A dataclass field with help text (and optional choices) in its metadata."""
+    meta = {"help": help, "choices": choices}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------- types
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp) -> tuple[Any, bool]:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _is_group(tp) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Hparams)
+
+
+def _type_name(tp) -> str:
+    base, _ = _unwrap_optional(tp)
+    origin = typing.get_origin(base)
+    if origin is tuple:
+        return "LIST"
+    if origin is dict or base is dict:
+        return "DICT"
+    return getattr(base, "__name__", str(base)).upper()
+
+
+def _coerce(tp, value, name: str):
+    """A JSON/Python value -> the field's type (ints become floats for float fields, lists tuples)."""
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise HparamsError(name, f"must not be None (expected {_type_name(base).lower()})")
+    origin = typing.get_origin(base)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+    elif origin is dict or base is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:
+        raise TypeError(f"hparam field {name!r} has an unsupported type {tp!r}")
+    raise HparamsError(name, f"expected {_type_name(base).lower()}, got {value!r}")
+
+
+def _parse_kv_dict(text: str, name: str) -> dict:
+    """``'{"a": 1}'`` (JSON) or ``'a=1,b=x'`` (values read as JSON when they parse, else as strings)."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            out = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise HparamsError(name, f"invalid JSON object {text!r} ({e.msg})") from None
+        if not isinstance(out, dict):
+            raise HparamsError(name, f"expected a JSON object, got {text!r}")
+        return out
+    out = {}
+    for item in text.split(","):
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise HparamsError(name, f"expected 'k=v,k2=v2' or a JSON object, got {text!r}")
+        try:
+            out[key.strip()] = json.loads(val)
+        except json.JSONDecodeError:
+            out[key.strip()] = val.strip()
+    return out
+
+
+def _parse_text(tp, text: str, name: str):
+    """A command-line string -> the field's type, with a one-line error naming the flag."""
+    base, optional = _unwrap_optional(tp)
+    if optional and text.strip().lower() in ("", "none", "null"):
+        return None
+    origin = typing.get_origin(base)
+    try:
+        if base is bool:
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+    except ValueError:
+        raise HparamsError(name, f"expected {_type_name(base).lower()}, got {text!r}") from None
+    if base is str:
+        return text
+    if origin is tuple:
+        return tuple(v.strip() for v in text.split(",") if v.strip())
+    if origin is dict or base is dict:
+        return _parse_kv_dict(text, name)
+    raise TypeError(f"hparam field {name!r} has an unsupported type {tp!r}")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    if value is None:
+        return "none"
+    return "''" if value == "" else str(value)
+
+
+def _to_jsonable(value):
+    if isinstance(value, Hparams):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- base
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """Base of every hparams group. Subclasses are ``@dataclass(frozen=True)`` with ``hfield`` fields
+    and may override ``validate()`` (raise ``HparamsError(field_name, message)``)."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            tp = _hints(type(self))[f.name]
+            value = getattr(self, f.name)
+            if _is_group(tp):
+                if not isinstance(value, tp):
+                    raise HparamsError(f.name, f"expected {tp.__name__}, got {value!r}")
+                continue
+            value = _coerce(tp, value, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise HparamsError(f.name, f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+            object.__setattr__(self, f.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field and range checks; overridden by groups."""
+
+    # ---- serialization
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], prefix: str = ""):
+        if not isinstance(d, dict):
+            raise HparamsError(prefix.rstrip(".") or cls.__name__, f"expected a mapping, got {d!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise HparamsError(prefix + unknown[0], f"unknown hparam (known: {', '.join(sorted(names))})")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            tp = _hints(cls)[f.name]
+            kwargs[f.name] = tp.from_dict(d[f.name], f"{prefix}{f.name}.") if _is_group(tp) else d[f.name]
+        try:
+            return cls(**kwargs)
+        except HparamsError as e:
+            raise e.with_prefix(prefix) from None
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes):
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    # ---- naming
+    def flat_dict(self) -> dict[str, Any]:
+        """``{"training.lr": 0.1, ...}`` for every leaf field."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Hparams):
+                out.update({f"{f.name}.{k}": v for k, v in value.flat_dict().items()})
+            else:
+                out[f.name] = _to_jsonable(value)
+        return out
+
+    def non_default(self) -> dict[str, Any]:
+        """Leaf values that differ from the class defaults, as a flat ``{"group.field": value}`` dict."""
+        default = type(self)().flat_dict()
+        return {k: v for k, v in self.flat_dict().items() if default.get(k, _MISSING) != v}
+
+    def hashname(self, length: int = 10) -> str:
+        """Stable short hash of ``non_default()`` (independent of field and key order)."""
+        canon = json.dumps(self.non_default(), sort_keys=True, separators=(",", ":"))
+        return hashlib.md5(canon.encode()).hexdigest()[:length]
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "overrides"):
+        """A copy with dotted (``{"training.lr": 0.1}``) or nested overrides applied, validated."""
+        d = self.to_dict()
+        for key, value in _flatten_overrides(type(self), overrides, source).items():
+            node, parts = d, key.split(".")
+            for p in parts[:-1]:
+                node = node[p]
+            node[parts[-1]] = _to_jsonable(value)
+        return type(self).from_dict(d)
+
+    # ---- CLI
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser, prefix: str = "", defaults: Hparams | None = None) -> None:
+        """Add one ``--<prefix><field>`` flag per leaf field; help shows the value in ``defaults``."""
+        defaults = defaults if defaults is not None else cls()
+        doc = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+        group = parser.add_argument_group(prefix.rstrip(".") or "hparams", doc) if prefix else parser
+        for f in dataclasses.fields(cls):
+            tp = _hints(cls)[f.name]
+            value = getattr(defaults, f.name)
+            if _is_group(tp):
+                tp.add_args(parser, f"{prefix}{f.name}.", value)
+                continue
+            choices = f.metadata.get("choices")
+            base, _ = _unwrap_optional(tp)
+            metavar = "{" + ",".join(map(str, choices)) + "}" if choices else _type_name(tp)
+            help_text = f"{f.metadata.get('help', '')} [{_fmt(value)}]".replace("%", "%%")
+            kwargs = {"nargs": "?", "const": "true"} if base is bool else {}
+            group.add_argument(f"--{prefix}{f.name}", dest=f"{prefix}{f.name}", default=argparse.SUPPRESS,
+                               metavar=metavar, help=help_text, **kwargs)
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace, prefix: str = "", defaults: Hparams | None = None):
+        """Build from parsed flags (only those given on the command line override ``defaults``)."""
+        d = (defaults if defaults is not None else cls()).to_dict()
+        given = vars(ns)
+        for key, tp in _leaf_flags(cls, prefix):
+            if key not in given:
+                continue
+            node = d
+            rel = key[len(prefix):].split(".")
+            for p in rel[:-1]:
+                node = node[p]
+            node[rel[-1]] = _to_jsonable(_parse_text(tp, given[key], key))
+        return cls.from_dict(d, prefix)
+
+
+def _flatten_overrides(cls, overrides: dict[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    """Nested or dotted overrides -> ``{"group.field": value}``, checking every name against ``cls``."""
+    out = {}
+    for key, value in overrides.items():
+        node, tp = cls, None
+        parts = key.split(".")
+        for i, p in enumerate(parts):
+            hints = _hints(node) if _is_group(node) else {}
+            if p not in hints:
+                raise HparamsError(prefix + ".".join(parts[: i + 1]), f"unknown hparam in {source}")
+            node = tp = hints[p]
+        full = prefix + key
+        if _is_group(tp):
+            if not isinstance(value, dict):
+                raise HparamsError(full, f"expected a mapping in {source}, got {value!r}")
+            out.update(_flatten_overrides(tp, value, source, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def _leaf_flags(cls, prefix: str):
+    """(dotted flag name, field type) for every leaf field."""
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if _is_group(tp):
+            yield from _leaf_flags(tp, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", tp
+
+
+# ----------------------------------------------------------------------------------------------- presets
+
+_PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def register_preset(workflow: str, name: str, overrides: dict[str, Any]) -> None:
+    """Register named overrides (dotted ``{"training.lr": 0.1}`` or nested) for ``--preset NAME``."""
+    table = _PRESETS.setdefault(workflow, {})
+    if name in table and table[name] != overrides:
+        raise ValueError(f"preset {name!r} is already registered for workflow {workflow!r}")
+    table[name] = dict(overrides)
+
+
+def presets(workflow: str) -> dict[str, dict[str, Any]]:
+    """The presets registered for a workflow: name -> overrides (checked when applied)."""
+    return dict(_PRESETS.get(workflow, {}))
+
+
+class HparamsParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``prog: error: --flag: message``) on stderr."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def parse_cli(cls: type[Hparams], argv: list[str] | None = None, *, workflow: str, prog: str | None = None,
+              description: str | None = None, add_job_args=None) -> tuple[Hparams, argparse.Namespace]:
+    """Parse ``[--preset NAME] [--group.field VALUE ...]`` into ``cls``; returns (hparams, namespace).
+
+    ``add_job_args(parser)`` may add flags that are not hparams (levels, output root, ...): they are in
+    the returned namespace and take no part in the hash.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    table = presets(workflow)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=None)
+    known, _ = pre.parse_known_args(argv)
+    parser = HparamsParser(prog=prog, description=description)
+    base = cls()
+    if known.preset is not None:
+        if known.preset not in table:
+            parser.error(f"--preset: unknown preset {known.preset!r} for {workflow} "
+                         f"(choose from {', '.join(sorted(table)) or 'none registered'})")
+        try:
+            base = base.with_overrides(table[known.preset], source=f"preset {known.preset!r}")
+        except HparamsError as e:
+            parser.error(str(e))
+    parser.add_argument("--preset", default=None, metavar="{" + ",".join(sorted(table)) + "}",
+                        help=f"named overrides applied before the flags [{known.preset or 'none'}]")
+    if add_job_args is not None:
+        add_job_args(parser)
+    cls.add_args(parser, "", base)
+    ns = parser.parse_args(argv)
+    try:
+        hp = cls.from_args(ns, "", base)
+    except (HparamsError, StepError) as e:
+        parser.error(str(e))
+    return hp, ns
+
+
+# ----------------------------------------------------------------------------------------------- groups
+
+_STRUCTURE_RE = re.compile(r"^(unstructured|channel|\d+:\d+|block\d+x\d+)$")
+
+
+def _check_step(name: str, text: str, *, positive: bool = False, allow_empty: bool = False) -> None:
+    if allow_empty and not text.strip():
+        return
+    try:
+        ep, it = split_step_string(text, f"--{name}")
+    except StepError as e:
+        raise HparamsError(name, str(e).split(": ", 1)[1]) from None
+    if positive and ep == 0 and it == 0:
+        raise HparamsError(name, f"must be more than zero steps, got {text!r}")
+
+
+@dataclass(frozen=True)
+class DatasetHparams(Hparams):
+    """Data set and batching."""
+
+    name: str = hfield("digits", "data set name (registry: digits, synthetic, mnist, cifar10, cifar100, imagefolder)")
+    data_dir: str | None = hfield(None, "directory holding the data set files (none: the registry's default)")
+    download: bool = hfield(False, "download the data set if it is missing")
+    batch_size: int = hfield(128, "global training batch size (split evenly over DDP ranks)")
+    augment: bool = hfield(True, "use the data set's training augmentation")
+
+    def validate(self):
+        if self.batch_size < 1:
+            raise HparamsError("batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ModelHparams(Hparams):
+    """Model architecture."""
+
+    name: str = hfield("lenet_300_100", "model name (registry: lenet_300_100, cifar_resnet_20, vit_*, timm:<name>)")
+    kwargs: dict[str, Any] = hfield(help="extra model arguments: JSON object or k=v,k2=v2", default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingHparams(Hparams):
+    """Optimizer, schedule and training length."""
+
+    optimizer: str = hfield("sgd", "optimizer", choices=("sgd", "adam", "adamw"))
+    lr: float = hfield(0.1, "peak learning rate")
+    momentum: float = hfield(0.9, "SGD momentum (Adam/AdamW: beta1)")
+    nesterov: bool = hfield(False, "Nesterov momentum (SGD only)")
+    weight_decay: float = hfield(0.0, "weight decay (L2 for sgd/adam, decoupled for adamw)")
+    training_steps: str = hfield("20ep", "training length: '160ep', '2000it' or '2ep500it'")
+    lr_schedule: str = hfield("multistep", "multistep: x gamma at each milestone; cosine: to 0 at the end",
+                              choices=("multistep", "cosine"))
+    milestone_steps: str = hfield("", "multistep milestones, e.g. '80ep,120ep'")
+    gamma: float = hfield(0.1, "multistep decay factor")
+    warmup_steps: str = hfield("0it", "linear warmup length from lr 0, e.g. '5ep' or '500it'")
+    label_smoothing: float = hfield(0.0, "label smoothing of the training loss")
+    grad_clip: float = hfield(0.0, "clip the global gradient norm to this value (0: off)")
+    amp: str = hfield("auto", "mixed precision: auto = bf16 on GPU, off on CPU",
+                      choices=("auto", "bf16", "fp16", "off"))
+    data_order_seed: int = hfield(0, "seed of the per-epoch data order")
+    seed: int = hfield(0, "seed of initialisation and other randomness")
+    eval_every: str = hfield("1ep", "evaluate every this many steps (and at the end); '0it': only at the end")
+
+    def validate(self):
+        for name in ("lr", "gamma"):
+            if getattr(self, name) <= 0:
+                raise HparamsError(name, f"must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise HparamsError("momentum", f"must be in [0, 1), got {self.momentum}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise HparamsError(name, f"must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise HparamsError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise HparamsError("nesterov", "needs --training.optimizer sgd and --training.momentum > 0")
+        _check_step("training_steps", self.training_steps, positive=True)
+        _check_step("warmup_steps", self.warmup_steps)
+        _check_step("eval_every", self.eval_every)
+        try:
+            split_step_list(self.milestone_steps, "--milestone_steps")
+        except StepError as e:
+            raise HparamsError("milestone_steps", str(e).split(": ", 1)[1]) from None
+
+
+@dataclass(frozen=True)
+class PruningHparams(Hparams):
+    """Pruning strategy and amount per pruning event."""
+
+    strategy: str = hfield("magnitude", "pruning strategy (registry: magnitude, random, snip, grasp, synflow, ...)")
+    fraction: float = hfield(0.2, "fraction of the remaining weights removed per pruning event")
+    scope: str = hfield("global", "rank weights across all layers or within each layer",
+                        choices=("global", "layerwise"))
+    structure: str = hfield("unstructured", "granularity: unstructured, channel, N:M (e.g. 2:4) or blockBxB")
+    exclude: tuple[str, ...] = hfield(help="extra parameter names never pruned (comma separated), added to the "
+                                           "model's default_prune_exclude", default_factory=tuple)
+
+    def validate(self):
+        if not 0 <= self.fraction < 1:
+            raise HparamsError("fraction", f"must be in [0, 1), got {self.fraction}")
+        if not _STRUCTURE_RE.match(self.structure):
+            raise HparamsError("structure", f"expected unstructured, channel, N:M or blockBxB, got {self.structure!r}")

@@ -1,0 +1,138 @@
+"""semi_structured: the 2:4 mask builder vs a brute force, the masked fallback vs a float64 oracle
+(forward and backward), the dispatch-table file, and on GPUs the cuSPARSELt path."""
+
+import pytest
+import torch
+
+from lth_kernels.ops import semi_structured as ss
+
+from ..conftest import TOLERANCES, assert_close
+
+
+def _brute_force_2to4(w):
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    for i in range(w.shape[0]):
+        for g in range(0, w.shape[1], 4):
+            vals = [(-abs(w[i, j].item()), j) for j in range(g, min(g + 4, w.shape[1]))]
+            for _, j in sorted(vals)[:2]:  # largest magnitude first, ties to the lower index
+                mask[i, j] = True
+    return mask
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (5, 13), (1, 1), (4, 2), (7, 64)])
+def test_mask_2to4_matches_brute_force(shape):
+    w = torch.randn(shape)
+    assert torch.equal(ss.mask_2to4(w), _brute_force_2to4(w))
+
+
+def test_mask_2to4_ties_batch_dims_and_validity():
+    w = torch.tensor([[1.0, -1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    assert ss.mask_2to4(w).tolist() == [[True, True, False, False, True, True, False, False]]
+    w = torch.randn(2, 6, 32, dtype=torch.float16)
+    m = ss.mask_2to4(w)
+    assert m.shape == w.shape and ss.is_2to4(m) and int(m.sum()) == w.numel() // 2
+    assert not ss.is_2to4(torch.ones(4, 8, dtype=torch.bool)) and not ss.is_2to4(torch.zeros(4, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="weight: expected a floating-point"):
+        ss.mask_2to4(torch.ones(4, 4, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("backend", [None, "reference"])
+@pytest.mark.parametrize("shape", [(64, 128, 16), (33, 20, 7), (8, 12, 1)])
+def test_fallback_fwd_bwd_vs_float64(dtype, backend, shape):
+    N, K, M = shape
+    w = torch.randn(N, K, dtype=dtype)
+    mask = ss.mask_2to4(w)
+    x = torch.randn(2, M, K, dtype=dtype, requires_grad=True)
+    wp = w.clone().requires_grad_()
+    b = torch.randn(N, dtype=dtype, requires_grad=True)
+    gy = torch.randn(2, M, N, dtype=dtype)
+    y = ss.semi_structured_linear(x, wp, mask, b, backend=backend)
+    y.backward(gy)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y64 = torch.nn.functional.linear(x64, w64 * mask, b64)
+    y64.backward(gy.double())
+    assert y.dtype == dtype
+    for got, ref in ((y, y64), (x.grad, x64.grad), (wp.grad, w64.grad), (b.grad, b64.grad)):
+        assert_close(got, ref, dtype)
+    assert torch.all(wp.grad[~mask] == 0)
+
+
+def test_cusparselt_backend_refuses_cpu_and_bad_input():
+    w = torch.randn(32, 64)
+    with pytest.raises(RuntimeError, match="backend: 'cusparselt' unavailable here: needs CUDA"):
+        ss.semi_structured_linear(torch.randn(4, 64), w, ss.mask_2to4(w), backend="cusparselt")
+    with pytest.raises(ValueError, match="mask: expected a bool tensor"):
+        ss.semi_structured_linear(torch.randn(4, 64), w, torch.ones(32, 64))
+    with pytest.raises(ValueError, match="x: expected"):
+        ss.semi_structured_linear(torch.randn(4, 63), w, ss.mask_2to4(w))
+    with pytest.raises(ValueError, match="backend: expected"):
+        ss.semi_structured_linear(torch.randn(4, 64), w, ss.mask_2to4(w), backend="triton")
+    assert ss.sparse_supported(torch.randn(4, 64), w) == (False, "needs CUDA tensors")
+
+
+def test_opcheck():
+    w = torch.randn(16, 32, requires_grad=True)
+    args = (torch.randn(3, 32, requires_grad=True), w, ss.mask_2to4(w), torch.randn(16, requires_grad=True), "auto")
+    torch.library.opcheck(torch.ops.lth_kernels.semi_structured_linear, args)
+
+
+def test_dispatch_table_roundtrip(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTH_KERNELS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ss, "_TABLE", {"dev|torch|bfloat16|m64|n128|k256|b0": True})
+    ss._save_table()
+    assert (tmp_path / "semi_structured_dispatch.json").exists()
+    monkeypatch.setattr(ss, "_TABLE", {})
+    ss._load_table()
+    assert ss._TABLE == {"dev|torch|bfloat16|m64|n128|k256|b0": True}
+    monkeypatch.setenv("LTH_KERNELS_CACHE_DIR", "")
+    assert ss._cache_path() is None
+    assert [ss._m_bucket(m) for m in (1, 16, 17, 200)] == [16, 16, 32, 256]
+
+
+# --------------------------------------------------------------------------------------------- GPU
+
+
+def _needs_2to4():
+    ok, why = ss.sparse_supported(torch.empty(16, 64, device="cuda", dtype=torch.float16),
+                                  torch.empty(128, 64, device="cuda", dtype=torch.float16))
+    if not ok:
+        pytest.skip(why)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,N,K", [(1024, 3072, 768), (197, 768, 768), (8, 256, 512)])
+def test_gpu_cusparselt_matches_reference(dtype, M, N, K):
+    _needs_2to4()
+    w = (torch.randn(N, K, device="cuda") / K**0.5).to(dtype)
+    mask = ss.mask_2to4(w)
+    x = torch.randn(M, K, device="cuda", dtype=dtype, requires_grad=True)
+    wp = w.clone().requires_grad_()
+    b = torch.randn(N, device="cuda", dtype=dtype, requires_grad=True)
+    y = ss.semi_structured_linear(x, wp, mask, b, backend="cusparselt")
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y64 = torch.nn.functional.linear(x64, w64 * mask, b64)
+    y64.backward(gy.double())
+    atol, rtol = TOLERANCES[dtype]
+    for got, ref in ((y, y64), (x.grad, x64.grad), (wp.grad, w64.grad), (b.grad, b64.grad)):
+        torch.testing.assert_close(got.double(), ref, atol=atol * 4, rtol=rtol)
+    assert torch.all(wp.grad[~mask] == 0)
+    # auto: whichever path the measured table picks computes the same function
+    with torch.no_grad():
+        torch.testing.assert_close(ss.semi_structured_linear(x, w, mask, b).double(), y64, atol=atol * 4, rtol=rtol)
+
+
+@pytest.mark.gpu
+def test_gpu_compile_fullgraph():
+    _needs_2to4()
+    w = torch.randn(1024, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    mask = ss.mask_2to4(w)
+    x = torch.randn(512, 768, device="cuda", dtype=torch.bfloat16)
+    fn = torch.compile(lambda x, w: ss.semi_structured_linear(x, w, mask, backend="cusparselt").float().sum(),
+                       fullgraph=True)
+    fn(x, w).backward()
+    ref = (x.float().t() @ torch.ones(512, 1024, device="cuda")).t() * mask
+    torch.testing.assert_close(w.grad.float(), ref, atol=1.0, rtol=5e-2)

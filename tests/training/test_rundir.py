@@ -1,0 +1,59 @@
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lth_kernels.training.checkpoint import load_weights, save_weights, strip_prefixes
+from lth_kernels.training.hparams import Hparams, TrainingHparams, hfield
+from lth_kernels.training.rundir import atomic_save, atomic_write_json, prepare_run_dir, run_dir, stage_done
+from tests.training.tiny import tiny_mlp
+
+
+@dataclass(frozen=True)
+class WfHparams(Hparams):
+    """Workflow hparams."""
+
+    training: TrainingHparams = hfield(default_factory=TrainingHparams)
+    levels: int = hfield(2, "levels")
+
+
+def test_run_dir_named_by_hash_and_hparams_written_once(tmp_path):
+    hp = WfHparams.from_dict({"training": {"lr": 0.3}})
+    path = prepare_run_dir("imp", hp, tmp_path)
+    assert path == run_dir("imp", hp, tmp_path) == tmp_path / f"imp-{hp.hashname()}"
+    assert WfHparams.from_json((path / "hparams.json").read_text()) == hp
+    assert prepare_run_dir("imp", hp, tmp_path) == path  # same hparams: fine
+    assert sorted(p.name for p in path.iterdir()) == ["hparams.json"]  # no temp files left behind
+    other = WfHparams.from_dict({"training": {"lr": 0.4}})
+    (tmp_path / f"imp-{other.hashname()}").mkdir()
+    atomic_write_json(tmp_path / f"imp-{other.hashname()}" / "hparams.json", hp.to_dict())
+    with pytest.raises(FileExistsError, match="holds other hparams"):
+        prepare_run_dir("imp", other, tmp_path)
+
+
+def test_atomic_writes_and_stage_done(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    assert not stage_done(target)
+    atomic_write_json(target, {"a": 1})
+    assert stage_done(target) and json.loads(target.read_text()) == {"a": 1}
+    atomic_save({"w": torch.arange(6.0).view(2, 3)}, tmp_path / "w.safetensors", metadata={"step": "3"})
+    assert torch.equal(load_file(tmp_path / "w.safetensors")["w"], torch.arange(6.0).view(2, 3))
+    atomic_save({"x": 1}, tmp_path / "x.pt")
+    assert torch.load(tmp_path / "x.pt") == {"x": 1}
+    with pytest.raises(Exception):  # noqa: B017  (a failed save leaves neither the target nor a temp file)
+        atomic_save({"w": "not a tensor"}, tmp_path / "bad.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub", "w.safetensors", "x.pt"]
+
+
+def test_weights_round_trip_strips_wrapper_prefixes(tmp_path):
+    a, b = tiny_mlp(), tiny_mlp()
+    save_weights(a, tmp_path / "a.safetensors", {"step": 5})
+    load_weights(b, tmp_path / "a.safetensors")
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    assert "0.mask" not in load_file(tmp_path / "a.safetensors")  # masks live in the ticket file
+    assert strip_prefixes({"module._orig_mod.0.weight": 1}) == {"0.weight": 1}
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_weights(b, tmp_path / "missing.safetensors")
