@@ -132,6 +132,7 @@ def test_from_dense_shares_parameters_and_to_dense():
         MaskedLinear.from_dense(conv)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
 @pytest.mark.parametrize("padding", [1, (2, 1), "same"])
 def test_conv_padding_modes_match_nn_conv2d(padding_mode, padding):
