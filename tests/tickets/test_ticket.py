@@ -1,0 +1,231 @@
+"""Ticket: construction, counts, report, distance/overlap, save/load, model matching and apply."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from lth_kernels.tickets import Ticket, TicketError
+from lth_kernels.tickets.ticket import FORMAT
+from tests.tickets._models import CNN, MLP, FakeMaskedLinear
+
+A = {"a.weight": torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool), "b.weight": torch.tensor([[0, 0], [0, 1]])}
+B = {"a.weight": torch.tensor([[1, 1, 1], [0, 1, 0]], dtype=torch.bool), "b.weight": torch.tensor([[0, 0], [1, 1]])}
+
+
+def _has_sparsify() -> bool:
+    return importlib.util.find_spec("lth_kernels.nn.sparsify") is not None or \
+        hasattr(importlib.import_module("lth_kernels.nn"), "sparsify")
+
+
+needs_sparsify = pytest.mark.skipif(not _has_sparsify(), reason="lth_kernels.nn.sparsify not available yet")
+
+
+# --------------------------------------------------------------------------------------------- basics
+
+
+def test_mapping_and_conversion():
+    t = Ticket(A, {"strategy": "magnitude", "level": 3})
+    assert list(t) == ["a.weight", "b.weight"] and len(t) == 2
+    assert t["b.weight"].dtype == torch.bool and t["b.weight"].tolist() == [[False, False], [False, True]]
+    assert t.metadata["level"] == "3" and "created" in t.metadata  # values become strings
+    assert isinstance(t.to_dict(), dict) and "density" in repr(t)
+
+
+def test_counts_and_report_by_hand():
+    t = Ticket(A)
+    # a: 4 of 6 kept, b: 1 of 4 kept
+    assert (t.num_total, t.num_kept) == (10, 5)
+    assert t.density == pytest.approx(0.5) and t.sparsity == pytest.approx(0.5)
+    r = t.report()
+    assert r["total"] == 10 and r["unpruned"] == 5
+    assert r["layers"]["a.weight"] == {"shape": [2, 3], "kept": 4, "total": 6, "density": pytest.approx(4 / 6)}
+    assert r["layers"]["b.weight"] == {"shape": [2, 2], "kept": 1, "total": 4, "density": 0.25}
+    json.dumps(r)  # the report is the content of sparsity_report.json
+
+
+def test_distance_overlap_equal_by_hand():
+    ta, tb = Ticket(A), Ticket(B)
+    # a differs at (0,1), (1,0): 2; b differs at (1,0): 1 -> 3 of 10 entries
+    assert ta.distance(tb) == pytest.approx(0.3)
+    assert ta.distance(ta) == 0.0
+    # kept: a: A {00,02,10,11}, B {00,01,02,11} -> inter 3, union 5; b: A {11}, B {10,11} -> inter 1, union 2
+    assert ta.overlap(tb) == pytest.approx(4 / 7)
+    assert ta.overlap(ta) == 1.0
+    assert ta.equal(Ticket(A)) and not ta.equal(tb)
+    assert ta.equal({k: v.int() for k, v in A.items()})  # any 0/1 mapping compares
+    assert not ta.equal({"a.weight": A["a.weight"]})
+    assert not ta.equal(Ticket(A, {"level": "2"}), metadata=True)
+
+
+def test_distance_layout_mismatch():
+    with pytest.raises(TicketError, match="different parameters"):
+        Ticket(A).distance({"a.weight": A["a.weight"]})
+    with pytest.raises(TicketError, match="shapes differ"):
+        Ticket(A).overlap({"a.weight": torch.ones(3, 2, dtype=torch.bool), "b.weight": A["b.weight"]})
+
+
+def test_bad_masks():
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        Ticket({"w": torch.tensor([0.0, 0.5])})
+    with pytest.raises(TypeError, match="expected a tensor"):
+        Ticket({"w": [1, 0]})
+    with pytest.raises(TypeError, match="parameter name"):
+        Ticket({3: torch.ones(2)})
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def test_save_load_round_trip(tmp_path):
+    masks = {"z.weight": torch.rand(7, 5) > 0.5, "a.weight": torch.rand(3, 2, 3, 3) > 0.3}  # non-sorted order
+    t = Ticket(masks, {"strategy": "magnitude", "level": "4", "model": "MLP", "source_run": "runs/imp-1",
+                       "structure": "unstructured", "seed": 7})
+    path = t.save(tmp_path / "sub" / "mask.safetensors")
+    assert path.exists() and not list(path.parent.glob(".*tmp"))  # atomic write leaves no temp file
+    u = Ticket.load(path)
+    assert list(u) == ["z.weight", "a.weight"]  # the producer's order survives safetensors' sorting
+    assert u.equal(t)
+    for key in ("strategy", "level", "model", "source_run", "structure", "seed", "created"):
+        assert u.metadata[key] == t.metadata[key]
+    assert u.metadata["format"] == FORMAT and u.metadata["format_version"] == "1"
+    assert u.metadata["lth_kernels_version"] and u.metadata["sparsity"] == f"{t.sparsity:.6f}"
+    assert "order" not in u.metadata
+
+
+def test_load_missing_and_corrupt(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Ticket.load(tmp_path / "nope.safetensors")
+    bad = tmp_path / "garbage.safetensors"
+    bad.write_bytes(b"\x00\x01not a safetensors file at all")
+    with pytest.raises(TicketError, match="garbage.safetensors is corrupt") as e:
+        Ticket.load(bad)
+    assert "\n" not in str(e.value)
+    good = Ticket(A).save(tmp_path / "good.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-3])
+    with pytest.raises(TicketError, match="truncated.safetensors"):
+        Ticket.load(truncated)
+
+
+def test_load_foreign_or_inconsistent_files(tmp_path):
+    p = tmp_path / "weights.safetensors"
+    save_file({"w": torch.ones(2, 2)}, str(p))
+    with pytest.raises(TicketError, match="not an lth_kernels ticket"):
+        Ticket.load(p)
+    meta = {"format": FORMAT, "format_version": "1"}
+    save_file({"w": torch.ones(2, 2)}, str(p), metadata=meta)
+    with pytest.raises(TicketError, match="dtype torch.float32"):
+        Ticket.load(p)
+    save_file({"w": torch.ones(2, 2, dtype=torch.bool)}, str(p), metadata={**meta, "format_version": "99"})
+    with pytest.raises(TicketError, match="format_version '99'"):
+        Ticket.load(p)
+    save_file({"w": torch.ones(2, 2, dtype=torch.bool)}, str(p), metadata={**meta, "shapes_sha256": "0" * 16})
+    with pytest.raises(TicketError, match="shapes_sha256"):
+        Ticket.load(p)
+    save_file({"w": torch.ones(2, 2, dtype=torch.bool)}, str(p), metadata={**meta, "sparsity": "0.5"})
+    with pytest.raises(TicketError, match="metadata sparsity"):
+        Ticket.load(p)
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def test_from_model_and_ones():
+    model = MLP()
+    model.layers[1] = FakeMaskedLinear(30, 16)
+    mask = torch.rand(16, 30) > 0.5
+    model.layers[1].set_mask(mask)
+    t = Ticket.from_model(model)
+    # every maskable weight, the default-excluded output layer included (open_lth keeps it, all ones)
+    assert list(t) == ["layers.0.weight", "layers.1.weight", "fc.weight"]
+    assert torch.equal(t["layers.1.weight"], mask) and bool(t["layers.0.weight"].all()) and bool(t["fc.weight"].all())
+    assert t.metadata["model"] == "MLP"
+    ones = Ticket.ones(CNN(), exclude=("fc",))
+    assert list(ones) == ["conv1.weight", "conv2.weight"] and ones.density == 1.0
+    assert ones["conv2.weight"].shape == (10, 6, 3, 3) and ones.metadata["level"] == "0"
+
+
+def test_match_names_shapes_and_prefixes():
+    model = MLP()
+    t = Ticket.ones(model)
+    assert t.match(model) == {n: n for n in t}
+    # DataParallel (`module.`) and torch.compile (`_orig_mod.`) wrappers
+    wrapped = nn.DataParallel(model)
+    assert t.match(wrapped)["fc.weight"] == "module.fc.weight"
+    compiled = torch.compile(model)
+    assert t.match(compiled)["layers.0.weight"] == "_orig_mod.layers.0.weight"
+    assert Ticket.from_model(wrapped).equal(t)
+    prefixed = Ticket({"module." + k: v for k, v in t.items()})
+    assert prefixed.match(model)["module.fc.weight"] == "fc.weight"
+
+
+def test_match_errors():
+    model = MLP()
+    with pytest.raises(TicketError, match=r"mask shape \(3, 3\) != weight shape \(5, 16\)"):
+        Ticket({"fc.weight": torch.ones(3, 3)}).match(model)
+    with pytest.raises(TicketError, match="'nope.weight' is not a parameter"):
+        Ticket({"nope.weight": torch.ones(3, 3)}).match(model)
+    with pytest.raises(TicketError, match="'fc.bias' is not the weight of a maskable layer"):
+        Ticket({"fc.bias": torch.ones(5)}).match(model)
+    with pytest.raises(TicketError, match="no mask for"):
+        Ticket({"fc.weight": torch.ones(5, 16)}).match(model, strict=True)
+
+
+def test_apply_checks_before_sparsify():
+    # The shape check runs before lth_kernels.nn is touched, so it holds with or without sparsify.
+    with pytest.raises(TicketError, match="mask shape"):
+        Ticket({"fc.weight": torch.ones(3, 3)}).apply(MLP())
+
+
+@needs_sparsify
+def test_apply_masks_the_model():
+    torch.manual_seed(0)
+    model = MLP()
+    t = Ticket({n: torch.rand(p.shape) > 0.4 for n, p in model.named_parameters() if n.endswith("weight")},
+               {"strategy": "test"})
+    x = torch.randn(4, 20)
+    ref = MLP()
+    ref.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if n in t:
+                p.mul_(t[n])
+    out = t.apply(model)
+    model = out if isinstance(out, nn.Module) else model
+    for name, module in model.named_modules():
+        if f"{name}.weight" in t:
+            assert hasattr(module, "mask") and hasattr(module, "set_mask"), f"{name} was not swapped"
+            assert torch.equal(module.mask.cpu(), t[f"{name}.weight"])
+            assert bool((module.weight[~module.mask] == 0).all())
+    torch.testing.assert_close(model(x), ref(x))
+    assert Ticket.from_model(model).equal(t)
+    # state_dict stays the dense model's: it loads into a plain MLP
+    MLP().load_state_dict(model.state_dict())
+
+
+@needs_sparsify
+def test_apply_wrapped_model():
+    model = MLP()
+    t = Ticket({n: torch.rand(p.shape) > 0.5 for n, p in model.named_parameters() if n.endswith("weight")})
+    wrapped = nn.DataParallel(model)
+    t.apply(wrapped)
+    assert Ticket.from_model(model).equal(t)
+
+
+def test_save_report(tmp_path):
+    t = Ticket(A)
+    path = t.save_report(tmp_path / "level_1" / "sparsity_report.json")
+    assert json.loads(path.read_text()) == json.loads(json.dumps(t.report()))
+
+
+def test_ticket_does_not_alias_layer_masks():
+    model = nn.Sequential(FakeMaskedLinear(4, 3))
+    t = Ticket.from_model(model)
+    model[0].set_mask(torch.zeros(3, 4, dtype=torch.bool))
+    assert bool(t["0.weight"].all())
