@@ -213,6 +213,7 @@ def _job_args(parser) -> None:
     parser.add_argument("--no-report", "--no_report", dest="no_report", action="store_true",
                         help="do not print the report table and write the plots at the end")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("--verbose", action="store_true", help="also log every evaluation of every stage")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         print(hp.to_json())
         return 0
     logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(message)s")
+    if not ns.verbose:  # one line per stage from the runner; the Trainer's per-evaluation lines on request
+        logging.getLogger("lth_kernels.training.trainer").setLevel(logging.WARNING)
     try:
         from lth_kernels.training.distributed import init_distributed, is_main_process
 
