@@ -509,4 +509,5 @@ class PruningHparams(Hparams):
         if not 0 <= self.fraction < 1:
             raise HparamsError("fraction", f"must be in [0, 1), got {self.fraction}")
         if not _STRUCTURE_RE.match(self.structure):
-            raise HparamsError("structure", f"expected unstructured, channel, N:M, blockB or blockBxB, got {self.structure!r}")
+            raise HparamsError("structure", "expected unstructured, channel, N:M, blockB or blockBxB, got "
+                                            f"{self.structure!r}")

@@ -18,7 +18,7 @@ from torch import nn
 from lth_kernels.data import create_dataset
 from lth_kernels.models import create_model
 from lth_kernels.tickets import Ticket, prunable_parameters, prune
-from lth_kernels.training import Trainer, TrainResult, TrainingHparams, seed_everything
+from lth_kernels.training import Trainer, TrainingHparams, TrainResult, seed_everything
 from lth_kernels.training.checkpoint import load_step
 from lth_kernels.training.distributed import barrier, is_main_process
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
@@ -68,6 +68,8 @@ class ImpRunner:
             log.warning("--pruning.structure %s has a fixed density: running 1 pruned level, not %d",
                         hp.pruning.structure, hp.levels)
         self.path = prepare_run_dir(WORKFLOW, hp, self.root, write=self.is_main)
+        if self.is_main and json.loads((self.path / "hparams.json").read_text()) != hp.to_dict():
+            atomic_write_json(self.path / "hparams.json", hp.to_dict())  # same run, this invocation's job fields
         barrier()
 
     # ------------------------------------------------------------------------------------------ building blocks

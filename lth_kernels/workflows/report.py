@@ -134,7 +134,9 @@ def plot(summary: dict, run_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 100, 50, 20 instead of 10^2 on the log axes
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     levels = summary["levels"]
@@ -147,6 +149,9 @@ def plot(summary: dict, run_dir: str | Path) -> list[Path]:
             x, y, e = zip(*pts)
             ax.errorbar(x, y, yerr=e, marker="o", ms=4, capsize=3, label=b)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.invert_xaxis()  # pruning goes left to right
     ax.set_xlabel("% of prunable weights remaining (log)")
     ax.set_ylabel("test accuracy at the end (%)")
@@ -165,6 +170,9 @@ def plot(summary: dict, run_dir: str | Path) -> list[Path]:
         xs = sorted(main)
         ax.plot(xs, [main[lvl]["layers"][name] * 100 for lvl in xs], marker="o", ms=4, label=name)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("level")
     ax.set_ylabel("% of the layer's weights remaining (log)")
     ax.set_title("density per layer (main run)")

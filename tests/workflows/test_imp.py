@@ -21,7 +21,6 @@ from lth_kernels.training.checkpoint import step_paths
 from lth_kernels.workflows.imp import ImpHparams, main, run_imp
 from lth_kernels.workflows.imp_runner import ImpRunner
 from tests.workflows.scripts.imp_tiny import run as run_tiny
-from tests.workflows.scripts.imp_tiny import tiny_hp
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).parent / "scripts" / "imp_tiny.py"
