@@ -48,7 +48,8 @@ def _aggregate(values: list) -> dict:
     if not vals:
         return {"mean": None, "std": None, "n": 0, "values": []}
     mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    spread = len(vals) > 1 and max(vals) != min(vals)  # equal values: exactly 0, not float noise
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if spread else 0.0
     return {"mean": mean, "std": std, "n": len(vals), "values": vals}
 
 
@@ -101,11 +102,12 @@ def write_summary(run_dir: str | Path) -> dict:
     return summary
 
 
-def _pm(agg: dict, scale: float = 100.0, digits: int = 2) -> str:
+def _pm(agg: dict, scale: float = 100.0, digits: int = 2, exact: bool = False) -> str:
+    """``mean ± std`` (just the mean for one value, or for ``exact`` quantities that did not vary)."""
     if agg["mean"] is None:
         return "-"
     text = f"{agg['mean'] * scale:.{digits}f}"
-    return text + (f" ± {agg['std'] * scale:.{digits}f}" if agg["n"] > 1 else "")
+    return text + (f" ± {agg['std'] * scale:.{digits}f}" if agg["n"] > 1 and not (exact and agg["std"] == 0) else "")
 
 
 def format_table(summary: dict) -> str:
@@ -115,7 +117,7 @@ def format_table(summary: dict) -> str:
     rows = []
     for lvl, row in summary["levels"].items():
         main = row.get("main") or next(iter(row.values()))
-        cells = [lvl, _pm(main["density"])]
+        cells = [lvl, _pm(main["density"], exact=True)]
         for b in branches:
             cells.append(f"{_pm(row[b]['test_acc_end'])} ({_pm(row[b]['test_acc_best'])})" if b in row else "-")
         cells += [_pm(main["train_time_s"], 1, 1), _pm(main["samples_per_s"], 1, 0)]
@@ -134,24 +136,31 @@ def plot(summary: dict, run_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 100, 50, 20 instead of 10^2 on the log axes
+
+    def log_ticks(axis, low: float) -> None:
+        """1-2-5 ticks from 100 % down to ``low``, plainly labelled, without minor labels."""
+        ticks = [m * 10.0 ** e for e in range(2, -4, -1) for m in (5, 2, 1) if low * 0.9 <= m * 10.0 ** e <= 100]
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(NullFormatter())
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     levels = summary["levels"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    lowest = 100.0
     for b in summary["branches"]:
         pts = [(row[b]["density"]["mean"] * 100, row[b]["test_acc_end"]["mean"] * 100,
                 row[b]["test_acc_end"]["std"] * 100) for row in levels.values()
                if b in row and row[b]["test_acc_end"]["mean"] is not None]
         if pts:
             x, y, e = zip(*pts)
+            lowest = min(lowest, *x)
             ax.errorbar(x, y, yerr=e, marker="o", ms=4, capsize=3, label=b)
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    log_ticks(ax.xaxis, lowest)
     ax.invert_xaxis()  # pruning goes left to right
     ax.set_xlabel("% of prunable weights remaining (log)")
     ax.set_ylabel("test accuracy at the end (%)")
@@ -170,9 +179,8 @@ def plot(summary: dict, run_dir: str | Path) -> list[Path]:
         xs = sorted(main)
         ax.plot(xs, [main[lvl]["layers"][name] * 100 for lvl in xs], marker="o", ms=4, label=name)
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    log_ticks(ax.yaxis, min([100.0] + [d * 100 for rec in main.values() for d in rec["layers"].values()]))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("level")
     ax.set_ylabel("% of the layer's weights remaining (log)")
     ax.set_title("density per layer (main run)")

@@ -25,7 +25,7 @@ from tests.workflows.scripts.imp_tiny import run as run_tiny
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).parent / "scripts" / "imp_tiny.py"
 PRUNABLE = ("fc_layers.0.weight", "fc_layers.1.weight")  # lenet_300_100; fc.weight is excluded by the model
-FAST = {"training.training_steps": "2ep", "training.eval_every": "0it", "levels": 2}
+FAST = {"training.training_steps": "1ep", "training.eval_every": "0it", "levels": 2}
 
 
 def _fast(**overrides) -> ImpHparams:
@@ -47,7 +47,7 @@ def _final(stage: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    """The default preset (lenet_300_100 on digits) with every branch, on a 2-epoch budget."""
+    """The default preset (lenet_300_100 on digits) with every branch, on a 1-epoch budget."""
     root = tmp_path_factory.mktemp("imp")
     hp = _fast(branches=("random_reinit", "random_prune", "retrain"),
                **{"retrain.training": {"lr": 0.05}, "random_prune.scope": "global"})
@@ -71,7 +71,7 @@ def test_default_preset_end_to_end(default_run):
     assert summary["branches"][0] == "main" and len(summary["branches"]) == 4
     assert sorted(summary["levels"]) == ["0", "1", "2"]
     main0 = summary["levels"]["0"]["main"]
-    assert main0["density"]["mean"] == 1.0 and main0["test_acc_end"]["mean"] > 0.8  # digits learns in 2 epochs
+    assert main0["density"]["mean"] == 1.0 and main0["test_acc_end"]["mean"] > 0.7  # digits learns in 1 epoch
     for row in summary["levels"].values():
         for rec in row.values():
             assert rec["test_acc_best"]["mean"] >= rec["test_acc_end"]["mean"]
@@ -151,7 +151,7 @@ class LrRecorder(Callback):
 def test_rewinding_restores_weights_schedule_and_data_order(tmp_path):
     # plain SGD (the digits preset): pretrain to K then level 0 from K must equal one uninterrupted run
     hp = _fast(rewind="1ep5it", levels=1, **{"training.milestone_steps": "1ep10it", "training.warmup_steps": "7it",
-                                            "training.training_steps": "3ep"})
+                                            "training.training_steps": "2ep"})
     rec = LrRecorder()
     runner = ImpRunner(hp, root=tmp_path, callbacks=[rec], progress=False)
     path = runner.run()
