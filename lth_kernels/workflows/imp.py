@@ -189,7 +189,8 @@ def run_imp(hp: ImpHparams, root: str = "runs", **kwargs):
     """Run (or resume) IMP for ``hp`` under ``root``; returns the run directory (a ``Path``).
 
     ``kwargs`` go to ``ImpRunner``: ``callbacks`` (Trainer callbacks, every stage), ``device``,
-    ``progress``, ``data`` (``(train, test, info)`` to use instead of building ``hp.dataset``).
+    ``progress``, ``data`` (``(train, test, info)`` to use instead of building ``hp.dataset``), ``threads``
+    (``"auto"``: one CPU thread for small models).
     """
     from lth_kernels.workflows.imp_runner import ImpRunner
 
@@ -212,6 +213,8 @@ def _job_args(parser) -> None:
                         help="print the run directory and the resolved hparams, run nothing")
     parser.add_argument("--no-report", "--no_report", dest="no_report", action="store_true",
                         help="do not print the report table and write the plots at the end")
+    parser.add_argument("--threads", default="auto", help="torch CPU threads; auto: 1 for models under 1M "
+                        "parameters on the CPU (small GEMMs gain nothing from more), else torch's default [auto]")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     parser.add_argument("--verbose", action="store_true", help="also log every evaluation of every stage")
 
@@ -238,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         from lth_kernels.training.distributed import init_distributed, is_main_process
 
         init_distributed()
-        path = run_imp(hp, root=ns.root)
+        if ns.threads != "auto" and not (ns.threads.isdigit() and int(ns.threads) > 0):
+            raise ValueError(f"--threads: expected 'auto' or a positive int, got {ns.threads!r}")
+        path = run_imp(hp, root=ns.root, threads=ns.threads)
         if not ns.no_report and is_main_process():
             from lth_kernels.workflows.report import report
 

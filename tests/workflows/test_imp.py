@@ -255,6 +255,7 @@ def test_torchrun_two_ranks_same_masks_as_one_process(tmp_path):
     (["--levels", "-1"], "--levels"),
     (["--target_density", "1.5"], "--target_density"),
     (["--retrain.training", "lr=-1"], "--retrain.training"),
+    (["--threads", "0"], "--threads"),
 ])
 def test_bad_hparams_give_one_line_errors(tmp_path, capsys, args, flag):
     code = 0
@@ -274,3 +275,15 @@ def test_target_density_sets_levels_and_job_fields_keep_the_run_name():
     assert _fast(levels=9, replicates=3, branches=("random_reinit",)).hashname() == _fast().hashname()
     assert _fast(**{"training.lr": 0.05}).hashname() != _fast().hashname()
     assert ImpHparams().hashname() == ImpHparams.from_preset("lenet_300_100-digits").hashname()
+
+
+def test_auto_threads_use_one_cpu_thread_for_small_models(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ImpRunner(_fast(), root=tmp_path, threads="auto", device="cpu")
+        assert torch.get_num_threads() == 1  # lenet_300_100 on 8x8 digits: 50,610 parameters
+        ImpRunner(_fast(), root=tmp_path, threads=None, device="cpu")
+        assert torch.get_num_threads() == 1  # None leaves the setting alone
+    finally:
+        torch.set_num_threads(threads)
