@@ -198,7 +198,7 @@ def parse_mapping(text: str, num_stages: int) -> tuple[StageMapping, ...]:
         for item in filter(None, (x.strip() for x in chunk.split(";"))):
             src, sep, tgts = item.partition(":")
             try:
-                items.append((int(src), tuple(int(t) for t in tgts.split(","))))
+                items.append((int(src), tuple(int(t) for t in tgts.split(",") if t.strip())))
             except ValueError:
                 raise ElasticError(f"block_mapping: expected 'src:tgt[,tgt];...' with integers, got {item!r} in "
                                    f"{text!r}") from None
