@@ -100,6 +100,9 @@ class ElasticHparams(Hparams):
         if self.imp.num_levels < 1:
             raise HparamsError("imp.levels", f"the ticket is the last IMP level and must be pruned, got "
                                              f"{self.imp.num_levels}")
+        if self.imp.branches:
+            raise HparamsError("imp.branches", f"elastic trains its own controls (--baselines), got "
+                                               f"{','.join(self.imp.branches)}")
         if ":" in self.imp.pruning.structure:
             raise HparamsError("imp.pruning.structure", "elastic tickets are unstructured or block masks, got "
                                                         f"{self.imp.pruning.structure!r}")
