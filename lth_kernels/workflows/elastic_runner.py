@@ -15,8 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from lth_kernels.data import create_dataset
+from lth_kernels.models import create_model
 from lth_kernels.tickets import Ticket, prune
-from lth_kernels.tickets.elastic import model_depth, model_for_depth, transform
+from lth_kernels.tickets.elastic import (
+    ElasticError,
+    check_mapping,
+    generate_mapping,
+    layout_of,
+    model_depth,
+    model_for_depth,
+    parse_mapping,
+    transform,
+)
 from lth_kernels.training import Trainer, TrainResult
 from lth_kernels.training.distributed import barrier, is_main_process
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
@@ -56,13 +66,33 @@ class ElasticRunner:
                                                                   augment=ds.augment)
         self.level = hp.imp.num_levels
         self.family_depth = model_depth(hp.imp.model.name, hp.imp.model.kwargs)
-        for s, t in hp.pair_list:  # names every bad depth before anything trains
-            model_for_depth(hp.imp.model.name, hp.imp.model.kwargs, s)
-            model_for_depth(hp.imp.model.name, hp.imp.model.kwargs, t)
+        self.check_pairs()
         self.is_main = is_main_process()
         self.path = prepare_run_dir(WORKFLOW, hp, self.root, write=self.is_main)
         self._runners: dict[int, ImpRunner] = {}
         barrier()
+
+    def check_pairs(self) -> None:
+        """Every pair's mapping (generated or given) is valid for the two models, before anything trains."""
+        info, m = self.data[2], self.hp.imp.model
+        layouts = {}
+        for pair in self.hp.pair_list:
+            for d in pair:
+                if d not in layouts:
+                    name, kwargs = model_for_depth(m.name, m.kwargs, d)
+                    with torch.device("meta"):  # keys and shapes only: no memory, no initialisation cost
+                        model = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans,
+                                             img_size=info.img_size, **kwargs)
+                    layouts[d] = layout_of(model.state_dict())
+            (s, t), text = pair, self.hp.block_mapping.get(f"{pair[0]}:{pair[1]}")
+            src, dst = layouts[s].lengths, layouts[t].lengths
+            try:
+                if len(src) != len(dst):
+                    raise ElasticError(f"target: the number of stages must stay fixed, {src} vs {dst} units")
+                given = parse_mapping(text, len(src)) if text is not None else None
+                check_mapping(given or generate_mapping(src, dst, self.hp.strategy), src, dst)
+            except ElasticError as e:
+                raise ElasticError(f"--pairs {s}:{t}: {e}") from None
 
     # ------------------------------------------------------------------------------------------ IMP runs
     def imp_hparams(self, depth: int) -> ImpHparams:

@@ -153,6 +153,20 @@ def test_squeeze_pair_with_explicit_mapping(tmp_path):
     assert [r["method"] for r in summary["rows"]] == ["ETT <- 4"]
 
 
+def test_impossible_pairs_fail_before_training(tmp_path):
+    # lenet_32 has one hidden layer: its only unit is the first one, which is never replicated
+    with pytest.raises(ValueError, match="--pairs 2:3: target: stage 0 of the source has only its first"):
+        ElasticRunner(_tiny(pairs=("2:3",)), root=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="--pairs 4:5: block_mapping: stage 0 .* leaves target units \\[3\\]"):
+        ElasticRunner(_tiny(block_mapping={"4:5": "0:0;1:1,2"}), root=tmp_path, progress=False)
+    resnet = _tiny().imp.replace(model=_tiny().imp.model.replace(name="cifar_resnet_8"))
+    with pytest.raises(ValueError, match="6n\\+2"):
+        ElasticRunner(_tiny(pairs=("8:9",)).replace(imp=resnet), root=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="--pairs 8:20: target: stage 0 of the source has only its first"):
+        ElasticRunner(_tiny(pairs=("8:20",)).replace(imp=resnet), root=tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())  # nothing was created
+
+
 def test_hparams_presets_and_cli(capsys, tmp_path):
     hp = ElasticHparams()
     assert hp.pair_list == [(4, 6), (4, 3)] and hp.imp.model.name == "lenet_100_100_100"
