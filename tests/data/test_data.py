@@ -90,7 +90,7 @@ def test_missing_directory_names_path_and_flags(name, tmp_path, monkeypatch):
     msg = str(e.value)
     assert str(missing) in msg and "--dataset.data_dir" in msg and "--dataset.download" in msg and "\n" not in msg
     # An existing but empty directory: torchvision's "not found" becomes the same one-line error.
-    with pytest.raises(FileNotFoundError, match=f"no {name} data at {tmp_path}.*--download"):
+    with pytest.raises(FileNotFoundError, match=f"no {name} data at {tmp_path}.*--dataset.download"):
         create_dataset(name, data_dir=tmp_path)
     monkeypatch.setenv("LTH_DATA_DIR", str(missing))
     assert resolve_data_dir(None) == str(missing)
