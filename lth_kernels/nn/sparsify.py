@@ -13,17 +13,10 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from lth_kernels._util import canonical_name
 from lth_kernels.nn.masked import MaskedConv2d, MaskedLinear, _Masked
 
 _MASKED = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
-
-
-def canonical_name(name: str) -> str:
-    """``name`` without DDP's leading ``module.`` and torch.compile's ``_orig_mod.`` segments."""
-    parts = [p for p in name.split(".") if p != "_orig_mod"]
-    while parts and parts[0] == "module":
-        parts = parts[1:]
-    return ".".join(parts)
 
 
 def _masked_cls(module: nn.Module) -> type[_Masked] | None:
