@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # (model, layer, tokens M, in K, out N): ViT-B/16 at batch 64 (64 * 197 tokens) and batch 1, ResNet-50 1x1 convs
@@ -68,8 +68,8 @@ def main(argv=None) -> int:
         print("bench/block_sparse.py needs a CUDA device (use --smoke for a tiny CPU run); nothing measured.")
         return 0
     import torch.nn.functional as F
-    from common import environment, gemm_cap, time_interleaved, write_results
 
+    from bench.common import environment, gemm_cap, time_interleaved, write_results
     from lth_kernels.ops.block_sparse import BlockSparseLayout, block_sparse_linear
 
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
                     rows.append(row)
                     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     if not args.no_write and not args.smoke:
-        print("wrote", write_results("block_sparse", env, rows, COLUMNS))
+        print("wrote", write_results("block_sparse", rows, env, COLUMNS))
     return 0
 
 

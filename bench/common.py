@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: timing (CUDA events, interleaved providers), device roofs, result files."""
+"""Shared benchmark helpers: timing (CUDA events, interleaved providers), device roofs, environment record,
+result files (``bench/results/<date>-<device>-<stem>.{json,md}``, written atomically)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -23,6 +25,12 @@ def roof(device_name: str) -> tuple[float, float] | None:
             return value
     return None
 
+
+def require_cuda(stem: str) -> None:
+    """Benchmarks time GPU kernels: on a machine without CUDA say so and exit 0."""
+    if not torch.cuda.is_available():
+        print(f"{stem}: CUDA is needed for this benchmark; nothing measured")
+        sys.exit(0)
 
 def _timer(device: torch.device):
     if device.type == "cuda":
@@ -73,22 +81,81 @@ def gemm_cap(m: int, n: int, k: int, density: float, elt_bytes: int, device_name
     return t_dense / t_sparse
 
 
-def environment(device) -> dict:
-    device = torch.device(device)
+def cuda_time(fn, warmup: int = 10, reps: int = 30) -> float:
+    """Median milliseconds of ``fn()`` over ``reps`` CUDA-event timings after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth (read + write) measured now, the roof for memory-bound kernels."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = cuda_time(lambda: dst.copy_(src), warmup=3, reps=20)
+    return 2 * nbytes / ms / 1e6
+
+
+def _commit() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        return "unknown"
+
+
+def env_info(device=None) -> dict:
+    """Device, versions, commit and date: the header of every results file."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda or "", "python": platform.python_version(),
+            "commit": _commit(), "date": datetime.date.today().isoformat()}
     try:
         import triton
 
-        triton_version = triton.__version__
+        info["triton"] = triton.__version__
     except ImportError:
-        triton_version = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"device": name, "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-            "commit": commit or "unknown", "date": datetime.date.today().isoformat()}
+        info["triton"] = ""
+    if device.type == "cuda":
+        info["device"] = torch.cuda.get_device_name(device)
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        info["driver"] = _driver()
+    else:
+        info["device"] = _cpu_name()
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+environment = env_info
+
+
+def _driver() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return ""
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -98,19 +165,22 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_results(name: str, env: dict, rows: list[dict], columns: list[str], out_dir: str | None = None) -> str:
-    """Writes ``<date>-<device>-<name>.json`` and ``.md`` under bench/results (or ``out_dir``); returns the stem."""
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_results(stem: str, rows: list[dict], env: dict | None = None, columns: list[str] | None = None,
+                  out_dir: str | None = None) -> str:
+    """Writes ``<date>-<device>-<stem>.{json,md}`` under bench/results (or ``out_dir``); returns the json path."""
+    env = env or env_info()
     out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(out_dir, exist_ok=True)
-    device = "".join(c if c.isalnum() else "_" for c in env["device"]).strip("_")
-    stem = os.path.join(out_dir, f"{env['date']}-{device}-{name}")
-    _atomic_write(stem + ".json", json.dumps({"environment": env, "rows": rows}, indent=1))
-
-    def fmt(v):
-        return "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    lines = [f"# {name}", "", " | ".join(f"{k}: {v}" for k, v in env.items()), "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    _atomic_write(stem + ".md", "\n".join(lines) + "\n")
-    return stem
+    device = "".join(c if c.isalnum() else "_" for c in env.get("device", "cpu")).strip("_")
+    base = os.path.join(out_dir, f"{env['date']}-{device}-{stem}")
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+    md = [f"# {stem}", "", " | ".join(f"{k}: {v}" for k, v in env.items()), "",
+          "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    _atomic_write(base + ".json", json.dumps({"env": env, "rows": rows}, indent=1))
+    _atomic_write(base + ".md", "\n".join(md) + "\n")
+    return base + ".json"

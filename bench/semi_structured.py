@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from block_sparse import SHAPES  # noqa: E402
 
@@ -34,8 +34,8 @@ def main(argv=None) -> int:
         print("bench/semi_structured.py needs a CUDA device (sm80+); on CPU the op is the masked dense reference.")
         return 0
     import torch.nn.functional as F
-    from common import environment, gemm_cap, time_interleaved, write_results
 
+    from bench.common import environment, gemm_cap, time_interleaved, write_results
     from lth_kernels.ops.semi_structured import mask_2to4, semi_structured_linear, sparse_supported
 
     env = environment("cuda")
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     if not args.no_write:
-        print("wrote", write_results("semi_structured", env, rows, COLUMNS))
+        print("wrote", write_results("semi_structured", rows, env, COLUMNS))
     return 0
 
 

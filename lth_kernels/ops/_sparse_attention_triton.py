@@ -1,0 +1,422 @@
+"""Triton flash attention (online softmax, exp2) for :mod:`lth_kernels.ops.sparse_attention`.
+
+One kernel family covers three row layouts, chosen by the constexpr ``MODE``:
+  0 dense    (B, H, N, d): logical position i of sample b is row i;
+  1 index    (B, H, N, d) + keep_index (B, K): position i is row keep_index[b, i] (no separate gather);
+  2 varlen   packed (T, H, d) + cu_seqlens (B + 1): position i of sequence b is row cu_seqlens[b] + i.
+On top, ``BLOCK_SPARSE`` walks FlexAttention-style block lists instead of every KV block: full blocks
+without the element mask, partial blocks with it. The backward is FA2's two-kernel scheme without atomics:
+one program per KV block accumulates dK, dV over the query blocks that see it (transposed lists), one
+program per query block accumulates dQ; both recompute P from the saved log-sum-exp.
+Fully masked query rows output 0 and get 0 gradient (their LSE is stored as +inf).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lth_kernels.ops._triton import HAS_TRITON, tl, triton
+
+LOG2E = 1.4426950408889634
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _seq(CU, b, SEQ, MODE: tl.constexpr):
+        # (first packed row, length) of sequence b
+        if MODE == 2:
+            start = tl.load(CU + b).to(tl.int64)
+            return start, (tl.load(CU + b + 1).to(tl.int64) - start).to(tl.int32)
+        return tl.zeros((), dtype=tl.int64), SEQ
+
+    @triton.jit
+    def _rows(IDX, idx_off, start, pos, valid, MODE: tl.constexpr):
+        # physical row of each logical position
+        if MODE == 1:
+            return tl.load(IDX + idx_off + pos, mask=valid, other=0).to(tl.int64)
+        return start + pos.to(tl.int64)
+
+    @triton.jit
+    def _load_rows(P, off, rows, s_n, valid, offs_d, HEAD_DIM: tl.constexpr):
+        ptrs = P + off + rows[:, None] * s_n + offs_d[None, :]
+        return tl.load(ptrs, mask=valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+
+    @triton.jit
+    def _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L, start_n, offs_m,
+                  m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                  MODE: tl.constexpr, APPLY_EM: tl.constexpr, PREC: tl.constexpr):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < L
+        krows = _rows(IDX, idx_off, start, offs_n, n_valid, MODE)
+        k = _load_rows(K, k_off, krows, s_kn, n_valid, offs_d, HEAD_DIM)
+        v = _load_rows(V, v_off, krows, s_vn, n_valid, offs_d, HEAD_DIM)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        keep = n_valid[None, :] & m_valid[:, None]
+        if APPLY_EM:
+            em = tl.load(EM + em_off + offs_m[:, None].to(tl.int64) * s_emq + offs_n[None, :], mask=keep, other=0)
+            keep = keep & (em != 0)
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing kept yet: avoid inf - inf
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        return acc, l_i, m_new
+
+    @triton.jit
+    def _attn_fwd_kernel(Q, K, V, OUT, LSE, IDX, CU, KVN, KVI, FKVN, FKVI, EM,
+                         s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
+                         s_ib, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh, s_emq,
+                         H, SEQ, LSE_LEN, qk_scale,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, MODE: tl.constexpr, O_COMPACT: tl.constexpr,
+                         BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr):
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
+        start, L = _seq(CU, b, SEQ, MODE)
+        if pid_m * BLOCK_M >= L:
+            return
+        idx_off = b * s_ib
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        m_valid = offs_m < L
+        qrows = _rows(IDX, idx_off, start, offs_m, m_valid, MODE)
+        q = _load_rows(Q, b * s_qb + h * s_qh, qrows, s_qn, m_valid, offs_d, HEAD_DIM)
+        k_off = b * s_kb + h * s_kh
+        v_off = b * s_vb + h * s_vh
+        em_off = b * s_emb + h * s_emh
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        if BLOCK_SPARSE:
+            num_off = b * s_nb + h * s_nh + pid_m
+            lst_off = b * s_xb + h * s_xh + pid_m * s_xq
+            for j in range(tl.load(FKVN + num_off)):
+                kb = tl.load(FKVI + lst_off + j)
+                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
+                                          kb * BLOCK_N, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale,
+                                          HEAD_DIM, BLOCK_N, MODE, False, PREC)
+            for j in range(tl.load(KVN + num_off)):
+                kb = tl.load(KVI + lst_off + j)
+                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
+                                          kb * BLOCK_N, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale,
+                                          HEAD_DIM, BLOCK_N, MODE, True, PREC)
+        else:
+            for start_n in range(0, L, BLOCK_N):
+                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
+                                          start_n, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale,
+                                          HEAD_DIM, BLOCK_N, MODE, False, PREC)
+        empty = l_i == 0.0
+        out = acc / tl.where(empty, 1.0, l_i)[:, None]
+        if O_COMPACT:
+            orows = offs_m.to(tl.int64)
+        else:
+            orows = qrows
+        optrs = OUT + b * s_ob + h * s_oh + orows[:, None] * s_on + offs_d[None, :]
+        tl.store(optrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
+        # natural-log LSE; +inf marks a fully masked row so that the backward's P is exactly 0 there
+        lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+        tl.store(LSE + bh.to(tl.int64) * LSE_LEN + offs_m, lse, mask=m_valid)
+
+    @triton.jit
+    def _attn_bwd_delta_kernel(OUT, DO, DELTA, IDX, CU, s_ob, s_oh, s_on, s_db, s_dh, s_dn, s_ib, H, SEQ, LSE_LEN,
+                               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                               MODE: tl.constexpr, O_COMPACT: tl.constexpr):
+        # delta_i = sum_d O_id dO_id, the softmax-backward row term
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
+        start, L = _seq(CU, b, SEQ, MODE)
+        if pid_m * BLOCK_M >= L:
+            return
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        m_valid = offs_m < L
+        if O_COMPACT:
+            rows = offs_m.to(tl.int64)
+        else:
+            rows = _rows(IDX, b * s_ib, start, offs_m, m_valid, MODE)
+        o = _load_rows(OUT, b * s_ob + h * s_oh, rows, s_on, m_valid, offs_d, HEAD_DIM).to(tl.float32)
+        do = _load_rows(DO, b * s_db + h * s_dh, rows, s_dn, m_valid, offs_d, HEAD_DIM).to(tl.float32)
+        tl.store(DELTA + bh.to(tl.int64) * LSE_LEN + offs_m, tl.sum(o * do, 1), mask=m_valid)
+
+    @triton.jit
+    def _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, s_qn, s_dn, stat_off, IDX, idx_off, start,
+                       L, start_m, offs_n, n_valid, offs_d, EM, em_off, s_emq, qk_scale,
+                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MODE: tl.constexpr, O_COMPACT: tl.constexpr,
+                       APPLY_EM: tl.constexpr, PREC: tl.constexpr):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_valid = offs_m < L
+        qrows = _rows(IDX, idx_off, start, offs_m, m_valid, MODE)
+        if O_COMPACT:
+            orows = offs_m.to(tl.int64)
+        else:
+            orows = qrows
+        q = _load_rows(Q, q_off, qrows, s_qn, m_valid, offs_d, HEAD_DIM)
+        do = _load_rows(DO, do_off, orows, s_dn, m_valid, offs_d, HEAD_DIM)
+        lse2 = tl.load(LSE + stat_off + offs_m, mask=m_valid, other=float("inf")) * 1.4426950408889634
+        delta = tl.load(DELTA + stat_off + offs_m, mask=m_valid, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
+        keep = n_valid[:, None] & m_valid[None, :]
+        if APPLY_EM:
+            em = tl.load(EM + em_off + offs_m[None, :].to(tl.int64) * s_emq + offs_n[:, None], mask=keep, other=0)
+            keep = keep & (em != 0)
+        p_t = tl.where(keep, tl.exp2(s_t - lse2[None, :]), 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
+        return dk, dv
+
+    @triton.jit
+    def _attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, IDX, CU, QN, QI, FQN, FQI, EM,
+                              s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn,
+                              s_gkb, s_gkh, s_gkn, s_gvb, s_gvh, s_gvn,
+                              s_ib, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh, s_emq,
+                              H, SEQ, LSE_LEN, qk_scale, sm_scale,
+                              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, MODE: tl.constexpr, O_COMPACT: tl.constexpr,
+                              BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr):
+        # One program per KV block: dK, dV summed over the query blocks that attend to it, no atomics.
+        pid_n = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
+        start, L = _seq(CU, b, SEQ, MODE)
+        if pid_n * BLOCK_N >= L:
+            return
+        idx_off = b * s_ib
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        n_valid = offs_n < L
+        krows = _rows(IDX, idx_off, start, offs_n, n_valid, MODE)
+        k = _load_rows(K, b * s_kb + h * s_kh, krows, s_kn, n_valid, offs_d, HEAD_DIM)
+        v = _load_rows(V, b * s_vb + h * s_vh, krows, s_vn, n_valid, offs_d, HEAD_DIM)
+        dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        q_off = b * s_qb + h * s_qh
+        do_off = b * s_db + h * s_dh
+        stat_off = bh.to(tl.int64) * LSE_LEN
+        em_off = b * s_emb + h * s_emh
+        if BLOCK_SPARSE:
+            num_off = b * s_nb + h * s_nh + pid_n
+            lst_off = b * s_xb + h * s_xh + pid_n * s_xq
+            for j in range(tl.load(FQN + num_off)):
+                qb = tl.load(FQI + lst_off + j)
+                dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, s_qn, s_dn, stat_off, IDX,
+                                        idx_off, start, L, qb * BLOCK_M, offs_n, n_valid, offs_d, EM, em_off, s_emq,
+                                        qk_scale, HEAD_DIM, BLOCK_M, MODE, O_COMPACT, False, PREC)
+            for j in range(tl.load(QN + num_off)):
+                qb = tl.load(QI + lst_off + j)
+                dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, s_qn, s_dn, stat_off, IDX,
+                                        idx_off, start, L, qb * BLOCK_M, offs_n, n_valid, offs_d, EM, em_off, s_emq,
+                                        qk_scale, HEAD_DIM, BLOCK_M, MODE, O_COMPACT, True, PREC)
+        else:
+            for start_m in range(0, L, BLOCK_M):
+                dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, s_qn, s_dn, stat_off, IDX,
+                                        idx_off, start, L, start_m, offs_n, n_valid, offs_d, EM, em_off, s_emq,
+                                        qk_scale, HEAD_DIM, BLOCK_M, MODE, O_COMPACT, False, PREC)
+        st = n_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+        tl.store(DK + b * s_gkb + h * s_gkh + krows[:, None] * s_gkn + offs_d[None, :],
+                 (dk * sm_scale).to(DK.dtype.element_ty), mask=st)
+        tl.store(DV + b * s_gvb + h * s_gvh + krows[:, None] * s_gvn + offs_d[None, :], dv.to(DV.dtype.element_ty),
+                 mask=st)
+
+    @triton.jit
+    def _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L, start_n,
+                     offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM: tl.constexpr,
+                     BLOCK_N: tl.constexpr, MODE: tl.constexpr, APPLY_EM: tl.constexpr, PREC: tl.constexpr):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < L
+        krows = _rows(IDX, idx_off, start, offs_n, n_valid, MODE)
+        k = _load_rows(K, k_off, krows, s_kn, n_valid, offs_d, HEAD_DIM)
+        v = _load_rows(V, v_off, krows, s_vn, n_valid, offs_d, HEAD_DIM)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        keep = m_valid[:, None] & n_valid[None, :]
+        if APPLY_EM:
+            em = tl.load(EM + em_off + offs_m[:, None].to(tl.int64) * s_emq + offs_n[None, :], mask=keep, other=0)
+            keep = keep & (em != 0)
+        p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+        return dq
+
+    @triton.jit
+    def _attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, IDX, CU, KVN, KVI, FKVN, FKVI, EM,
+                            s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn,
+                            s_gqb, s_gqh, s_gqn,
+                            s_ib, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh, s_emq,
+                            H, SEQ, LSE_LEN, qk_scale, sm_scale,
+                            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, MODE: tl.constexpr, O_COMPACT: tl.constexpr,
+                            BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr):
+        # One program per query block: dQ summed over the KV blocks it attends to.
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
+        start, L = _seq(CU, b, SEQ, MODE)
+        if pid_m * BLOCK_M >= L:
+            return
+        idx_off = b * s_ib
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        m_valid = offs_m < L
+        qrows = _rows(IDX, idx_off, start, offs_m, m_valid, MODE)
+        if O_COMPACT:
+            orows = offs_m.to(tl.int64)
+        else:
+            orows = qrows
+        q = _load_rows(Q, b * s_qb + h * s_qh, qrows, s_qn, m_valid, offs_d, HEAD_DIM)
+        do = _load_rows(DO, b * s_db + h * s_dh, orows, s_dn, m_valid, offs_d, HEAD_DIM)
+        stat_off = bh.to(tl.int64) * LSE_LEN
+        lse2 = tl.load(LSE + stat_off + offs_m, mask=m_valid, other=float("inf")) * 1.4426950408889634
+        delta = tl.load(DELTA + stat_off + offs_m, mask=m_valid, other=0.0)
+        k_off = b * s_kb + h * s_kh
+        v_off = b * s_vb + h * s_vh
+        em_off = b * s_emb + h * s_emh
+        dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        if BLOCK_SPARSE:
+            num_off = b * s_nb + h * s_nh + pid_m
+            lst_off = b * s_xb + h * s_xh + pid_m * s_xq
+            for j in range(tl.load(FKVN + num_off)):
+                kb = tl.load(FKVI + lst_off + j)
+                dq = _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
+                                  kb * BLOCK_N, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM,
+                                  BLOCK_N, MODE, False, PREC)
+            for j in range(tl.load(KVN + num_off)):
+                kb = tl.load(KVI + lst_off + j)
+                dq = _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
+                                  kb * BLOCK_N, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM,
+                                  BLOCK_N, MODE, True, PREC)
+        else:
+            for start_n in range(0, L, BLOCK_N):
+                dq = _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
+                                  start_n, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM,
+                                  BLOCK_N, MODE, False, PREC)
+        tl.store(DQ + b * s_gqb + h * s_gqh + qrows[:, None] * s_gqn + offs_d[None, :],
+                 (dq * sm_scale).to(DQ.dtype.element_ty), mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
+
+
+# --------------------------------------------------------------------------------------------- launchers
+
+
+def _rows_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
+    # (batch, head, row) strides; packed varlen tensors (T, H, d) have no batch dim
+    return (0, t.stride(1), t.stride(0)) if varlen else (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _bcast(t: torch.Tensor, dim: int) -> int:
+    return t.stride(dim) if t.shape[dim] > 1 else 0
+
+
+class _Plan:
+    """Everything the three kernels share: mode, sizes, block sizes, metadata pointers and strides."""
+
+    def __init__(self, q, keep_index, cu_seqlens, max_seqlen, block_mask, block_size, scale, compact):
+        self.varlen = cu_seqlens is not None
+        self.mode = 2 if self.varlen else (1 if keep_index is not None else 0)
+        if self.varlen:
+            self.batch, self.heads, self.seq = cu_seqlens.shape[0] - 1, q.shape[1], 0
+            self.lse_len = max_seqlen
+        else:
+            self.batch, self.heads = q.shape[0], q.shape[1]
+            self.seq = keep_index.shape[1] if keep_index is not None else q.shape[2]
+            self.lse_len = self.seq
+        self.head_dim = q.shape[-1]
+        self.block_d = max(16, triton.next_power_of_2(self.head_dim))
+        self.o_compact = self.mode == 1 and compact
+        self.scale = scale
+        self.qk_scale = scale * LOG2E
+        self.prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        self.idx = keep_index if keep_index is not None else q
+        self.s_ib = keep_index.stride(0) if keep_index is not None else 0
+        self.cu = cu_seqlens if cu_seqlens is not None else q
+        self.sparse = bool(block_mask)
+        if self.sparse:
+            self.bm = block_mask
+            kvn, kvi, em = block_mask[0], block_mask[1], block_mask[8]
+            self.meta_strides = (_bcast(kvn, 0), _bcast(kvn, 1), _bcast(kvi, 0), _bcast(kvi, 1), kvi.stride(2))
+            qn, qi = block_mask[4], block_mask[5]
+            self.meta_strides_t = (_bcast(qn, 0), _bcast(qn, 1), _bcast(qi, 0), _bcast(qi, 1), qi.stride(2))
+            em8 = em.view(torch.int8)
+            self.em = em8
+            self.em_strides = (_bcast(em8, 0), _bcast(em8, 1), em8.stride(2))
+            self.block_m, self.block_n = block_size
+            self.warps = 8 if self.block_m * self.block_n >= 128 * 128 else 4
+        else:
+            self.bm = [q] * 8
+            self.meta_strides = self.meta_strides_t = (0, 0, 0, 0, 0)
+            self.em, self.em_strides = q, (0, 0, 0)
+            if q.device.type == "cpu":  # the interpreter: few, wide tiles
+                self.block_m = self.block_n = 32
+            else:
+                self.block_m = self.block_n = 64 if self.head_dim <= 128 else 32
+            self.warps = 4 if self.head_dim <= 64 else 8
+        self.grid_m = (triton.cdiv(max(self.lse_len, 1), self.block_m), self.batch * self.heads)
+        self.grid_n = (triton.cdiv(max(self.lse_len, 1), self.block_n), self.batch * self.heads)
+
+    def consts(self):
+        return dict(HEAD_DIM=self.head_dim, BLOCK_D=self.block_d, BLOCK_M=self.block_m, BLOCK_N=self.block_n,
+                    MODE=self.mode, O_COMPACT=self.o_compact, BLOCK_SPARSE=self.sparse, PREC=self.prec,
+                    num_warps=self.warps)
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def attention_forward(q, k, v, keep_index, cu_seqlens, max_seqlen, block_mask, block_size, scale, compact):
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    plan = _Plan(q, keep_index, cu_seqlens, max_seqlen, block_mask, block_size, scale, compact)
+    if plan.mode == 1 and compact:
+        out = q.new_empty(plan.batch, plan.heads, plan.seq, plan.head_dim)
+    elif plan.mode == 0:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    else:  # rows outside the kept set / outside every sequence stay 0
+        out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.full((plan.batch, plan.heads, plan.lse_len), float("inf"), dtype=torch.float32, device=q.device)
+    if out.numel() == 0 or lse.numel() == 0:
+        return out, lse
+    kvn, kvi, fkvn, fkvi = plan.bm[:4]
+    _attn_fwd_kernel[plan.grid_m](
+        q, k, v, out, lse, plan.idx, plan.cu, kvn, kvi, fkvn, fkvi, plan.em,
+        *_rows_strides(q, plan.varlen), *_rows_strides(k, plan.varlen), *_rows_strides(v, plan.varlen),
+        *_rows_strides(out, plan.varlen), plan.s_ib, *plan.meta_strides, *plan.em_strides,
+        plan.heads, plan.seq, plan.lse_len, plan.qk_scale, **plan.consts(), num_stages=2)
+    return out, lse
+
+
+def attention_backward(dout, q, k, v, out, lse, keep_index, cu_seqlens, max_seqlen, block_mask, block_size, scale,
+                       compact):
+    q, k, v, out, dout = (_unit_last(t) for t in (q, k, v, out, dout))
+    plan = _Plan(q, keep_index, cu_seqlens, max_seqlen, block_mask, block_size, scale, compact)
+    # kept-only (index) and packed (varlen) layouts leave rows no program writes: they must read as 0
+    alloc = torch.empty if plan.mode == 0 else torch.zeros
+    dq, dk, dv = (alloc(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    if q.numel() == 0 or lse.numel() == 0:
+        return dq, dk, dv
+    delta = torch.empty_like(lse)
+    consts = plan.consts()
+    _attn_bwd_delta_kernel[plan.grid_m](
+        out, dout, delta, plan.idx, plan.cu, *_rows_strides(out, plan.varlen), *_rows_strides(dout, plan.varlen),
+        plan.s_ib, plan.heads, plan.seq, plan.lse_len, HEAD_DIM=plan.head_dim, BLOCK_D=plan.block_d,
+        BLOCK_M=plan.block_m, MODE=plan.mode, O_COMPACT=plan.o_compact)
+    strides = (*_rows_strides(q, plan.varlen), *_rows_strides(k, plan.varlen), *_rows_strides(v, plan.varlen),
+               *_rows_strides(dout, plan.varlen))
+    qn, qi, fqn, fqi = plan.bm[4:8]
+    _attn_bwd_dkdv_kernel[plan.grid_n](
+        q, k, v, dout, dk, dv, lse, delta, plan.idx, plan.cu, qn, qi, fqn, fqi, plan.em, *strides,
+        *_rows_strides(dk, plan.varlen), *_rows_strides(dv, plan.varlen), plan.s_ib, *plan.meta_strides_t,
+        *plan.em_strides, plan.heads, plan.seq, plan.lse_len, plan.qk_scale, plan.scale, **consts, num_stages=2)
+    kvn, kvi, fkvn, fkvi = plan.bm[:4]
+    _attn_bwd_dq_kernel[plan.grid_m](
+        q, k, v, dout, dq, lse, delta, plan.idx, plan.cu, kvn, kvi, fkvn, fkvi, plan.em, *strides,
+        *_rows_strides(dq, plan.varlen), plan.s_ib, *plan.meta_strides, *plan.em_strides, plan.heads, plan.seq,
+        plan.lse_len, plan.qk_scale, plan.scale, **consts, num_stages=2)
+    return dq, dk, dv
