@@ -59,21 +59,24 @@ def _first_images(ds, n: int) -> torch.Tensor:
     return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
 
 
-def throughput(fn, batch: int, min_time: float = 1.0, max_runs: int = 20) -> float:
-    """Images per second of ``fn()`` on a batch of ``batch`` images: the median of timed runs after two
-    warm-up calls (at least 3 runs, until ``min_time`` seconds or ``max_runs``)."""
+def throughputs(fns: dict, batch: int, rounds: int = 7) -> dict[str, float]:
+    """Images per second of each ``fn()`` (one batch of ``batch`` images) under inference mode: after one
+    warm-up call each, the functions are timed in turn, ``rounds`` times, and the median is kept. Taking
+    turns spreads the load of other processes on a shared machine evenly over the candidates."""
+    times = {k: [] for k in fns}
     with torch.inference_mode():
-        for _ in range(2):
+        for fn in fns.values():
             fn()
-        times, start = [], time.perf_counter()
-        while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_runs):
-            t0 = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return batch / times[len(times) // 2]
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                times[k].append(time.perf_counter() - t0)
+    return {k: batch / sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 class DataTicketRunner:
@@ -222,18 +225,21 @@ class DataTicketRunner:
         dense = self._student_net("zero" if mode == "compact" else mode, first.num_kept, first.patch_size)
         dense = TicketStudent(dense.to(device).eval(), AllPatches(), input_mode="zero" if mode == "compact" else mode,
                               patch=first.patch_size).eval()
-        out = {"device": str(torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
-               "threads": torch.get_num_threads(), "batch": b, "torch": torch.__version__,
-               "dense_images_per_s": throughput(lambda: dense(images), b), "keep": {}}
+        fns = {"dense": functools.partial(dense, images)}
         for r, selector in selectors.items():
             selector.to(device)
             index = selector.select(images)
             net = self._student_net(mode, selector.num_kept, selector.patch_size).to(device).eval()
             student = TicketStudent(net, None, _Fixed(index), input_mode=mode, patch=selector.patch_size).eval()
-            out["keep"][f"{r:g}"] = {
-                "num_kept": selector.num_kept,
-                "student_images_per_s": throughput(functools.partial(student, images), b),
-                "selector_images_per_s": throughput(functools.partial(selector.select, images), b)}
+            fns[f"student_{r:g}"] = functools.partial(student, images)
+            fns[f"selector_{r:g}"] = functools.partial(selector.select, images)
+        ips = throughputs(fns, b)
+        out = {"device": str(torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
+               "threads": torch.get_num_threads(), "batch": b, "torch": torch.__version__,
+               "dense_images_per_s": ips["dense"],
+               "keep": {f"{r:g}": {"num_kept": s.num_kept, "student_images_per_s": ips[f"student_{r:g}"],
+                                   "selector_images_per_s": ips[f"selector_{r:g}"]} for r, s in selectors.items()}}
+        for selector in selectors.values():
             selector.cpu()
         atomic_write_json(path, out)
 
