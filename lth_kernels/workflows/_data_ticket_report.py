@@ -142,6 +142,13 @@ def format_table(summary: dict) -> str:
     lines.append("a = ticket student on ticket patches; b = random-patch student on ticket patches (b @random: on "
                  "random patches); fixed / scaled = fixed random, random with 1/r^stages epochs (on ticket "
                  "patches); c = all-patches student on all patches. Test accuracy %, mean±std over replicates.")
+    for row in summary["rows"].values():
+        rates = {s: st["train_samples_per_s"]["mean"] for s, st in row["students"].items()
+                 if st["train_samples_per_s"]["mean"] is not None}
+        if rates:
+            lines.append(f"training images/s at keep {row['keep_rate']:g}: "
+                         + ", ".join(f"{s} {v:.0f}" for s, v in rates.items())
+                         + " (ticket includes running the selector)")
     sp = summary.get("speed")
     if sp:
         lines.append(f"inference speed ({sp['device']}, {sp['threads']} threads, batch {sp['batch']}): dense ViT "

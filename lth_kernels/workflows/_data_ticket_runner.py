@@ -221,10 +221,8 @@ class DataTicketRunner:
         b = images.shape[0]
         torch.manual_seed(0)
         mode = self.hp.student_input
-        first = next(iter(selectors.values()))
-        dense = self._student_net("zero" if mode == "compact" else mode, first.num_kept, first.patch_size)
-        dense = TicketStudent(dense.to(device).eval(), AllPatches(), input_mode="zero" if mode == "compact" else mode,
-                              patch=first.patch_size).eval()
+        # the dense baseline is the plain model (timm's conv patch embedding), not the ticketized one
+        dense = self._create(self.hp.model.name, self.hp.model.kwargs).to(device).eval()
         fns = {"dense": functools.partial(dense, images)}
         for r, selector in selectors.items():
             selector.to(device)

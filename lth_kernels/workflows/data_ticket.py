@@ -86,9 +86,9 @@ class DataTicketHparams(Hparams):
 
     dataset: DatasetHparams = hfield(default_factory=lambda: DatasetHparams(name="digits", batch_size=64))
     model: ModelHparams = hfield(default_factory=lambda: ModelHparams(
-        name="vit_tiny", kwargs={"patch_size": 2, "embed_dim": 64, "depth": 4, "num_heads": 4}))
-    training: TrainingHparams = hfield(default_factory=lambda: _digits_training("40ep", 2e-3))
-    dense_training: TrainingHparams = hfield(default_factory=lambda: _digits_training("40ep", 2e-3))
+        name="vit_tiny", kwargs={"patch_size": 2, "embed_dim": 32, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0}))
+    training: TrainingHparams = hfield(default_factory=lambda: _digits_training("40ep", 3e-3))
+    dense_training: TrainingHparams = hfield(default_factory=lambda: _digits_training("40ep", 3e-3))
     selector: SelectorHparams = hfield(default_factory=SelectorHparams)
     student_input: str = hfield("tokens", "how students see a ticket: tokens (ViT on the K kept tokens + CLS), "
                                           "zero (any model, dropped patches zeroed), compact (any model, kept "
@@ -98,7 +98,7 @@ class DataTicketHparams(Hparams):
                                         default_factory=lambda: ("0.75", "0.5"))
     students: tuple[str, ...] = hfield(help=f"student paths to train: {', '.join(STUDENTS)}",
                                        default_factory=lambda: STUDENTS)
-    replicates: int = hfield(3, "student replicates (seeds shifted by the replicate index)")
+    replicates: int = hfield(1, "student replicates (seeds shifted by the replicate index)")
     speed_batch: int = hfield(256, "batch size of the inference speed measurement (speed.json)")
 
     def validate(self):
@@ -152,7 +152,7 @@ _FINETUNE = {"optimizer": "adamw", "momentum": 0.9, "weight_decay": 1e-6, "train
              "lr_schedule": "cosine", "warmup_steps": "0it", "eval_every": "5ep"}
 
 PRESETS = {
-    # Embedded default: digits 8x8, patch 2 (16 patches), a 4-block 64-wide ViT; drop blocks 1, 2, 3.
+    # Embedded default: digits 8x8, patch 2 (16 patches), a 4-block 32-wide ViT; drop blocks 1, 2, 3.
     "vit-digits": {},
     # DeiT-Tiny on 32x32 CIFAR-10 with patch 4 (64 patches), trained from scratch here, drop blocks 3, 6, 9.
     "deit_tiny-cifar10": {
@@ -160,7 +160,7 @@ PRESETS = {
         "model": {"name": "vit_tiny", "kwargs": {"patch_size": 4, "drop_path_rate": 0.1}},
         "training": _deit("300ep", 256), "dense_training": _deit("300ep", 256),
         "selector": {"training": {**_FINETUNE, "lr": 2e-5 * 256 / 512}},
-        "keep_rate": ("0.9", "0.8", "0.7"), "replicates": 1},
+        "keep_rate": ("0.9", "0.8", "0.7")},
     # DeiT-Small on ImageNet (ImageFolder layout): the paper's recipe; the selector starts from a local
     # DeiT-S checkpoint (--selector.checkpoint FILE, e.g. the official deit_small_patch16_224 weights).
     "deit_small-imagenet": {
@@ -169,7 +169,7 @@ PRESETS = {
         "training": _deit("300ep", 1024), "dense_training": _deit("300ep", 1024),
         "selector": {"source": "checkpoint", "training": {**_FINETUNE, "lr": 2e-5 * 1024 / 512,
                                                           "eval_every": "1ep"}},
-        "keep_rate": ("0.9", "0.8", "0.7"), "replicates": 1},
+        "keep_rate": ("0.9", "0.8", "0.7")},
 }
 
 for _name, _overrides in PRESETS.items():

@@ -282,12 +282,12 @@ def test_selector_student_size_mismatch_is_a_one_line_error(tmp_path, capsys):
 def test_selector_from_a_local_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
-    vit = create_model("vit_tiny", num_classes=10, in_chans=1, img_size=(8, 8), patch_size=2, embed_dim=32, depth=4,
+    vit = create_model("vit_tiny", num_classes=10, in_chans=1, img_size=(8, 8), patch_size=2, embed_dim=16, depth=4,
                        num_heads=2)
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "vit.safetensors"))
     hp = DataTicketHparams().with_overrides({
         "selector.source": "checkpoint", "selector.checkpoint": str(tmp_path / "vit.safetensors"),
-        "selector.model_kwargs": {"patch_size": 2, "embed_dim": 32, "depth": 4, "num_heads": 2},
+        "selector.model_kwargs": {"patch_size": 2, "embed_dim": 16, "depth": 4, "num_heads": 2},  # smaller
         "selector.training.training_steps": "1it", "training.training_steps": "1it", "keep_rate": ["0.5"],
         "students": ["ticket"], "replicates": 1, "speed_batch": 8})
     run = data_ticket.run_data_ticket(hp, root=str(tmp_path / "runs"), progress=False)
