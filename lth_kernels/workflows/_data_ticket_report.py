@@ -174,28 +174,32 @@ def _plt():
 
 def plot_tickets(images: torch.Tensor, tickets: dict[float, torch.Tensor], patch: tuple[int, int], mean, std,
                  path: str | Path) -> None:
-    """A grid: one row per keep rate, one column per image; dropped patches greyed out."""
+    """A grid: the images (first row), then one row per keep rate with the dropped patches greyed out
+    (washed out towards a blue-grey tint, so that black or white kept patches stay distinguishable)."""
     plt = _plt()
     x = images.detach().cpu().float() * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
     x = x.clamp(0, 1)
-    b, c, h, w = x.shape
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    b, _, h, w = x.shape
     gh, gw = h // patch[0], w // patch[1]
-    fig, axes = plt.subplots(len(tickets), b, figsize=(1.4 * b, 1.5 * len(tickets)), squeeze=False)
-    for i, (r, idx) in enumerate(tickets.items()):
+    tint = torch.tensor([0.55, 0.6, 0.75]).view(1, 3, 1, 1)
+    rows = [("all", x)]
+    for r, idx in tickets.items():
         keep = torch.zeros(b, gh * gw)
         keep.scatter_(1, idx.cpu().long(), 1.0)
         keep = keep.view(b, 1, gh, gw).repeat_interleave(patch[0], 2).repeat_interleave(patch[1], 3)
-        shown = x * keep + (0.35 * x + 0.55) * (1 - keep)  # dropped: washed-out grey, the digit still faintly seen
+        rows.append((f"r={r:g}\nK={idx.shape[1]}/{gh * gw}", x * keep + (0.25 * x + 0.75 * tint) * (1 - keep)))
+    fig, axes = plt.subplots(len(rows), b, figsize=(1.3 * b, 1.4 * len(rows)), squeeze=False)
+    for i, (label, shown) in enumerate(rows):
         for j in range(b):
             ax = axes[i][j]
-            img = shown[j].permute(1, 2, 0).numpy()
-            ax.imshow(img[..., 0] if c == 1 else img, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
-                      interpolation="nearest")
+            ax.imshow(shown[j].permute(1, 2, 0).numpy(), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
-                ax.set_ylabel(f"r={r:g}\nK={idx.shape[1]}", fontsize=8)
-    fig.suptitle("data-level tickets (dropped patches greyed out)", fontsize=9)
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle("data-level tickets: kept patches as they are, dropped patches greyed out", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 
