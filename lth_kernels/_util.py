@@ -1,4 +1,4 @@
-"""Helpers shared by the registries (models, data)."""
+"""Small helpers shared across subpackages (registries, parameter names)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,12 @@ def check_kwargs(what: str, builder: Callable, kwargs: dict, fixed: Iterable[str
     bad = sorted(set(kwargs) - set(known))
     if bad:
         raise ValueError(f"{', '.join(bad)}: {what} takes no such argument; it takes: {', '.join(known) or 'none'}")
+
+
+def canonical_name(name: str) -> str:
+    """``name`` without DDP's leading ``module.`` and torch.compile's ``_orig_mod`` segments (anywhere: compiling
+    a submodule leaves one in the middle; no user module is named that)."""
+    parts = [p for p in name.split(".") if p != "_orig_mod"]
+    while parts and parts[0] == "module":
+        parts = parts[1:]
+    return ".".join(parts)

@@ -65,9 +65,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
 
 def missing_data(name: str, path: str, can_download: bool = True) -> FileNotFoundError:
     """The one-line error for data that is not where we looked."""
-    how = "or --download (download=True) to fetch it" if can_download else "(this data set cannot be downloaded)"
-    return FileNotFoundError(f"data_dir: no {name} data at {path}; pass --data-dir DIR (data_dir=) where it lives, "
-                             f"{how}")
+    how = "or --dataset.download (download=True) to fetch it" if can_download else "(it cannot be downloaded)"
+    return FileNotFoundError(f"data_dir: no {name} data at {path}; pass --dataset.data_dir DIR (data_dir=) where it "
+                             f"lives, {how}")
 
 
 def create_dataset(name: str, *, data_dir: str | os.PathLike | None = None, download: bool = False,

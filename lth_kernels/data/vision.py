@@ -74,7 +74,7 @@ def _imagefolder(*, data_dir, download, augment, img_size: int = 224):
     from torchvision.datasets import ImageFolder
 
     if download:
-        raise ValueError("download: imagefolder data cannot be downloaded; pass --data-dir with train/ and val/")
+        raise ValueError("download: imagefolder data cannot be downloaded; pass --dataset.data_dir (train/, val/)")
     if not isinstance(img_size, int) or img_size < 1:
         raise ValueError(f"img_size: expected a positive int, got {img_size!r}")
     root = resolve_data_dir(data_dir)

@@ -11,7 +11,6 @@ holds the named groups of the pattern that matched (``{}`` for an exact name) an
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -20,10 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lth_kernels._util import check_kwargs
+from lth_kernels._util import canonical_name, check_kwargs
 
 # Parameter-name prefixes added by wrappers: DistributedDataParallel / DataParallel and torch.compile.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Keys under which training scripts commonly nest the state dict inside a checkpoint.
 _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -137,17 +135,8 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes, in any nesting order."""
-    out = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _WRAPPER_PREFIXES:
-                if key.startswith(p):
-                    key, changed = key[len(p):], True
-        out[key] = value
-    return out
+    """Remove ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from the keys."""
+    return {canonical_name(key): value for key, value in state_dict.items()}
 
 
 def load_weights(model: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Module:
@@ -172,13 +161,10 @@ def load_weights(model: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Mod
 
 
 def prunable_parameter_names(model: nn.Module, exclude: Iterable[str] | None = None) -> list[str]:
-    """Names of the prunable tensors: the ``.weight`` of every Conv and Linear layer (as in open_lth), minus
-    those matching the fnmatch globs in ``exclude`` (default: ``model.default_prune_exclude``)."""
-    globs = tuple(getattr(model, "default_prune_exclude", ()) if exclude is None else exclude)
-    names = []
-    for mod_name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) and mod.weight is not None:
-            pname = f"{mod_name}.weight" if mod_name else "weight"
-            if not any(fnmatch.fnmatchcase(pname, g) for g in globs):
-                names.append(pname)
-    return names
+    """Names of the prunable tensors (see :func:`lth_kernels.tickets.prunable_parameters`): the ``.weight`` of
+    every Conv2d and Linear layer, minus the fnmatch globs in ``exclude`` (default: ``model.default_prune_exclude``)."""
+    from lth_kernels.tickets.prunable import prunable_parameters
+
+    if exclude is None:
+        return list(prunable_parameters(model))
+    return list(prunable_parameters(model, tuple(exclude), use_default_exclude=False))

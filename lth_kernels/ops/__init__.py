@@ -11,7 +11,9 @@ from lth_kernels.ops.block_sparse import (  # noqa: F401
     dsd,
     sdd,
 )
+from lth_kernels.ops.cpu_sparse import SparseWeight, cpu_sparse_linear, use_sparse_cpu  # noqa: F401
 from lth_kernels.ops.mask_meta import pack_mask, tile_occupancy, unpack_mask  # noqa: F401
+from lth_kernels.ops.masked_matmul import masked_conv2d, masked_linear, masked_linear_scores  # noqa: F401
 from lth_kernels.ops.semi_structured import mask_2to4, semi_structured_linear  # noqa: F401
 from lth_kernels.ops.sparse_attention import (  # noqa: F401
     BlockMask,

@@ -16,15 +16,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def canonical_name(name: str) -> str:
-    """``name`` without DDP (``module.``) and torch.compile (``_orig_mod.``) wrapper segments."""
-    while name.startswith(_WRAPPER_PREFIXES):
-        name = name.split(".", 1)[1]
-    # torch.compile of a submodule leaves `_orig_mod` in the middle; no user module is named that.
-    return name.replace("._orig_mod.", ".")
+from lth_kernels._util import canonical_name  # noqa: F401  (re-exported: tickets.canonical_name)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

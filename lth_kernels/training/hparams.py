@@ -411,7 +411,7 @@ def parse_cli(cls: type[Hparams], argv: list[str] | None = None, *, workflow: st
 
 # ----------------------------------------------------------------------------------------------- groups
 
-_STRUCTURE_RE = re.compile(r"^(unstructured|channel|\d+:\d+|block\d+x\d+)$")
+_STRUCTURE_RE = re.compile(r"^(unstructured|channel|\d+:\d+|block\d+(x\d+)?)$")
 
 
 def _check_step(name: str, text: str, *, positive: bool = False, allow_empty: bool = False) -> None:
@@ -501,7 +501,7 @@ class PruningHparams(Hparams):
     fraction: float = hfield(0.2, "fraction of the remaining weights removed per pruning event")
     scope: str = hfield("global", "rank weights across all layers or within each layer",
                         choices=("global", "layerwise"))
-    structure: str = hfield("unstructured", "granularity: unstructured, channel, N:M (e.g. 2:4) or blockBxB")
+    structure: str = hfield("unstructured", "granularity: unstructured, channel, N:M (e.g. 2:4), blockB or blockBxB")
     exclude: tuple[str, ...] = hfield(help="extra parameter names never pruned (comma separated), added to the "
                                            "model's default_prune_exclude", default_factory=tuple)
 
@@ -509,4 +509,5 @@ class PruningHparams(Hparams):
         if not 0 <= self.fraction < 1:
             raise HparamsError("fraction", f"must be in [0, 1), got {self.fraction}")
         if not _STRUCTURE_RE.match(self.structure):
-            raise HparamsError("structure", f"expected unstructured, channel, N:M or blockBxB, got {self.structure!r}")
+            raise HparamsError("structure", "expected unstructured, channel, N:M, blockB or blockBxB, got "
+                                            f"{self.structure!r}")

@@ -88,9 +88,9 @@ def test_missing_directory_names_path_and_flags(name, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as e:
         create_dataset(name, data_dir=missing)
     msg = str(e.value)
-    assert str(missing) in msg and "--data-dir" in msg and "--download" in msg and "\n" not in msg
+    assert str(missing) in msg and "--dataset.data_dir" in msg and "--dataset.download" in msg and "\n" not in msg
     # An existing but empty directory: torchvision's "not found" becomes the same one-line error.
-    with pytest.raises(FileNotFoundError, match=f"no {name} data at {tmp_path}.*--download"):
+    with pytest.raises(FileNotFoundError, match=f"no {name} data at {tmp_path}.*--dataset.download"):
         create_dataset(name, data_dir=tmp_path)
     monkeypatch.setenv("LTH_DATA_DIR", str(missing))
     assert resolve_data_dir(None) == str(missing)
@@ -132,5 +132,5 @@ def test_imagefolder(tmp_path):
 
 def test_imagefolder_missing_split(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match=f"no imagefolder data at {tmp_path / 'val'}; pass --data-dir"):
+    with pytest.raises(FileNotFoundError, match=f"no imagefolder data at {tmp_path / 'val'}; pass --dataset.data_dir"):
         create_dataset("imagefolder", data_dir=tmp_path)

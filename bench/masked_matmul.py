@@ -1,0 +1,153 @@
+"""Masked linear (Triton, design A1) vs dense cuBLAS, F.linear(x, W*M) and torch CSR (cuSPARSE): fwd and fwd+bwd.
+
+    python bench/masked_matmul.py                      # ViT-B, DeiT-S, ResNet-50 1x1 shapes, bf16 -> bench/results/
+    python bench/masked_matmul.py --quick --no-write   # batch 64 ViT-B only, three sparsities
+    python bench/masked_matmul.py --smoke              # CPU: tiny shape through the Triton interpreter
+
+Per row: median ms (CUDA events, >= 20 interleaved repetitions after warm-up) of each provider, TFLOP/s at the
+dense FLOP count (2MNK per GEMM: 1 GEMM forward, 3 for fwd+bwd), % of the device's bf16 roof measured in the same
+run (an 8192^3 cuBLAS matmul), ratios against dense and against F.linear(x, W*M) (what users run today: the
+masking pass in forward and, through autograd, on dW), and the roofline cap of the kernel reference, section 1.
+"ours" is the MaskedLinear path (weight stored with zeros, ``weight_is_masked=True``); "ours_mask" applies the mask
+in the kernel to an unmasked weight. Metadata (bits, occupancy, tile lists) is built once per mask, as in training;
+its build time is reported as meta_ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# (model, layer, tokens M, in K, out N)
+VIT = [("qkv", 768, 2304), ("proj", 768, 768), ("fc1", 768, 3072), ("fc2", 3072, 768)]
+DEIT_S = [("qkv", 384, 1152), ("proj", 384, 384), ("fc1", 384, 1536), ("fc2", 1536, 384)]
+SHAPES = ([("vit_b_bs64", layer, 64 * 197, k, n) for layer, k, n in VIT]
+          + [("vit_b_bs256", layer, 256 * 197, k, n) for layer, k, n in VIT]
+          + [("deit_s_bs256", layer, 256 * 197, k, n) for layer, k, n in DEIT_S]
+          + [("resnet50_bs64", layer, 64 * hw * hw, k, n)  # 1x1 convs as GEMMs (M = batch x H x W)
+             for layer, hw, k, n in [("l1_conv3", 56, 64, 256), ("l2_conv1", 28, 512, 128), ("l3_conv1", 14, 1024, 256),
+                                     ("l4_conv3", 7, 512, 2048)]])
+SPARSITIES = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99]
+COLUMNS = ["model", "layer", "M", "K", "N", "pattern", "sparsity", "mode", "dense_ms", "masked_dense_ms", "ours_ms",
+           "ours_mask_ms", "csr_ms", "meta_ms", "ours_tflops", "ours_pct_roof", "vs_dense", "vs_masked_dense",
+           "speedup_cap"]
+
+
+def _mask(torch, pattern: str, sparsity: float, n: int, k: int, device):
+    gen = torch.Generator(device=device).manual_seed(0)
+    if pattern == "block64":
+        blocks = torch.rand(-(-n // 64), -(-k // 64), device=device, generator=gen) >= sparsity
+        return blocks.repeat_interleave(64, 0)[:n].repeat_interleave(64, 1)[:, :k].contiguous()
+    return torch.rand(n, k, device=device, generator=gen) >= sparsity
+
+
+def _measure_roof(torch, time_interleaved, device, dtype) -> float | None:
+    if device.type != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=dtype)
+    b = torch.randn(8192, 8192, device=device, dtype=dtype)
+    ms = time_interleaved({"mm": lambda: a @ b}, device, reps=20, warmup=5)["mm"]
+    return 2 * 8192**3 / (ms * 1e-3)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--sparsities", type=float, nargs="+", default=SPARSITIES)
+    p.add_argument("--patterns", nargs="+", choices=["unstructured", "block64"], default=["unstructured", "block64"])
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--quick", action="store_true", help="ViT-B batch 64 shapes, sparsities 0 / 0.9 / 0.99")
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run of the script itself (Triton interpreter)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+
+    if not torch.cuda.is_available() and not args.smoke:
+        print("bench/masked_matmul.py needs a CUDA device (use --smoke for a tiny CPU run); nothing measured.")
+        return 0
+    import torch.nn.functional as F
+
+    from bench.common import env_info, gemm_cap, time_interleaved, write_results
+    from lth_kernels.ops import _mask_cache, masked_matmul
+
+    masked_linear, MaskMeta = masked_matmul.masked_linear, _mask_cache.MaskMeta
+
+    device = torch.device("cpu" if args.smoke else "cuda")
+    dtype = torch.float32 if args.smoke else getattr(torch, DTYPES[args.dtype])
+    env = env_info(device)
+    roof = _measure_roof(torch, time_interleaved, device, dtype)
+    env["measured_roof_tflops"] = None if roof is None else round(roof / 1e12, 1)
+    shapes = SHAPES[:4] if args.quick else SHAPES
+    sparsities = [0.0, 0.9, 0.99] if args.quick else args.sparsities
+    if args.smoke:
+        shapes, sparsities = [("smoke", "tiny", 64, 96, 64)], [0.5]
+    reps, warmup = (2, 1) if args.smoke else (max(args.reps, 20), 10)
+    print(env)
+
+    rows = []
+    for model, layer, M, K, N in shapes:
+        x = torch.randn(M, K, device=device, dtype=dtype)
+        w = torch.randn(N, K, device=device, dtype=dtype) / K**0.5
+        b = torch.randn(N, device=device, dtype=dtype)
+        gy = torch.randn(M, N, device=device, dtype=dtype)
+        for pattern in args.patterns:
+            for s in sparsities:
+                m = _mask(torch, pattern, s, N, K, device)
+                mf = m.to(dtype)
+                wm = torch.where(m, w, 0)
+                density = float(m.float().mean())
+                meta_ms = time_interleaved({"meta": lambda: MaskMeta.from_mask(m, (64, 64))},  # noqa: B023
+                                           device, reps=reps, warmup=1)["meta"]
+                fwd = {"dense": lambda: F.linear(x, w, b),  # noqa: B023
+                       "masked_dense": lambda: F.linear(x, w * mf, b),  # noqa: B023
+                       "ours": lambda: masked_linear(x, wm, m, b, backend="triton", weight_is_masked=True),  # noqa: B023
+                       "ours_mask": lambda: masked_linear(x, w, m, b, backend="triton")}  # noqa: B023
+                if device.type == "cuda":
+                    try:
+                        csr = wm.to_sparse_csr()
+                        fwd["csr"] = lambda: torch.addmm(b[:, None], csr, x.t()).t()  # noqa: B023
+                    except (RuntimeError, TypeError) as e:
+                        print(f"  csr: unavailable ({str(e).splitlines()[0][:120]})")
+                xg, wg, wmg, bg = (t.clone().requires_grad_() for t in (x, w, wm, b))
+
+                def fb(fn, leaves):
+                    def run():
+                        for t in leaves:
+                            t.grad = None
+                        fn().backward(gy)  # noqa: B023
+                    return run
+
+                train = {"dense": fb(lambda: F.linear(xg, wg, bg), (xg, wg, bg)),  # noqa: B023
+                         "masked_dense": fb(lambda: F.linear(xg, wg * mf, bg), (xg, wg, bg)),  # noqa: B023
+                         "ours": fb(lambda: masked_linear(xg, wmg, m, bg, backend="triton",  # noqa: B023
+                                                          weight_is_masked=True), (xg, wmg, bg)),  # noqa: B023
+                         "ours_mask": fb(lambda: masked_linear(xg, wg, m, bg, backend="triton"),  # noqa: B023
+                                         (xg, wg, bg))}  # noqa: B023
+                for mode, fns, gemms in (("fwd", fwd, 1), ("fwd+bwd", train, 3)):
+                    t = time_interleaved(fns, device, reps=reps, warmup=warmup)
+                    flops = 2.0 * M * N * K * gemms
+                    ours_tflops = flops / (t["ours"] * 1e-3) / 1e12 if t["ours"] else None
+                    row = {"model": model, "layer": layer, "M": M, "K": K, "N": N, "pattern": pattern,
+                           "sparsity": round(1 - density, 4), "mode": mode, "dense_ms": t["dense"],
+                           "masked_dense_ms": t["masked_dense"], "ours_ms": t["ours"], "ours_mask_ms": t["ours_mask"],
+                           "csr_ms": t.get("csr"), "meta_ms": meta_ms, "ours_tflops": ours_tflops,
+                           "ours_pct_roof": 100 * ours_tflops * 1e12 / roof if ours_tflops and roof else None,
+                           "vs_dense": t["dense"] / t["ours"] if t["dense"] and t["ours"] else None,
+                           "vs_masked_dense": (t["masked_dense"] / t["ours"]
+                                               if t["masked_dense"] and t["ours"] else None),
+                           "speedup_cap": gemm_cap(M, N, K, density, x.element_size(), env["device"])}
+                    rows.append(row)
+                    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    if not args.no_write and not args.smoke:
+        print("wrote", write_results("masked_matmul", rows, env, COLUMNS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""CPU sparse inference: a masked weight compressed once per mask, then ``Y = X . W^T + bias`` for every call.
+
+Format: CSR of the kept entries of a (N, K) weight, ``row_ptr`` int64 (N+1), ``col_idx`` int32 (ascending in a
+row), ``values`` fp32. An entry is stored where the mask is True (a kept weight that happens to be 0 is stored).
+
+Backends: ``reference`` (torch CSR ``@``, MKL on CPU) and ``cpu`` (compiled, fp32, OpenMP; AVX2+FMA with a
+portable fallback chosen at run time). The kernel packs X transposed in blocks of up to 64 batch rows so that
+each non-zero does one broadcast and up to 8 vector FMAs; batches of 1-2 gather X per non-zero instead.
+
+Whether the compressed kernel beats dense ``F.linear`` depends on sparsity, batch and shape: the crossover
+sparsities measured by ``bench/cpu_sparse.py`` are stored in ``cpu_sparse_table.json`` next to this file and
+consulted by :func:`use_sparse_cpu`. :func:`eval_forward` is the inference path of a masked linear layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from lth_kernels.ops import _registry
+
+TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_sparse_table.json")
+
+# --------------------------------------------------------------------------------------------- reference
+
+
+@_registry.register("csr_from_dense", "reference")
+def csr_from_dense_reference(weight: torch.Tensor, mask: torch.Tensor):
+    row_ptr = torch.zeros(weight.shape[0] + 1, dtype=torch.int64, device=weight.device)
+    torch.cumsum(mask.sum(1), 0, out=row_ptr[1:])
+    col_idx = mask.nonzero()[:, 1].to(torch.int32)  # row-major order: ascending columns within a row
+    return row_ptr, col_idx, weight[mask]
+
+
+@_registry.register("cpu_sparse_linear", "reference")
+def cpu_sparse_linear_reference(x, row_ptr, col_idx, values, in_features, out_features, bias):
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        w = torch.sparse_csr_tensor(row_ptr, col_idx.to(torch.int64), values, (out_features, in_features))
+        x2 = x.reshape(math.prod(x.shape[:-1]), in_features)
+        y = (w @ x2.t()).t() if x2.shape[0] and values.numel() else x2.new_zeros(x2.shape[0], out_features)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*x.shape[:-1], out_features).contiguous()
+
+
+# --------------------------------------------------------------------------------------------- compiled
+
+
+@_registry.register("csr_from_dense", "cpu", needs="csr_from_dense")
+def csr_from_dense_cpu(weight, mask):
+    return torch.ops.lth_kernels_C.csr_from_dense(weight, mask)
+
+
+@_registry.register("cpu_sparse_linear", "cpu", needs="cpu_sparse_linear")
+def cpu_sparse_linear_cpu(x, row_ptr, col_idx, values, in_features, out_features, bias):
+    return torch.ops.lth_kernels_C.cpu_sparse_linear(x, row_ptr, col_idx, values, in_features, out_features, bias)
+
+
+# --------------------------------------------------------------------------------------------- ops
+
+
+@torch.library.custom_op("lth_kernels::csr_from_dense", mutates_args=())
+def _csr_from_dense_op(weight: torch.Tensor, mask: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                         torch.Tensor]:
+    return tuple(_registry.implementation("csr_from_dense", backend)(weight, mask))
+
+
+@_csr_from_dense_op.register_fake
+def _(weight, mask, backend):
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    return (weight.new_empty(weight.shape[0] + 1, dtype=torch.int64), weight.new_empty(nnz, dtype=torch.int32),
+            weight.new_empty(nnz))
+
+
+@torch.library.custom_op("lth_kernels::cpu_sparse_linear", mutates_args=())
+def _cpu_sparse_linear_op(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
+                          in_features: int, out_features: int, bias: torch.Tensor | None,
+                          backend: str) -> torch.Tensor:
+    return _registry.implementation("cpu_sparse_linear", backend)(x, row_ptr, col_idx, values, in_features,
+                                                                   out_features, bias)
+
+
+@_cpu_sparse_linear_op.register_fake
+def _(x, row_ptr, col_idx, values, in_features, out_features, bias, backend):
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+# --------------------------------------------------------------------------------------------- public
+
+
+@dataclass(frozen=True)
+class SparseWeight:
+    """A (out_features, in_features) fp32 weight in CSR, built once per mask and reused by every call."""
+
+    row_ptr: torch.Tensor  # int64 (out_features + 1)
+    col_idx: torch.Tensor  # int32 (nnz)
+    values: torch.Tensor  # fp32 (nnz)
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, mask: torch.Tensor | None = None, *, backend: str | None = None):
+        """Compresses ``weight`` (N, K) fp32; entries where ``mask`` (bool, same shape) is True, else the non-zeros."""
+        if not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32 or weight.dim() != 2:
+            got = f"{weight.dtype} shape {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else type(weight)
+            raise TypeError(f"weight: expected a 2-D torch.float32 tensor, got {got}")
+        if mask is None:
+            mask = weight != 0
+        elif not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TypeError(f"mask: expected a torch.bool tensor, got {got}")
+        elif mask.shape != weight.shape:
+            raise ValueError(f"mask: expected shape {tuple(weight.shape)} (weight.shape), got {tuple(mask.shape)}")
+        if mask.device != weight.device:
+            raise ValueError(f"mask: expected device {weight.device} (weight's), got {mask.device}")
+        weight = weight.detach()
+        row_ptr, col_idx, values = _csr_from_dense_op(weight, mask,
+                                                      _registry.resolve("csr_from_dense", weight.device, backend))
+        return cls(row_ptr, col_idx, values, (int(weight.shape[0]), int(weight.shape[1])))
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    @property
+    def sparsity(self) -> float:
+        total = self.shape[0] * self.shape[1]
+        return 1.0 - self.nnz / total if total else 0.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def to_dense(self) -> torch.Tensor:
+        rows = torch.repeat_interleave(torch.arange(self.shape[0], device=self.device), self.row_ptr.diff())
+        dense = self.values.new_zeros(self.shape)
+        dense[rows, self.col_idx.long()] = self.values
+        return dense
+
+
+def cpu_sparse_linear(x: torch.Tensor, sparse_weight: SparseWeight, bias: torch.Tensor | None = None, *,
+                      backend: str | None = None) -> torch.Tensor:
+    """``x (..., K) @ W^T + bias -> (..., N)`` with ``W`` the CSR ``sparse_weight`` (fp32; no autograd)."""
+    if not isinstance(sparse_weight, SparseWeight):
+        raise TypeError(f"sparse_weight: expected a SparseWeight, got {type(sparse_weight).__name__}")
+    n, k = sparse_weight.shape
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x: expected a torch.float32 tensor, got {got}")
+    if x.dim() == 0 or x.shape[-1] != k:
+        raise ValueError(f"x: expected shape (..., {k}) (in_features), got {tuple(x.shape)}")
+    if x.device != sparse_weight.device:
+        raise ValueError(f"x: expected device {sparse_weight.device} (sparse_weight's), got {x.device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
+            got = f"{bias.dtype} shape {tuple(bias.shape)}" if isinstance(bias, torch.Tensor) else type(bias)
+            raise ValueError(f"bias: expected a torch.float32 tensor of shape ({n},), got {got}")
+        if bias.device != x.device:
+            raise ValueError(f"bias: expected device {x.device} (x's), got {bias.device}")
+        bias = bias.detach()
+    sw = sparse_weight
+    chosen = _registry.resolve("cpu_sparse_linear", x.device, backend)
+    if torch.compiler.is_compiling():
+        return _cpu_sparse_linear_op(x, sw.row_ptr, sw.col_idx, sw.values, k, n, bias, chosen)
+    # Eager: the custom op's dispatch costs ~18 us a call, more than the whole kernel for small layers at high
+    # sparsity; it only matters to tracing, so call the implementation directly (no autograd either way).
+    return _registry.implementation("cpu_sparse_linear", chosen)(x, sw.row_ptr, sw.col_idx, sw.values, k, n, bias)
+
+
+# --------------------------------------------------------------------------------------------- dispatch
+
+
+@functools.lru_cache(maxsize=4)
+def dispatch_table(path: str = TABLE_PATH) -> dict:
+    """The measured crossover table: ``{"machine": ..., "entries": [{batch, in_features, out_features,
+    crossover}, ...]}``; an empty table (never sparse) when the file is missing."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {"entries": []}
+
+
+def crossover(batch: int, in_features: int, out_features: int, table: dict | None = None) -> float:
+    """The sparsity above which the compiled kernel beats dense ``F.linear`` for this call (1.0: never).
+
+    Nearest measured batch (log scale), then the nearest measured shape (log K, log N) at that batch."""
+    entries = (table if table is not None else dispatch_table())["entries"]
+    if not entries:
+        return 1.0
+
+    def log(v):
+        return math.log2(max(int(v), 1))
+
+    best_batch = min({e["batch"] for e in entries}, key=lambda b: abs(log(b) - log(batch)))
+    same = [e for e in entries if e["batch"] == best_batch]
+    near = min(same, key=lambda e: (log(e["in_features"]) - log(in_features)) ** 2
+               + (log(e["out_features"]) - log(out_features)) ** 2)
+    return float(near["crossover"])
+
+
+def use_sparse_cpu(sparsity: float, batch: int, in_features: int, out_features: int) -> bool:
+    """Whether the compiled CSR kernel is expected to beat dense fp32 ``F.linear`` on this machine kind."""
+    if not _registry.ops()["cpu_sparse_linear"].status("cpu", "cpu")[0]:
+        return False
+    return sparsity >= crossover(batch, in_features, out_features)
+
+
+def _layer_sparsity(layer) -> float:
+    # Counting the mask costs a pass over it: once per mask version.
+    cached = layer.__dict__.get("_cpu_sparse_sparsity")
+    if cached is None or cached[0] != layer.mask_version:
+        numel = layer.mask.numel()
+        cached = (layer.mask_version, 1.0 - layer.mask.sum().item() / numel if numel else 0.0)
+        layer.__dict__["_cpu_sparse_sparsity"] = cached
+    return cached[1]
+
+
+def eval_forward_applies(layer, x: torch.Tensor) -> bool:
+    """Whether :func:`eval_forward` should serve this call of a masked linear layer: inference (eval mode, no
+    gradient needed), fp32 on CPU, and a layer sparse enough for its batch and shape (:func:`use_sparse_cpu`)."""
+    w = layer.weight
+    if layer.training or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
+        return False
+    if w.device.type != "cpu" or x.dim() == 0:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or
+                                    (layer.bias is not None and layer.bias.requires_grad)):
+        return False
+    batch = x.numel() // max(x.shape[-1], 1)
+    return use_sparse_cpu(_layer_sparsity(layer), batch, w.shape[1], w.shape[0])
+
+
+def eval_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` through the layer's cached :class:`SparseWeight` (rebuilt when the mask or the weight changed).
+
+    ``layer`` has ``weight`` (N, K), ``bias``, a bool ``mask`` and an int ``mask_version`` bumped by ``set_mask``;
+    the cache key also holds ``weight._version`` (bumped by in-place updates: optimizer steps, ``load_state_dict``)
+    and the weight's identity, so a stale CSR is never used."""
+    w = layer.weight
+    key = (layer.mask_version, id(w), w._version, w.data_ptr())
+    cached = layer.__dict__.get("_cpu_sparse_weight")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, SparseWeight.from_dense(w.detach(), layer.mask))
+        layer.__dict__["_cpu_sparse_weight"] = cached
+    return cpu_sparse_linear(x, cached[1], layer.bias)

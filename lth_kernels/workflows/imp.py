@@ -1,0 +1,257 @@
+"""``lth imp``: iterative magnitude pruning with rewinding (open_lth's lottery runner), with control branches.
+
+Per replicate ``r`` (seeds shifted by ``r``) the run trains the dense network from θ₀ to the rewind step
+K (``pretrain/``, θ_K; K = 0 is the original LTH), then level 0 trains dense from θ_K to the end, and
+each level L ≥ 1 removes ``ceil(fraction × remaining)`` of the still-unpruned prunable weights by the
+magnitude of level L-1's final weights (keep iff |w| > threshold; global ranking unless
+``--pruning.scope layerwise``), rewinds to θ_K, applies the mask and retrains with the same schedule and
+data order from step K. Branches re-train each level's ticket under a control (``random_reinit``,
+``random_prune``, ``retrain``; see ``imp_branches``).
+
+Layout (``--root``/``imp-<hash>/``, the hash covers the hparams that change what the main run computes)::
+
+    hparams.json  summary.json  plots/
+    replicate_<r>/pretrain/                      θ₀ (step_0) and θ_K (step_<K>)
+    replicate_<r>/level_<L>/main/                mask.safetensors, sparsity_report.json, metrics.jsonl,
+                                                 step_<T>.safetensors (final weights), done.json
+    replicate_<r>/level_<L>/<branch>[-<hash>]/   the same for a branch (hash of its non-default options)
+
+Every stage is skipped when its output exists and resumes from its checkpoint when killed, so rerunning the
+same command (or one with more ``--levels``, ``--replicates`` or ``--branches``) only does what is missing.
+
+This module does not import torch: ``lth imp --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from lth_kernels.training.hparams import (
+    DatasetHparams,
+    Hparams,
+    HparamsError,
+    ModelHparams,
+    PruningHparams,
+    TrainingHparams,
+    hfield,
+    parse_cli,
+)
+from lth_kernels.training.steps import StepError, split_step_string
+from lth_kernels.workflows import imp_presets  # noqa: F401  (registers the presets)
+
+WORKFLOW = "imp"
+DEFAULT_PRESET = "lenet_300_100-digits"
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------ branch options
+
+
+@dataclass(frozen=True)
+class RandomReinitHparams(Hparams):
+    """Branch random_reinit: the level's mask on a fresh random initialisation."""
+
+    seed: int = hfield(0, "added to the re-initialisation seed (which differs from the main run's init)")
+    start_at_step_zero: bool = hfield(False, "train from step 0 instead of the rewind step")
+
+
+@dataclass(frozen=True)
+class RandomPruneHparams(Hparams):
+    """Branch random_prune: the level's density at random places, trained from the rewind weights."""
+
+    scope: str = hfield("layerwise", "keep each layer's density (layerwise) or only the total density (global)",
+                        choices=("layerwise", "global"))
+    seed: int = hfield(0, "seed of the random mask (combined with replicate and level)")
+
+
+@dataclass(frozen=True)
+class RetrainHparams(Hparams):
+    """Branch retrain: the level's ticket trained with other data / training hparams (ticket transfer)."""
+
+    dataset: dict[str, Any] = hfield(help="overrides of --dataset.* for the retraining, e.g. name=synthetic",
+                                     default_factory=dict)
+    training: dict[str, Any] = hfield(help="overrides of --training.* for the retraining, e.g. lr=0.05,"
+                                           "training_steps=10ep", default_factory=dict)
+    start_at_step_zero: bool = hfield(False, "train from step 0 (of the new schedule) instead of the rewind step")
+    transfer_learn: bool = hfield(False, "start from the level's final weights instead of the rewind weights")
+
+    def validate(self):
+        for name, cls in (("dataset", DatasetHparams), ("training", TrainingHparams)):
+            try:
+                cls().with_overrides(getattr(self, name), source=f"--retrain.{name}")
+            except HparamsError as e:
+                raise HparamsError(name, f"{e.name}: {e.message}") from None
+
+
+# ------------------------------------------------------------------------------------------------ ImpHparams
+
+# Fields that say how much of the run to do or which controls to add; they do not change what the main
+# run computes, so they stay out of the run's name (rerunning with more levels extends the same run).
+JOB_FIELDS = ("levels", "target_density", "replicates", "branches", "random_reinit", "random_prune", "retrain")
+
+_STRUCTURES = "unstructured, block<b> (e.g. block16), block<r>x<c> or N:M (e.g. 2:4)"
+
+
+def _digits_training() -> TrainingHparams:
+    # lenet_300_100 on the 1,437 digits training images: open_lth's MNIST recipe (plain SGD, lr 0.1), with
+    # a batch of 64 (22 steps per epoch) and 30 epochs, so that a level takes about a second on a laptop core.
+    return TrainingHparams(optimizer="sgd", lr=0.1, momentum=0.0, training_steps="30ep", eval_every="5ep")
+
+
+@dataclass(frozen=True)
+class ImpHparams(Hparams):
+    """Iterative magnitude pruning with rewinding. The defaults are the lenet_300_100-digits preset."""
+
+    dataset: DatasetHparams = hfield(default_factory=lambda: DatasetHparams(name="digits", batch_size=64))
+    model: ModelHparams = hfield(default_factory=lambda: ModelHparams(name="lenet_300_100"))
+    training: TrainingHparams = hfield(default_factory=_digits_training)
+    pruning: PruningHparams = hfield(default_factory=PruningHparams)
+    rewind: str = hfield("0it", "rewind step K: every level restarts from the weights, schedule and data order at "
+                                "step K ('0it' = the original LTH, '500it', '2ep')")
+    levels: int = hfield(5, "pruning levels after the dense level 0 (ignored when --target_density is set)")
+    target_density: float | None = hfield(None, "prune until the prunable weights' density is at most this "
+                                                "(sets --levels)")
+    replicates: int = hfield(1, "independent replicates (seeds shifted by the replicate index)")
+    branches: tuple[str, ...] = hfield(help="controls trained on every pruned level's ticket: random_reinit, "
+                                            "random_prune, retrain", default_factory=tuple)
+    random_reinit: RandomReinitHparams = hfield(default_factory=RandomReinitHparams)
+    random_prune: RandomPruneHparams = hfield(default_factory=RandomPruneHparams)
+    retrain: RetrainHparams = hfield(default_factory=RetrainHparams)
+
+    def validate(self):
+        try:
+            split_step_string(self.rewind, "--rewind")
+        except StepError as e:
+            raise HparamsError("rewind", str(e).split(": ", 1)[1]) from None
+        structure = self.pruning.structure
+        fixed = ":" in structure
+        if structure == "channel" or structure.startswith("block") and not _block_ok(structure):
+            raise HparamsError("pruning.structure", f"expected {_STRUCTURES}, got {structure!r}")
+        if not fixed and not 0 < self.pruning.fraction < 1:
+            raise HparamsError("pruning.fraction", f"must be in (0, 1), got {self.pruning.fraction}")
+        if self.pruning.strategy != "magnitude":
+            raise HparamsError("pruning.strategy", f"imp prunes by magnitude, got {self.pruning.strategy!r} (one-shot "
+                                                   "strategies are other workflows)")
+        if self.levels < 0:
+            raise HparamsError("levels", f"must be >= 0, got {self.levels}")
+        if self.target_density is not None and not 0 < self.target_density < 1:
+            raise HparamsError("target_density", f"must be in (0, 1), got {self.target_density}")
+        if self.replicates < 1:
+            raise HparamsError("replicates", f"must be >= 1, got {self.replicates}")
+        from lth_kernels.workflows.imp_branches import BRANCHES
+
+        for name in self.branches:
+            if name not in BRANCHES:
+                raise HparamsError("branches", f"unknown branch {name!r} (known: {', '.join(BRANCHES)})")
+        if len(set(self.branches)) != len(self.branches):
+            raise HparamsError("branches", f"a branch is named twice: {','.join(self.branches)}")
+
+    def non_default(self) -> dict[str, Any]:
+        """The non-default values that name the run (``JOB_FIELDS`` left out)."""
+        return {k: v for k, v in super().non_default().items() if k.split(".", 1)[0] not in JOB_FIELDS}
+
+    @property
+    def num_levels(self) -> int:
+        """The last level index: ``levels``, or the first level whose nominal density (1 - fraction)^L
+        reaches ``target_density``. N:M structures have a fixed density: one pruned level."""
+        if ":" in self.pruning.structure:
+            return min(self.levels if self.target_density is None else 1, 1)
+        if self.target_density is None:
+            return self.levels
+        return math.ceil(round(math.log(self.target_density) / math.log(1 - self.pruning.fraction), 9))
+
+    @classmethod
+    def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> ImpHparams:
+        """A registered preset with dotted overrides, e.g. ``from_preset(levels=3, **{"training.lr": 0.05})``."""
+        from lth_kernels.training.hparams import presets
+
+        table = presets(WORKFLOW)
+        if name not in table:
+            raise HparamsError("preset", f"unknown preset {name!r} for imp (choose from {', '.join(sorted(table))})")
+        return cls().with_overrides(table[name], source=f"preset {name!r}").with_overrides(overrides)
+
+
+def _block_ok(structure: str) -> bool:
+    import re
+
+    return re.fullmatch(r"block[1-9]\d*(x[1-9]\d*)?", structure) is not None
+
+
+# ------------------------------------------------------------------------------------------------ API and CLI
+
+
+def run_imp(hp: ImpHparams, root: str = "runs", **kwargs):
+    """Run (or resume) IMP for ``hp`` under ``root``; returns the run directory (a ``Path``).
+
+    ``kwargs`` go to ``ImpRunner``: ``callbacks`` (Trainer callbacks, every stage), ``device``,
+    ``progress``, ``data`` (``(train, test, info)`` to use instead of building ``hp.dataset``), ``threads``
+    (``"auto"``: one CPU thread for small models).
+    """
+    from lth_kernels.workflows.imp_runner import ImpRunner
+
+    return ImpRunner(hp, root=root, **kwargs).run()
+
+
+# Short flags for the options people change most (argparse would not abbreviate across the group prefix).
+ALIASES = {"--structure": "--pruning.structure", "--fraction": "--pruning.fraction", "--scope": "--pruning.scope",
+           "--exclude": "--pruning.exclude"}
+
+
+def _alias(arg: str) -> str:
+    flag, eq, value = arg.partition("=")
+    return ALIASES.get(flag, flag) + eq + value
+
+
+def _job_args(parser) -> None:
+    parser.add_argument("--root", default="runs", help="directory holding the run directories [runs]")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="print the run directory and the resolved hparams, run nothing")
+    parser.add_argument("--no-report", "--no_report", dest="no_report", action="store_true",
+                        help="do not print the report table and write the plots at the end")
+    parser.add_argument("--threads", default="auto", help="torch CPU threads; auto: 1 for models under 1M "
+                        "parameters on the CPU (small GEMMs gain nothing from more), else torch's default [auto]")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("--verbose", action="store_true", help="also log every evaluation of every stage")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = [_alias(a) for a in (sys.argv[1:] if argv is None else argv)]
+    if "--preset" not in argv and not any(a.startswith("--preset=") for a in argv):
+        argv = ["--preset", DEFAULT_PRESET, *argv]
+    hp, ns = parse_cli(ImpHparams, argv, workflow=WORKFLOW, prog="lth imp",
+                       description="Iterative magnitude pruning with rewinding (open_lth parity) and control "
+                                   "branches. Short flags: " + ", ".join(f"{k} = {v}" for k, v in ALIASES.items()),
+                       add_job_args=_job_args)
+    from lth_kernels.training.rundir import run_dir
+
+    path = run_dir(WORKFLOW, hp, ns.root)
+    if ns.dry_run:
+        print(path)
+        print(hp.to_json())
+        return 0
+    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(message)s")
+    if not ns.verbose:  # one line per stage from the runner; the Trainer's per-evaluation lines on request
+        logging.getLogger("lth_kernels.training.trainer").setLevel(logging.WARNING)
+    try:
+        from lth_kernels.training.distributed import init_distributed, is_main_process
+
+        init_distributed()
+        if ns.threads != "auto" and not (ns.threads.isdigit() and int(ns.threads) > 0):
+            raise ValueError(f"--threads: expected 'auto' or a positive int, got {ns.threads!r}")
+        path = run_imp(hp, root=ns.root, threads=ns.threads)
+        if not ns.no_report and is_main_process():
+            from lth_kernels.workflows.report import report
+
+            print(report(path))
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"lth imp: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["ImpHparams", "RandomPruneHparams", "RandomReinitHparams", "RetrainHparams", "main", "run_imp"]

@@ -1,0 +1,357 @@
+"""``lth jackpot``: lottery jackpots (Zhang et al., TPAMI 2023), mask search on frozen pre-trained weights.
+
+Stages, each resumable (``runs/jackpot-<hash>/``):
+
+1. **Weights** (``source``): train the model dense first (``pretrain``, the embedded default), load a local
+   file or a run directory of this project (e.g. the dense level of ``lth imp``), or, only when asked
+   (``--random-weights``), keep the random initialisation as an ablation.
+2. **Per sparsity** (``sparsity_<s>/``): the magnitude mask over every prunable weight but the classifier
+   (per-layer rates from one global threshold, ``l1``, or ``uniform``) is the start; each weight gets a score
+   (1.0 kept, 0.99 pruned); only the scores train (SGD, cosine), weights and BN affine stay frozen while BN
+   running statistics update; the mask follows ``search.rule`` after every step (``restricted`` = short
+   restriction), and ``search.baselines`` run the same search with other rules (``edge_popup``,
+   ``random_swap``). Each rule's directory holds ``mask.safetensors`` (a ``Ticket``), ``weights.safetensors``
+   (the dense weights the mask is applied to, with the BN statistics of the search), ``metrics.jsonl``
+   (accuracy per epoch; step 0 is the magnitude mask without search) and ``swaps.json``.
+3. **Fine-tuning** (``search.finetune``): the weights train with the searched mask frozen.
+4. **Report**: overlap of the searched mask with the magnitude mask and other pruning criteria,
+   ``summary.json``, ``table.md`` and ``plots/jackpot.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lth_kernels.training.hparams import (
+    DatasetHparams,
+    Hparams,
+    HparamsError,
+    ModelHparams,
+    TrainingHparams,
+    hfield,
+    parse_cli,
+    register_preset,
+)
+
+log = logging.getLogger(__name__)
+WORKFLOW = "jackpot"
+_RULES = ("restricted", "edge_popup", "random_swap")  # _jackpot_search.RULES, kept torch-free for --help
+_CRITERIA = ("magnitude", "snip", "grasp", "synflow", "random")
+
+
+@dataclass(frozen=True)
+class SourceHparams(Hparams):
+    """Where the frozen weights come from."""
+
+    weights: str | None = hfield(None, "pre-trained weights: a .safetensors / torch state-dict file (e.g. a timm "
+                                       "model's local weights) or a run directory of this project")
+    train_dense: bool = hfield(True, "without --source.weights: train the model dense first (pretrain group)")
+    random_weights: bool = hfield(False, "ablation: search on the random initialisation (also --random-weights)")
+
+
+@dataclass(frozen=True)
+class SearchHparams(Hparams):
+    """Mask search."""
+
+    sparsities: tuple[str, ...] = hfield(help="sparsities searched, comma separated", default_factory=lambda: ("0.9",))
+    layerwise: str = hfield("l1", "per-layer sparsity: l1 = one global magnitude threshold, uniform = same in "
+                                  "every layer", choices=("l1", "uniform"))
+    rule: str = hfield("restricted", "mask update after each step: restricted (short restriction), edge_popup "
+                                     "(top-k) or random_swap (sanity baseline)", choices=_RULES)
+    rho: float = hfield(1.0, "restriction rate: at most ceil(rho*|R|) swaps per layer and step")
+    rho_schedule: str = hfield("constant", "rho over the search epochs: constant, cosine (rho*(1+cos(pi*e/E))/2) "
+                                           "or poly4 (rho*(1-e/E)^4)", choices=("constant", "cosine", "poly4"))
+    baselines: tuple[str, ...] = hfield(help="other rules searched for comparison, comma separated",
+                                        default_factory=lambda: ("edge_popup", "random_swap"))
+    pruned_score: float = hfield(0.99, "initial score of magnitude-pruned weights (kept ones start at 1.0)")
+    exclude: tuple[str, ...] = hfield(help="weights not searched (kept dense), globs; the classifier always is",
+                                      default_factory=tuple)
+    criteria: tuple[str, ...] = hfield(help="pruning criteria whose masks are compared with the searched one",
+                                       default_factory=lambda: _CRITERIA)
+    batch_size: int = hfield(0, "search and fine-tuning batch size (0: --dataset.batch_size)")
+    finetune: bool = hfield(False, "after the search, train the weights with the mask frozen (finetune group)")
+    seed: int = hfield(0, "seed of the model initialisation and the random baselines")
+
+    def validate(self):
+        if not self.sparsities:
+            raise HparamsError("sparsities", "needs at least one sparsity")
+        for s in self.sparsities:
+            try:
+                v = float(s)
+            except ValueError:
+                v = -1.0
+            if not 0.0 < v < 1.0:
+                raise HparamsError("sparsities", f"expected fractions in (0, 1), got {s!r}")
+        for b in self.baselines:
+            if b not in _RULES or b == self.rule:
+                raise HparamsError("baselines", f"expected rules other than --search.rule among "
+                                                f"{', '.join(_RULES)}, got {b!r}")
+        for c in self.criteria:
+            if c not in _CRITERIA:
+                raise HparamsError("criteria", f"expected some of {', '.join(_CRITERIA)}, got {c!r}")
+        if not 0.0 <= self.rho <= 1.0:
+            raise HparamsError("rho", f"must be in [0, 1], got {self.rho}")
+        if not self.pruned_score < 1.0:
+            raise HparamsError("pruned_score", f"must be below the kept score 1.0, got {self.pruned_score}")
+        if self.batch_size < 0:
+            raise HparamsError("batch_size", f"must be >= 0, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class JackpotHparams(Hparams):
+    """Lottery jackpots: hparams of one run."""
+
+    dataset: DatasetHparams = hfield(help="data set", default_factory=DatasetHparams)
+    model: ModelHparams = hfield(help="model", default_factory=ModelHparams)
+    source: SourceHparams = hfield(help="weights", default_factory=SourceHparams)
+    pretrain: TrainingHparams = hfield(help="dense training when the workflow trains the weights itself",
+                                       default_factory=lambda: TrainingHparams(
+                                           training_steps="20ep", lr_schedule="cosine", weight_decay=1e-4))
+    search: SearchHparams = hfield(help="mask search", default_factory=SearchHparams)
+    search_training: TrainingHparams = hfield(help="optimizer of the scores", default_factory=lambda: TrainingHparams(
+        training_steps="10ep", lr=0.1, momentum=0.9, lr_schedule="cosine", weight_decay=5e-4))
+    finetune: TrainingHparams = hfield(help="weight fine-tuning with the mask frozen", default_factory=lambda:
+                                       TrainingHparams(training_steps="10ep", lr=0.01, lr_schedule="cosine"))
+
+
+# The default hparams are the embedded preset: lenet_300_100 on digits, trained dense, searched at 90 %.
+register_preset(WORKFLOW, "mlp-digits", {})
+_CIFAR_PRETRAIN = {"training_steps": "160ep", "lr": 0.1, "lr_schedule": "multistep", "milestone_steps": "80ep,120ep",
+                   "weight_decay": 1e-4}
+_CIFAR_SEARCH = {"training_steps": "30ep", "lr": 0.1, "lr_schedule": "cosine", "weight_decay": 5e-4}
+for _model in ("cifar_resnet_32", "cifar_vgg_19"):
+    register_preset(WORKFLOW, f"{_model}-cifar10", {
+        "dataset": {"name": "cifar10", "batch_size": 128}, "model": {"name": _model},
+        "pretrain": _CIFAR_PRETRAIN, "search_training": _CIFAR_SEARCH,
+        "search": {"sparsities": ["0.9", "0.95"], "batch_size": 256, "baselines": []}})
+register_preset(WORKFLOW, "resnet50-imagenet", {
+    "dataset": {"name": "imagefolder", "batch_size": 256}, "model": {"name": "timm:resnet50"},
+    "source": {"train_dense": False},
+    "search_training": {"training_steps": "30ep", "lr": 0.1, "lr_schedule": "cosine", "weight_decay": 1e-4},
+    "finetune": {"training_steps": "10ep", "lr": 0.01, "lr_schedule": "cosine", "weight_decay": 0.0},
+    "search": {"sparsities": ["0.8", "0.9"], "baselines": [], "criteria": ["magnitude", "random"]}})
+
+
+# ------------------------------------------------------------------------------------------------ runner
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A weights file, or the final weights of a run directory of this project (``done.json`` names the
+    step; ``lth imp`` runs are searched in ``replicate_0/level_0``)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise FileNotFoundError(f"--source.weights: no file or run directory at {p}")
+    for d in [p, *sorted(p.glob("replicate_0/level_0")), *sorted(p.glob("replicate_0/level_0/*"))]:
+        done = d / "done.json"
+        if done.is_file():
+            step = json.loads(done.read_text())["step"]
+            f = d / f"step_{step}.safetensors"
+            if f.is_file():
+                return f
+    raise FileNotFoundError(f"--source.weights: {p} holds no finished run (done.json + step_<K>.safetensors, also "
+                            "looked in replicate_0/level_0)")
+
+
+class _Job:
+    """One run's shared state: data, model factory, run directory, device."""
+
+    def __init__(self, hp: JackpotHparams, root, device, progress: bool):
+        import torch
+
+        from lth_kernels.data import create_dataset
+        from lth_kernels.training import prepare_run_dir
+
+        self.hp, self.progress = hp, progress
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.dir = prepare_run_dir(WORKFLOW, hp, root)
+        ds = hp.dataset
+        self.train_ds, self.test_ds, self.info = create_dataset(ds.name, data_dir=ds.data_dir, download=ds.download,
+                                                                augment=ds.augment)
+        self.batch = hp.search.batch_size or ds.batch_size
+
+    def new_model(self):
+        from lth_kernels.models import create_model
+        from lth_kernels.training import seed_everything
+
+        seed_everything(self.hp.search.seed)
+        i = self.info
+        return create_model(self.hp.model.name, num_classes=i.num_classes, in_chans=i.in_chans, img_size=i.img_size,
+                            **self.hp.model.kwargs)
+
+    def trainer(self, model, training, out_dir=None, **kw):
+        from lth_kernels.training import Trainer
+
+        return Trainer(model, self.train_ds, self.test_ds, training, batch_size=kw.pop("batch_size", self.batch),
+                       out_dir=out_dir, device=self.device, progress=self.progress, **kw)
+
+
+def _weights(job: _Job):
+    """The frozen weights: (model in eval-ready state, source description, dense test accuracy)."""
+    from lth_kernels.models import load_weights
+
+    src, model = job.hp.source, job.new_model()
+    if src.random_weights and src.weights:
+        raise ValueError("--source.random_weights: the ablation searches the random initialisation; it cannot be "
+                         f"combined with --source.weights {src.weights!r}")
+    if src.random_weights:
+        log.warning("searching RANDOM weights (--random-weights ablation), not pre-trained ones")
+        return model, "random", job.trainer(model, job.hp.search_training).evaluate()["test_acc"]
+    if src.weights:
+        path = resolve_weights(src.weights)
+        load_weights(model, path)
+        return model, f"file:{path}", job.trainer(model, job.hp.search_training).evaluate()["test_acc"]
+    if not src.train_dense:
+        raise ValueError("--source.weights: this configuration needs pre-trained weights (a file or a run directory); "
+                         "--source.train_dense true trains them here")
+    result = job.trainer(model, job.hp.pretrain, job.dir / "pretrain", batch_size=job.hp.dataset.batch_size).train()
+    return model, f"trained:{job.dir / 'pretrain'}", result.metrics["test_acc"]
+
+
+def _criterion_ticket(job: _Job, model, criterion: str, sparsity: float, names: list[str]):
+    """The mask a pruning criterion gives at ``sparsity`` over the searched weights (on a copy of ``model``)."""
+    import torch
+    import torch.nn.functional as F
+
+    from lth_kernels.tickets import Ticket, prune
+    from lth_kernels.tickets.prunable import iter_maskable
+
+    m = copy.deepcopy(model).to(job.device)
+    others = [n for n, _, _ in iter_maskable(m) if n not in set(names)]
+    kw = {}
+    if criterion in ("snip", "grasp", "synflow"):
+        loader = torch.utils.data.DataLoader(job.train_ds, batch_size=min(job.batch, 256), shuffle=True,
+                                             generator=torch.Generator().manual_seed(job.hp.search.seed))
+        x, y = next(iter(loader))
+        kw = {"data": [(x.to(job.device), y.to(job.device))], "loss_fn": F.cross_entropy}
+    if criterion == "random":
+        kw = {"generator": torch.Generator().manual_seed(job.hp.search.seed)}
+    scope = "global" if job.hp.search.layerwise == "l1" else "layerwise"
+    t = prune(m, criterion, sparsity, scope=scope, exclude=others, use_default_exclude=False, **kw)
+    return Ticket({n: t[n] for n in names}, t.metadata)
+
+
+def _search_rule(job: _Job, weights_model, ticket0, rule: str, sd: Path, source: str) -> dict:
+    """One search with ``rule`` in ``sd / rule``; writes the ticket, the weights and the swaps; returns its record."""
+    from lth_kernels.nn.scored import unscore_layers
+    from lth_kernels.tickets import Ticket
+    from lth_kernels.training import atomic_write_json, read_metrics, save_weights
+    from lth_kernels.workflows._jackpot_search import run_search
+
+    hp, rd = job.hp.search, sd / rule
+    model = copy.deepcopy(weights_model)
+    result, swaps, _ = run_search(model, ticket0, job.train_ds, job.test_ds, job.hp.search_training,
+                                  batch_size=job.batch, rule=rule, rho=hp.rho, rho_schedule=hp.rho_schedule,
+                                  pruned_score=hp.pruned_score, seed=hp.seed, out_dir=rd, device=job.device,
+                                  progress=job.progress)
+    if result.skipped:
+        history = json.loads((rd / "swaps.json").read_text())
+    else:
+        history = swaps.history
+        atomic_write_json(rd / "swaps.json", history)
+    masks = unscore_layers(model)
+    ticket = Ticket(masks, {**ticket0.metadata, "strategy": f"jackpot_{rule}", "source_weights": source,
+                            "rho": hp.rho if rule != "edge_popup" else "", "rho_schedule": hp.rho_schedule,
+                            "search_steps": job.hp.search_training.training_steps})
+    ticket.save(rd / "mask.safetensors")
+    ticket.save_report(rd / "sparsity_report.json")
+    save_weights(model, rd / "weights.safetensors", {"mask": "mask.safetensors", "source_weights": source})
+    records = [r for r in read_metrics(rd / "metrics.jsonl") if "test_acc" in r]
+    return {"rule": rule, "model": model, "ticket": ticket, "acc": result.metrics["test_acc"],
+            "start_acc": records[0]["test_acc"] if records and records[0]["step"] == 0 else None,
+            "curve": [(r["epoch"], r["test_acc"]) for r in records], "swaps": history}
+
+
+def _finetune(job: _Job, res: dict, rd: Path) -> float:
+    """Train the weights with the searched mask frozen (masked layers keep pruned weights at zero)."""
+    from lth_kernels.training import save_weights
+
+    model = copy.deepcopy(res["model"])
+    res["ticket"].apply(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    result = job.trainer(model, job.hp.finetune, rd / "finetune").train()
+    save_weights(model, rd / "finetune" / "weights.safetensors", {"mask": "../mask.safetensors"})
+    return result.metrics["test_acc"]
+
+
+def run(hp: JackpotHparams, root: str | Path = "runs", device: str | None = None, progress: bool = True) -> dict:
+    """Run (or resume) the whole workflow; returns the summary also written to ``summary.json``."""
+    from lth_kernels.training import atomic_write_json
+    from lth_kernels.workflows._jackpot_report import write_report
+    from lth_kernels.workflows._jackpot_search import initial_ticket
+
+    job = _Job(hp, root, device, progress)
+    model, source, dense_acc = _weights(job)
+    model = model.cpu()
+    summary = {"run_dir": str(job.dir), "model": hp.model.name, "dataset": hp.dataset.name, "source": source,
+               "dense_acc": dense_acc, "sparsities": {}}
+    for s_text in hp.search.sparsities:
+        s = float(s_text)
+        sd = job.dir / f"sparsity_{s_text}"
+        ticket0 = initial_ticket(model, s, hp.search.layerwise, hp.search.exclude)
+        ticket0 = ticket0.with_metadata(pruned_score=hp.search.pruned_score)
+        ticket0.save(sd / "magnitude_mask.safetensors")
+        entry = {"sparsity": ticket0.sparsity, "searched_weights": ticket0.num_total, "rules": {}}
+        results = {}
+        for rule in (hp.search.rule, *hp.search.baselines):
+            res = _search_rule(job, model, ticket0, rule, sd, source)
+            results[rule] = res
+            entry["rules"][rule] = {"acc": res["acc"], "curve": res["curve"], "swaps": res["swaps"],
+                                    "overlap_with_magnitude_init": res["ticket"].overlap(ticket0)}
+            entry.setdefault("magnitude_acc", res["start_acc"])
+        main = results[hp.search.rule]
+        if hp.search.finetune:
+            entry["finetuned_acc"] = _finetune(job, main, sd / hp.search.rule)
+        overlap_file = sd / "overlap.json"
+        if overlap_file.exists():
+            overlaps = json.loads(overlap_file.read_text())
+        else:
+            names = list(ticket0)
+            overlaps = {c: main["ticket"].overlap(_criterion_ticket(job, model, c, s, names))
+                        for c in hp.search.criteria}
+            overlaps.update({f"jackpot_{r}": results[r]["ticket"].overlap(main["ticket"])
+                             for r in hp.search.baselines})
+            atomic_write_json(overlap_file, overlaps)
+        entry["overlap"] = overlaps
+        summary["sparsities"][s_text] = entry
+    atomic_write_json(job.dir / "summary.json", summary)
+    write_report(job.dir, summary, hp)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _job_args(parser) -> None:
+    parser.add_argument("--root", default="runs", help="directory of the run directories [runs]")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="ablation: search the random initialisation instead of pre-trained weights")
+    parser.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(argv: list[str] | None = None) -> int:
+    hp, ns = parse_cli(JackpotHparams, argv, workflow=WORKFLOW, prog="lth jackpot",
+                       description=__doc__.split("\n\n")[0], add_job_args=_job_args)
+    if ns.random_weights:
+        hp = hp.replace(source=hp.source.replace(random_weights=True))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        summary = run(hp, ns.root, ns.device, progress=not ns.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lth jackpot: error: {e}", file=sys.stderr)
+        return 2
+    from lth_kernels.workflows._jackpot_report import table
+
+    print(table(summary))
+    return 0
+
+
+__all__ = ["JackpotHparams", "SearchHparams", "SourceHparams", "main", "resolve_weights", "run"]

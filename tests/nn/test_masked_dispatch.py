@@ -1,0 +1,69 @@
+"""MaskedLinear's data-dependent fast paths: CPU sparse inference in eval mode, block-sparse kernels for
+block-structured masks. Both must give the masked op's result and follow mask changes."""
+
+import pytest
+import torch
+
+from lth_kernels._ext import C
+from lth_kernels.nn import MaskedLinear
+from lth_kernels.nn import masked as masked_mod
+from lth_kernels.ops import cpu_sparse
+
+
+def _oracle(layer, x):
+    w = (layer.weight.double() * layer.mask)
+    return x.double() @ w.t() + layer.bias.double()
+
+
+@pytest.mark.skipif(C is None, reason="needs the compiled CPU kernels")
+def test_eval_uses_cpu_sparse_above_crossover_and_follows_the_mask(monkeypatch):
+    layer = MaskedLinear(768, 3072)
+    layer.set_mask(torch.rand(3072, 768) > 0.97)
+    x = torch.randn(8, 768)
+    layer.eval()
+    monkeypatch.setattr(cpu_sparse, "use_sparse_cpu", lambda *a, **k: True)  # the table is machine specific
+    calls = []
+    real = cpu_sparse.eval_forward
+    monkeypatch.setattr(cpu_sparse, "eval_forward", lambda lay, inp: calls.append(1) or real(lay, inp))
+    with torch.no_grad():
+        y = layer(x)
+        assert calls, "eval mode above the crossover must take the CPU sparse path"
+        torch.testing.assert_close(y.double(), _oracle(layer, x), atol=1e-4, rtol=1e-4)
+        layer.set_mask(torch.rand(3072, 768) > 0.99)
+        torch.testing.assert_close(layer(x).double(), _oracle(layer, x), atol=1e-4, rtol=1e-4)
+    layer.train()
+    calls.clear()
+    layer(x).sum().backward()
+    assert not calls, "training mode must run the masked op (masked weight gradient)"
+
+
+def test_block_structured_mask_routes_to_block_sparse(monkeypatch):
+    monkeypatch.setattr(masked_mod, "BLOCK_SPARSE_DEVICES", ("cpu",))
+    torch.manual_seed(1)
+    layer = MaskedLinear(96, 70)
+    block_map = torch.rand(3, 3) > 0.6
+    block_map[0, 0] = True
+    mask = block_map.repeat_interleave(32, 0).repeat_interleave(32, 1)[:70, :96]
+    layer.set_mask(mask)
+    calls = []
+    real = masked_mod.block_sparse_linear
+    monkeypatch.setattr(masked_mod, "block_sparse_linear", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(5, 96, dtype=torch.float32, requires_grad=True)
+    y = layer(x)
+    assert calls, "a sparse block-structured mask must take the block-sparse kernel"
+    torch.testing.assert_close(y.double(), _oracle(layer, x.detach()), atol=1e-4, rtol=1e-4)
+    y.sum().backward()
+    assert torch.all(layer.weight.grad[~layer.mask] == 0)
+    # an unstructured mask of the same layer goes back to the masked op
+    calls.clear()
+    layer.set_mask(torch.rand(70, 96) > 0.8)
+    layer(x)
+    assert not calls
+
+
+def test_dense_or_unstructured_masks_never_take_the_block_path(monkeypatch):
+    monkeypatch.setattr(masked_mod, "BLOCK_SPARSE_DEVICES", ("cpu",))
+    layer = MaskedLinear(64, 64)
+    assert layer._block_layout(torch.device("cpu")) is None  # full mask: density 1 > the cut-off
+    layer.set_mask(torch.rand(64, 64) > 0.9)
+    assert layer._block_layout(torch.device("cpu")) is None

@@ -1,0 +1,237 @@
+"""cpu_sparse: CSR build and CSR x dense inference on every live backend against a float64 dense oracle."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lth_kernels.ops import _registry
+from lth_kernels.ops import cpu_sparse as cs
+from lth_kernels.ops.cpu_sparse import SparseWeight, cpu_sparse_linear
+
+from ..conftest import assert_close
+
+BACKENDS = ["reference", "cpu"]
+SHAPES = [(1, 1), (7, 1), (1, 7), (97, 129), (129, 97), (33, 768)]  # (out_features, in_features)
+BATCHES = [(1,), (2,), (3,), (8,), (13,), (64,), (65,), (2, 5), (3, 1, 7)]
+
+
+def _live(backend):
+    for op in ("csr_from_dense", "cpu_sparse_linear"):
+        live, why = _registry.ops()[op].status(backend, "cpu")
+        if not live:
+            pytest.skip(f"{backend}: {why}")
+
+
+def _masks(shape):
+    yield torch.zeros(shape, dtype=torch.bool)
+    yield torch.ones(shape, dtype=torch.bool)
+    for p in (0.5, 0.9, 0.99):
+        yield torch.rand(shape) > p
+
+
+def _oracle(x, weight, mask, bias):
+    w = (weight * mask).double()
+    return F.linear(x.double(), w, None if bias is None else bias.double())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_csr_layout(backend, shape):
+    _live(backend)
+    for mask in _masks(shape):
+        weight = torch.randn(shape)
+        sw = SparseWeight.from_dense(weight, mask, backend=backend)
+        ref = cs.csr_from_dense_reference(weight, mask)
+        assert sw.row_ptr.dtype == torch.int64 and sw.col_idx.dtype == torch.int32 and sw.values.dtype == torch.float32
+        for got, want in zip((sw.row_ptr, sw.col_idx, sw.values), ref, strict=True):
+            assert torch.equal(got, want)
+        assert sw.nnz == int(mask.sum()) and sw.shape == shape
+        assert torch.equal(sw.to_dense(), weight * mask)
+
+
+def test_csr_reference_hand_case():
+    weight = torch.arange(12, dtype=torch.float32).view(3, 4)
+    mask = torch.tensor([[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    row_ptr, col_idx, values = cs.csr_from_dense_reference(weight, mask)
+    assert row_ptr.tolist() == [0, 2, 2, 4] and col_idx.tolist() == [0, 3, 1, 2]
+    assert values.tolist() == [0.0, 3.0, 9.0, 10.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_linear_matches_oracle(backend, shape):
+    _live(backend)
+    n, k = shape
+    for i, mask in enumerate(_masks(shape)):
+        weight, bias = torch.randn(shape), torch.randn(n)
+        sw = SparseWeight.from_dense(weight, mask, backend=backend)
+        for batch in BATCHES:
+            x = torch.randn(*batch, k)
+            b = bias if (i + len(batch)) % 2 else None
+            y = cpu_sparse_linear(x, sw, b, backend=backend)
+            assert y.shape == (*batch, n) and y.dtype == torch.float32
+            assert_close(y, _oracle(x, weight, mask, b), torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_full_size_and_empty_rows(backend):
+    _live(backend)
+    n, k = 768, 3072
+    weight, bias = torch.randn(n, k), torch.randn(n)
+    mask = torch.rand(n, k) > 0.9
+    mask[:, 5] = True
+    mask[::7] = False  # empty rows: the output is the bias
+    sw = SparseWeight.from_dense(weight, mask, backend=backend)
+    for batch in (1, 2, 3, 17, 64, 130):
+        x = torch.randn(batch, k)
+        y = cpu_sparse_linear(x, sw, bias, backend=backend)
+        assert_close(y, _oracle(x, weight, mask, bias), torch.float32)
+        assert torch.equal(y[:, ::7], bias[::7].expand(batch, -1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_non_contiguous_and_degenerate(backend):
+    _live(backend)
+    n, k = 97, 129
+    weight, bias = torch.randn(n, k), torch.randn(n)
+    mask = torch.rand(n, k) > 0.5
+    sw = SparseWeight.from_dense(weight, mask, backend=backend)
+    base = torch.randn(40, 2 * k)
+    views = [base[:, ::2], base[::3, :k], base[:, k:], torch.randn(k, 9).t(), torch.randn(4, 6, k).transpose(0, 1)]
+    for x in views:
+        assert_close(cpu_sparse_linear(x, sw, bias, backend=backend), _oracle(x, weight, mask, bias), torch.float32)
+    empty = torch.randn(0, k)
+    assert cpu_sparse_linear(empty, sw, bias, backend=backend).shape == (0, n)
+    # K = 0: nothing to sum, the output is the bias.
+    sw0 = SparseWeight.from_dense(torch.randn(5, 0), torch.zeros(5, 0, dtype=torch.bool), backend=backend)
+    assert torch.equal(cpu_sparse_linear(torch.randn(3, 0), sw0, bias[:5], backend=backend), bias[:5].expand(3, 5))
+
+
+def test_default_mask_is_nonzeros_and_backend_choice():
+    weight = torch.randn(9, 11) * (torch.rand(9, 11) > 0.6)
+    sw = SparseWeight.from_dense(weight)
+    assert sw.nnz == int((weight != 0).sum())
+    assert 0.0 < sw.sparsity < 1.0
+    x = torch.randn(4, 11)
+    assert_close(cpu_sparse_linear(x, sw), _oracle(x, weight, weight != 0, None), torch.float32)
+
+
+def test_bad_inputs():
+    weight, mask = torch.randn(6, 5), torch.rand(6, 5) > 0.5
+    sw = SparseWeight.from_dense(weight, mask)
+    cases = [
+        (lambda: SparseWeight.from_dense(weight.double(), mask), TypeError, "weight: expected a 2-D torch.float32"),
+        (lambda: SparseWeight.from_dense(weight, mask.float()), TypeError, "mask: expected a torch.bool"),
+        (lambda: SparseWeight.from_dense(weight, mask.t()), ValueError, r"mask: expected shape \(6, 5\)"),
+        (lambda: cpu_sparse_linear(torch.randn(3, 5).double(), sw), TypeError, "x: expected a torch.float32"),
+        (lambda: cpu_sparse_linear(torch.randn(3, 4), sw), ValueError, r"x: expected shape \(\.\.\., 5\)"),
+        (lambda: cpu_sparse_linear(torch.randn(3, 5), sw, torch.randn(5)), ValueError, r"bias: expected .* \(6,\)"),
+        (lambda: cpu_sparse_linear(torch.randn(3, 5), weight), TypeError, "sparse_weight: expected a SparseWeight"),
+    ]
+    for fn, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern) as info:
+            fn()
+        assert "\n" not in str(info.value)
+
+
+def test_compiled_op_checks():
+    _live("cpu")
+    sw = SparseWeight.from_dense(torch.randn(6, 5), backend="cpu")
+    C = torch.ops.lth_kernels_C
+    with pytest.raises(RuntimeError, match="x: expected dtype Float"):
+        C.cpu_sparse_linear(torch.randn(2, 5).double(), sw.row_ptr, sw.col_idx, sw.values, 5, 6, None)
+    with pytest.raises(RuntimeError, match="row_ptr: expected 8 entries"):
+        C.cpu_sparse_linear(torch.randn(2, 5), sw.row_ptr, sw.col_idx, sw.values, 5, 7, None)
+    with pytest.raises(RuntimeError, match=r"mask: expected the weight's shape"):
+        C.csr_from_dense(torch.randn(6, 5), torch.ones(5, 6, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    _live(backend)
+    weight = torch.randn(7, 9)
+    sw = SparseWeight.from_dense(weight, torch.rand(7, 9) > 0.5, backend=backend)
+    x, bias = torch.randn(3, 9), torch.randn(7)
+    torch.library.opcheck(cs._cpu_sparse_linear_op, (x, sw.row_ptr, sw.col_idx, sw.values, 9, 7, bias, backend),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_table_lookup(tmp_path):
+    entries = [{"batch": b, "in_features": k, "out_features": n, "crossover": c}
+               for b, c0 in ((1, 0.5), (8, 0.7), (64, 0.85))
+               for (k, n), c in (((768, 3072), c0), ((64, 256), c0 + 0.1))]
+    table = {"machine": {}, "entries": entries}
+    assert cs.crossover(1, 768, 3072, table) == 0.5
+    assert cs.crossover(50, 700, 3000, table) == 0.85  # nearest batch and shape
+    assert cs.crossover(8, 64, 300, table) == pytest.approx(0.8)
+    assert cs.crossover(8, 64, 300, {"entries": []}) == 1.0
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(table))
+    assert cs.dispatch_table(str(path)) == table
+    assert cs.dispatch_table(str(tmp_path / "missing.json")) == {"entries": []}
+
+
+def test_shipped_table_is_monotone_in_sparsity():
+    table = cs.dispatch_table()
+    assert table["entries"], "cpu_sparse_table.json is missing or empty: run bench/cpu_sparse.py"
+    assert all(0.0 <= e["crossover"] <= 1.0 for e in table["entries"])
+    if not _registry.ops()["cpu_sparse_linear"].status("cpu", "cpu")[0]:
+        assert not cs.use_sparse_cpu(0.999, 1, 768, 768)  # the table measures the compiled kernel only
+        return
+    for batch in (1, 4, 8, 33, 64, 500):
+        for k, n in ((768, 2304), (3072, 768), (64, 256), (2048, 512)):
+            answers = [cs.use_sparse_cpu(s / 100, batch, k, n) for s in range(0, 101)]
+            assert answers == sorted(answers), (batch, k, n)  # False ... False True ... True
+
+
+class _TinyMasked(torch.nn.Linear):
+    """The attributes eval_forward relies on (as lth_kernels.nn.MaskedLinear has them)."""
+
+    def __init__(self, k, n, mask):
+        super().__init__(k, n)
+        self.register_buffer("mask", mask.clone(), persistent=False)
+        self.mask_version = 0
+        with torch.no_grad():
+            self.weight.mul_(mask)
+
+    @torch.no_grad()
+    def set_mask(self, mask):
+        self.mask.copy_(mask)
+        self.weight.mul_(mask)
+        self.mask_version += 1
+
+
+def test_eval_forward_cache_follows_mask_and_weight():
+    layer = _TinyMasked(129, 97, torch.rand(97, 129) > 0.9)
+    x = torch.randn(5, 3, 129)
+    with torch.no_grad():
+        assert_close(cs.eval_forward(layer, x), F.linear(x, layer.weight, layer.bias), torch.float32)
+        first = layer.__dict__["_cpu_sparse_weight"][1]
+        cs.eval_forward(layer, x)
+        assert layer.__dict__["_cpu_sparse_weight"][1] is first  # cached
+        layer.set_mask(torch.rand(97, 129) > 0.5)
+        assert_close(cs.eval_forward(layer, x), F.linear(x, layer.weight, layer.bias), torch.float32)
+        assert layer.__dict__["_cpu_sparse_weight"][1] is not first
+    # An optimizer step changes the kept weights in place: the cache must notice (weight._version).
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.randn(4, 129)).square().sum().backward()
+    layer.weight.grad.mul_(layer.mask)
+    opt.step()
+    with torch.no_grad():
+        assert_close(cs.eval_forward(layer, x), F.linear(x, layer.weight, layer.bias), torch.float32)
+
+
+def test_eval_forward_applies_only_to_inference():
+    layer = _TinyMasked(768, 768, torch.rand(768, 768) > 0.999)
+    x = torch.randn(8, 768)
+    layer.train()
+    with torch.no_grad():
+        assert not cs.eval_forward_applies(layer, x)
+    layer.eval()
+    assert not cs.eval_forward_applies(layer, x)  # grad enabled and the weight requires grad
+    with torch.no_grad():
+        assert not cs.eval_forward_applies(layer, x.double())
+        expected = cs.use_sparse_cpu(1 - layer.mask.float().mean().item(), 8, 768, 768)
+        assert cs.eval_forward_applies(layer, x) == expected
