@@ -7,7 +7,9 @@ Transforms (augmentation only on the training split, and only with ``augment=Tru
 * ``imagefolder`` (ImageNet layout ``data_dir/train/<class>/*``, ``data_dir/val/<class>/*``): train
   RandomResizedCrop(img_size) + flip; test Resize(img_size / 0.875) + CenterCrop(img_size); ImageNet statistics.
 
-Random transforms draw from torch's global generator, which the trainer seeds per epoch.
+``randaugment="rand-m9-mstd0.5-inc1"`` (cifar10, cifar100, imagefolder; only with ``augment=True``) adds timm's
+RandAugment after the crop and flip, as DeiT does. Random transforms draw from torch's global generator,
+which the trainer seeds per epoch (timm's RandAugment draws from Python's ``random``).
 """
 
 from __future__ import annotations
@@ -34,13 +36,27 @@ def _open(name: str, cls, root: str, download: bool, **kwargs):
         raise missing_data(name, root) from None
 
 
+def _randaugment(policy: str, size: int, mean) -> list:
+    """timm's RandAugment for PIL images of side ``size`` (``[]`` when ``policy`` is empty)."""
+    if not policy:
+        return []
+    from timm.data.auto_augment import rand_augment_transform
+
+    try:
+        return [rand_augment_transform(policy, {"translate_const": int(size * 0.45),
+                                                "img_mean": tuple(round(255 * m) for m in mean)})]
+    except (AssertionError, ValueError, KeyError) as e:
+        raise ValueError(f"randaugment: not a timm RandAugment policy: {policy!r} ({e})") from None
+
+
 def _torchvision(name: str, cls, stats, num_classes: int, in_chans: int, size: int, data_dir, download,
-                 augment: bool, crop: bool):
+                 augment: bool, crop: bool, randaugment: str = ""):
     from torchvision import transforms as T
 
     root = resolve_data_dir(data_dir)
     base = [T.ToTensor(), T.Normalize(*stats)]
     aug = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()] if augment and crop else []
+    aug += _randaugment(randaugment, size, stats[0]) if augment else []
     train = _open(name, cls, root, download, train=True, transform=T.Compose(aug + base))
     test = _open(name, cls, root, download, train=False, transform=T.Compose(base))
     info = DatasetInfo(name, num_classes, in_chans, (size, size), len(train), len(test), *stats)
@@ -55,21 +71,23 @@ def _mnist(*, data_dir, download, augment):
 
 
 @register_dataset("cifar10")
-def _cifar10(*, data_dir, download, augment):
+def _cifar10(*, data_dir, download, augment, randaugment: str = ""):
     from torchvision.datasets import CIFAR10
 
-    return _torchvision("cifar10", CIFAR10, _CIFAR10_STATS, 10, 3, 32, data_dir, download, augment, crop=True)
+    return _torchvision("cifar10", CIFAR10, _CIFAR10_STATS, 10, 3, 32, data_dir, download, augment, crop=True,
+                        randaugment=randaugment)
 
 
 @register_dataset("cifar100")
-def _cifar100(*, data_dir, download, augment):
+def _cifar100(*, data_dir, download, augment, randaugment: str = ""):
     from torchvision.datasets import CIFAR100
 
-    return _torchvision("cifar100", CIFAR100, _CIFAR100_STATS, 100, 3, 32, data_dir, download, augment, crop=True)
+    return _torchvision("cifar100", CIFAR100, _CIFAR100_STATS, 100, 3, 32, data_dir, download, augment, crop=True,
+                        randaugment=randaugment)
 
 
 @register_dataset("imagefolder")
-def _imagefolder(*, data_dir, download, augment, img_size: int = 224):
+def _imagefolder(*, data_dir, download, augment, img_size: int = 224, randaugment: str = ""):
     from torchvision import transforms as T
     from torchvision.datasets import ImageFolder
 
@@ -83,7 +101,8 @@ def _imagefolder(*, data_dir, download, augment, img_size: int = 224):
             raise missing_data("imagefolder", os.path.join(root, split), can_download=False)
     norm = [T.ToTensor(), T.Normalize(*_IMAGENET_STATS)]
     if augment:
-        train_tf = [T.RandomResizedCrop(img_size), T.RandomHorizontalFlip()]
+        train_tf = [T.RandomResizedCrop(img_size), T.RandomHorizontalFlip(),
+                    *_randaugment(randaugment, img_size, _IMAGENET_STATS[0])]
     else:
         train_tf = [T.Resize(round(img_size / 0.875)), T.CenterCrop(img_size)]
     test_tf = [T.Resize(round(img_size / 0.875)), T.CenterCrop(img_size)]

@@ -9,6 +9,7 @@ order, and a rerun of a killed ``train`` resumes from the rolling ``checkpoint.p
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -108,13 +109,17 @@ class Trainer:
             step; the final step is always saved when ``out_dir`` is set.
         callbacks: ``Callback`` instances.
         mask_mode: ``auto`` | ``always`` | ``off``, see ``masks.MaskGuard``.
-        loss_fn: ``(logits, labels) -> loss``; default cross entropy with ``training.label_smoothing``.
+        loss_fn: ``(logits, labels) -> loss``; default cross entropy with ``training.label_smoothing`` (soft
+            float targets, as mixup makes them, are taken as they are: they carry their own smoothing).
+        batch_augment: ``(x, y, step) -> (x, y)`` applied to each training batch on the device before the
+            forward pass, e.g. ``augment.BatchAugment`` (mixup, cutmix, random erasing).
     """
 
     def __init__(self, model: nn.Module, train_ds, test_ds, training: TrainingHparams, *, batch_size: int,
                  out_dir: str | Path | None = None, device: str | torch.device | None = None,
                  save_steps=(), callbacks=(), mask_mode: str = "auto", eval_batch_size: int | None = None,
-                 num_workers: int = 0, eval_at_start: bool = True, loss_fn=None, progress: bool = True):
+                 num_workers: int = 0, eval_at_start: bool = True, loss_fn=None, progress: bool = True,
+                 batch_augment=None):
         self.hp = training
         self.device = torch.device(device) if device is not None else (
             torch.device(f"cuda:{dist_utils.local_rank()}") if torch.cuda.is_available() else torch.device("cpu"))
@@ -141,7 +146,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.eval_batch_size = eval_batch_size or self.sampler.local_batch_size
         self.num_workers, self.eval_at_start, self.progress = num_workers, eval_at_start, progress
-        self.loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y, label_smoothing=training.label_smoothing))
+        self.loss_fn = loss_fn or functools.partial(_cross_entropy, label_smoothing=training.label_smoothing)
+        self.batch_augment = batch_augment
         self.metrics = MetricsLogger(self.out_dir / METRICS if self.out_dir else None, enabled=self.is_main)
         self.step = 0
         self._stop = False
@@ -373,6 +379,8 @@ class Trainer:
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        if self.batch_augment is not None:
+            x, y = self.batch_augment(x, y, self.step)
         with self._autocast():
             out = self.ddp_model(x)
         loss = self.loss_fn(out.float(), y)
@@ -457,6 +465,10 @@ class Trainer:
         load_step(self.out_dir, info["step"], self.model)
         self.step = info["step"]
         return TrainResult(self.step, info["metrics"], None, True)
+
+
+def _cross_entropy(out: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    return F.cross_entropy(out, y, label_smoothing=0.0 if y.is_floating_point() else label_smoothing)
 
 
 def _fmt(v) -> str:

@@ -16,6 +16,7 @@ import torch
 from lth_kernels.data import create_dataset
 from lth_kernels.models import create_model
 from lth_kernels.nn import ticketize_vit
+from lth_kernels.training.augment import BatchAugment
 from lth_kernels.training.distributed import is_main_process
 from lth_kernels.training.metrics import read_metrics
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
@@ -89,9 +90,13 @@ class DataTicketRunner:
 
     # ------------------------------------------------------------------------------------------ helpers
     def _trainer(self, model, training, out_dir: Path, callbacks=()) -> Trainer:
-        train, test, _ = self.data
+        train, test, info = self.data
+        aug = self.hp.augment
+        # One recipe for every training of the run (dense ViT, selector fine-tune, students), as DeiT/EViT.
+        batch_augment = BatchAugment(aug, info.num_classes, label_smoothing=training.label_smoothing,
+                                     seed=training.seed) if aug.batch_level else None
         return Trainer(model, train, test, training, batch_size=self.hp.dataset.batch_size, out_dir=out_dir,
-                       device=self.device, callbacks=callbacks, progress=self.progress)
+                       device=self.device, callbacks=callbacks, progress=self.progress, batch_augment=batch_augment)
 
     def _create(self, name: str, kwargs: dict, img_size=None):
         info = self.data[2]
@@ -246,8 +251,9 @@ class DataTicketRunner:
         hp = self.hp
         self.path = prepare_run_dir(WORKFLOW, hp, self.root, write=is_main_process())
         if self.data is None:
+            extra = {"randaugment": hp.augment.randaugment} if hp.augment.randaugment else {}
             self.data = create_dataset(hp.dataset.name, data_dir=hp.dataset.data_dir, download=hp.dataset.download,
-                                       augment=hp.dataset.augment)
+                                       augment=hp.dataset.augment, **extra)
         drop = self._check_sizes()
         base = self._base_vit()
         selectors = {r: self._selector(r, base, drop) for r in hp.keep_rates}

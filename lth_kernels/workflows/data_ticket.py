@@ -33,6 +33,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from lth_kernels.training.augment import AugmentHparams
 from lth_kernels.training.hparams import (
     DatasetHparams,
     Hparams,
@@ -90,6 +91,7 @@ class DataTicketHparams(Hparams):
     training: TrainingHparams = hfield(default_factory=lambda: _digits_training("40ep", 3e-3))
     dense_training: TrainingHparams = hfield(default_factory=lambda: _digits_training("40ep", 3e-3))
     selector: SelectorHparams = hfield(default_factory=SelectorHparams)
+    augment: AugmentHparams = hfield(default_factory=AugmentHparams)
     student_input: str = hfield("tokens", "how students see a ticket: tokens (ViT on the K kept tokens + CLS), "
                                           "zero (any model, dropped patches zeroed), compact (any model, kept "
                                           "patches re-tiled into a small image)", choices=INPUT_MODES)
@@ -151,6 +153,9 @@ def _deit(steps: str, batch: int, warmup: str = "5ep") -> dict[str, Any]:
 _FINETUNE = {"optimizer": "adamw", "momentum": 0.9, "weight_decay": 1e-6, "training_steps": "30ep",
              "lr_schedule": "cosine", "warmup_steps": "0it", "eval_every": "5ep"}
 
+# DeiT's augmentation: mixup 0.8, cutmix 1.0 (switch 0.5), RandAugment m9, random erasing 0.25.
+_DEIT_AUGMENT = {"mixup": 0.8, "cutmix": 1.0, "random_erasing": 0.25, "randaugment": "rand-m9-mstd0.5-inc1"}
+
 PRESETS = {
     # Embedded default: digits 8x8, patch 2 (16 patches), a 4-block 32-wide ViT; drop blocks 1, 2, 3.
     "vit-digits": {},
@@ -160,7 +165,7 @@ PRESETS = {
         "model": {"name": "vit_tiny", "kwargs": {"patch_size": 4, "drop_path_rate": 0.1}},
         "training": _deit("300ep", 256), "dense_training": _deit("300ep", 256),
         "selector": {"training": {**_FINETUNE, "lr": 2e-5 * 256 / 512}},
-        "keep_rate": ("0.9", "0.8", "0.7")},
+        "augment": _DEIT_AUGMENT, "keep_rate": ("0.9", "0.8", "0.7")},
     # DeiT-Small on ImageNet (ImageFolder layout): the paper's recipe; the selector starts from a local
     # DeiT-S checkpoint (--selector.checkpoint FILE, e.g. the official deit_small_patch16_224 weights).
     "deit_small-imagenet": {
@@ -169,7 +174,7 @@ PRESETS = {
         "training": _deit("300ep", 1024), "dense_training": _deit("300ep", 1024),
         "selector": {"source": "checkpoint", "training": {**_FINETUNE, "lr": 2e-5 * 1024 / 512,
                                                           "eval_every": "1ep"}},
-        "keep_rate": ("0.9", "0.8", "0.7")},
+        "augment": _DEIT_AUGMENT, "keep_rate": ("0.9", "0.8", "0.7")},
 }
 
 for _name, _overrides in PRESETS.items():

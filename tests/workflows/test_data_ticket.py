@@ -294,3 +294,19 @@ def test_selector_from_a_local_checkpoint(tmp_path):
     assert not (run / "dense").exists()
     rec = json.loads((run / "keep_0.5" / "ticket" / "replicate_0" / "eval.json").read_text())
     assert rec["num_kept"] == 2 and 0 <= rec["test_acc"]["ticket"] <= 1
+
+
+def test_deit_augmentation_runs_through_selector_and_students(tmp_path, capsys):
+    aug = ["--augment.mixup", "0.8", "--augment.cutmix", "1.0", "--augment.random_erasing", "0.25"]
+    argv = ["--root", str(tmp_path), "--keep-rate", "0.5", "--students", "ticket,random", "--quiet", *_TINY, *aug]
+    assert data_ticket.main(argv) == 0
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "hparams.json").read_text())["augment"]["cutmix"] == 1.0
+    for st in ("ticket", "random"):
+        rec = json.loads((run / "keep_0.5" / st / "replicate_0" / "eval.json").read_text())
+        assert 0 <= rec["test_acc"]["all"] <= 1
+    assert data_ticket.main(["--root", str(tmp_path), "--augment.randaugment", "rand-m9", *_TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "randaugment" in err
+    presets = data_ticket.PRESETS
+    assert presets["deit_tiny-cifar10"]["augment"]["mixup"] == 0.8
