@@ -29,7 +29,6 @@ keep rates, students or replicates only does what is missing. This module does n
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +40,6 @@ from lth_kernels.training.hparams import (
     ModelHparams,
     TrainingHparams,
     hfield,
-    parse_cli,
     register_preset,
 )
 from lth_kernels.workflows._ticket_sizes import check_keep_rate
@@ -198,49 +196,26 @@ def run_data_ticket(hp: DataTicketHparams, root: str = "runs", *, export: bool =
 ALIASES = {"--keep-rate": "--keep_rate", "--student-input": "--student_input"}
 
 
-def _alias(arg: str) -> str:
-    flag, eq, value = arg.partition("=")
-    return ALIASES.get(flag, flag) + eq + value
-
-
 def _job_args(parser) -> None:
-    parser.add_argument("--root", default="runs", help="directory holding the run directories [runs]")
     parser.add_argument("--export", action="store_true",
                         help="write keep_<r>/tickets.safetensors: the test split's per-image patch indices")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="print the run directory and the resolved hparams, run nothing")
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
-    parser.add_argument("--verbose", action="store_true", help="also log every evaluation of every stage")
+
+
+def _run(hp: DataTicketHparams, ns) -> None:
+    from lth_kernels.training.distributed import is_main_process
+
+    path = run_data_ticket(hp, root=ns.root, export=ns.export)
+    if is_main_process():
+        from lth_kernels.workflows._data_ticket_report import format_table, load_summary
+
+        print(format_table(load_summary(path)))
+        print(f"run directory: {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = [_alias(a) for a in (sys.argv[1:] if argv is None else argv)]
-    if "--preset" not in argv and not any(a.startswith("--preset=") for a in argv):
-        argv = ["--preset", DEFAULT_PRESET, *argv]
-    hp, ns = parse_cli(DataTicketHparams, argv, workflow=WORKFLOW, prog="lth data-ticket",
-                       description="Data-level lottery tickets for ViTs: selector, ticket/random/all students, "
-                                   "sparse evaluation. --keep-rate = --keep_rate.", add_job_args=_job_args)
-    from lth_kernels.training.rundir import run_dir
+    from lth_kernels.workflows._cli import workflow_main
 
-    path = run_dir(WORKFLOW, hp, ns.root)
-    if ns.dry_run:
-        print(path)
-        print(hp.to_json())
-        return 0
-    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(message)s")
-    if not ns.verbose:
-        logging.getLogger("lth_kernels.training.trainer").setLevel(logging.WARNING)
-    try:
-        from lth_kernels.training.distributed import init_distributed, is_main_process
-
-        init_distributed()
-        path = run_data_ticket(hp, root=ns.root, export=ns.export)
-        if is_main_process():
-            from lth_kernels.workflows._data_ticket_report import format_table, load_summary
-
-            print(format_table(load_summary(path)))
-            print(f"run directory: {path}")
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"lth data-ticket: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return workflow_main(DataTicketHparams, argv, workflow=WORKFLOW, prog="lth data-ticket",
+                         default_preset=DEFAULT_PRESET, aliases=ALIASES, extra_args=_job_args, run=_run,
+                         description="Data-level lottery tickets for ViTs: selector, ticket/random/all students, "
+                                     "sparse evaluation. --keep-rate = --keep_rate.")

@@ -33,7 +33,6 @@ from lth_kernels.training.hparams import (
     ModelHparams,
     TrainingHparams,
     hfield,
-    parse_cli,
     register_preset,
 )
 
@@ -151,15 +150,10 @@ def slimming_loss(layers, s: float, label_smoothing: float = 0.0):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lth_kernels.workflows._structured import setup_logging
+    from lth_kernels.workflows._cli import workflow_main
 
-    hp, ns = parse_cli(EarlyBirdHparams, argv, workflow=WORKFLOW, prog="lth early-bird",
-                       description=__doc__.splitlines()[0],
-                       add_job_args=lambda p: p.add_argument("--root", default="runs",
-                                                             help="directory holding the run directories [runs]"))
-    setup_logging()
-    run(hp, ns.root)
-    return 0
+    return workflow_main(EarlyBirdHparams, argv, workflow=WORKFLOW, prog="lth early-bird", default_preset="mlp-digits",
+                         description=__doc__.splitlines()[0], run=lambda hp, ns: run(hp, ns.root))
 
 
 __all__ = ["EarlyBirdHparams", "EarlyBirdOptions", "main", "run", "slimming_loss"]

@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-from lth_kernels.training.hparams import Hparams, HparamsError, ModelHparams, PruningHparams, hfield, parse_cli
+from lth_kernels.training.hparams import Hparams, HparamsError, ModelHparams, PruningHparams, hfield
 from lth_kernels.workflows.imp import ImpHparams
 
 WORKFLOW = "elastic"
@@ -179,43 +178,27 @@ def _imp_runs(text: str) -> dict[int, str]:
 
 
 def _job_args(parser) -> None:
-    parser.add_argument("--root", default="runs", help="directory holding the run directories [runs]")
     parser.add_argument("--imp_root", "--imp-root", dest="imp_root", default=None,
                         help="where the IMP runs are made or found by their hash [--root]")
     parser.add_argument("--imp_runs", "--imp-runs", dest="imp_runs", default="",
                         help="existing IMP run directories by depth, e.g. 20=runs/imp-1a2b,32=runs/imp-3c4d")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="print the run directory and the resolved hparams, run nothing")
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+
+
+def _run(hp: ElasticHparams, ns) -> None:
+    from lth_kernels.training.distributed import is_main_process
+
+    path = run_elastic(hp, root=ns.root, imp_root=ns.imp_root, imp_runs=_imp_runs(ns.imp_runs))
+    if is_main_process():
+        print((path / "table.md").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--preset" not in argv and not any(a.startswith("--preset=") for a in argv):
-        argv = ["--preset", DEFAULT_PRESET, *argv]
-    hp, ns = parse_cli(ElasticHparams, argv, workflow=WORKFLOW, prog="lth elastic",
-                       description="Elastic lottery tickets: transform an IMP ticket to other depths and compare "
-                                   "with IMP on the target and pruning-at-initialisation baselines.",
-                       add_job_args=_job_args)
-    from lth_kernels.training.rundir import run_dir
+    from lth_kernels.workflows._cli import workflow_main
 
-    path = run_dir(WORKFLOW, hp, ns.root)
-    if ns.dry_run:
-        print(path)
-        print(hp.to_json())
-        return 0
-    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(message)s")
-    logging.getLogger("lth_kernels.training.trainer").setLevel(logging.WARNING)
-    try:
-        path = run_elastic(hp, root=ns.root, imp_root=ns.imp_root, imp_runs=_imp_runs(ns.imp_runs))
-        from lth_kernels.training.distributed import is_main_process
-
-        if is_main_process():
-            print((path / "table.md").read_text())
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"lth elastic: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return workflow_main(ElasticHparams, argv, workflow=WORKFLOW, prog="lth elastic", default_preset=DEFAULT_PRESET,
+                         description="Elastic lottery tickets: transform an IMP ticket to other depths and compare "
+                                     "with IMP on the target and pruning-at-initialisation baselines.",
+                         extra_args=_job_args, run=_run)
 
 
 __all__ = ["BASELINES", "ElasticHparams", "main", "run_elastic"]

@@ -30,7 +30,6 @@ from lth_kernels.training.hparams import (
     ModelHparams,
     TrainingHparams,
     hfield,
-    parse_cli,
     register_preset,
 )
 from lth_kernels.training.steps import StepError, split_step_list
@@ -133,17 +132,13 @@ def run(hp: GfsHparams, root: str | Path = "runs", device=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lth_kernels.workflows._structured import setup_logging
+    from lth_kernels.workflows._cli import workflow_main
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     # ``--budget-study`` is the short form of ``--gfs.budget_study true`` (it is an hparam: it names the run).
+    argv = list(sys.argv[1:] if argv is None else argv)
     argv = [x for a in argv for x in (("--gfs.budget_study", "true") if a == "--budget-study" else (a,))]
-    hp, ns = parse_cli(GfsHparams, argv, workflow=WORKFLOW, prog="lth gfs", description=__doc__.splitlines()[0],
-                       add_job_args=lambda p: p.add_argument("--root", default="runs",
-                                                             help="directory holding the run directories [runs]"))
-    setup_logging()
-    run(hp, ns.root)
-    return 0
+    return workflow_main(GfsHparams, argv, workflow=WORKFLOW, prog="lth gfs", default_preset="mlp-digits",
+                         description=__doc__.splitlines()[0], run=lambda hp, ns: run(hp, ns.root))
 
 
 __all__ = ["GfsHparams", "GfsOptions", "main", "run"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +37,6 @@ from lth_kernels.training.hparams import (
     PruningHparams,
     TrainingHparams,
     hfield,
-    parse_cli,
 )
 from lth_kernels.training.steps import StepError, split_step_string
 from lth_kernels.workflows import imp_presets  # noqa: F401  (registers the presets)
@@ -202,56 +200,32 @@ ALIASES = {"--structure": "--pruning.structure", "--fraction": "--pruning.fracti
            "--exclude": "--pruning.exclude"}
 
 
-def _alias(arg: str) -> str:
-    flag, eq, value = arg.partition("=")
-    return ALIASES.get(flag, flag) + eq + value
-
-
 def _job_args(parser) -> None:
-    parser.add_argument("--root", default="runs", help="directory holding the run directories [runs]")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="print the run directory and the resolved hparams, run nothing")
     parser.add_argument("--no-report", "--no_report", dest="no_report", action="store_true",
                         help="do not print the report table and write the plots at the end")
     parser.add_argument("--threads", default="auto", help="torch CPU threads; auto: 1 for models under 1M "
                         "parameters on the CPU (small GEMMs gain nothing from more), else torch's default [auto]")
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
-    parser.add_argument("--verbose", action="store_true", help="also log every evaluation of every stage")
+
+
+def _run(hp: ImpHparams, ns) -> None:
+    from lth_kernels.training.distributed import is_main_process
+
+    if ns.threads != "auto" and not (ns.threads.isdigit() and int(ns.threads) > 0):
+        raise ValueError(f"--threads: expected 'auto' or a positive int, got {ns.threads!r}")
+    path = run_imp(hp, root=ns.root, threads=ns.threads)
+    if not ns.no_report and is_main_process():
+        from lth_kernels.workflows.report import report
+
+        print(report(path))
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = [_alias(a) for a in (sys.argv[1:] if argv is None else argv)]
-    if "--preset" not in argv and not any(a.startswith("--preset=") for a in argv):
-        argv = ["--preset", DEFAULT_PRESET, *argv]
-    hp, ns = parse_cli(ImpHparams, argv, workflow=WORKFLOW, prog="lth imp",
-                       description="Iterative magnitude pruning with rewinding (open_lth parity) and control "
-                                   "branches. Short flags: " + ", ".join(f"{k} = {v}" for k, v in ALIASES.items()),
-                       add_job_args=_job_args)
-    from lth_kernels.training.rundir import run_dir
+    from lth_kernels.workflows._cli import workflow_main
 
-    path = run_dir(WORKFLOW, hp, ns.root)
-    if ns.dry_run:
-        print(path)
-        print(hp.to_json())
-        return 0
-    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(message)s")
-    if not ns.verbose:  # one line per stage from the runner; the Trainer's per-evaluation lines on request
-        logging.getLogger("lth_kernels.training.trainer").setLevel(logging.WARNING)
-    try:
-        from lth_kernels.training.distributed import init_distributed, is_main_process
-
-        init_distributed()
-        if ns.threads != "auto" and not (ns.threads.isdigit() and int(ns.threads) > 0):
-            raise ValueError(f"--threads: expected 'auto' or a positive int, got {ns.threads!r}")
-        path = run_imp(hp, root=ns.root, threads=ns.threads)
-        if not ns.no_report and is_main_process():
-            from lth_kernels.workflows.report import report
-
-            print(report(path))
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"lth imp: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return workflow_main(ImpHparams, argv, workflow=WORKFLOW, prog="lth imp", default_preset=DEFAULT_PRESET,
+                         description="Iterative magnitude pruning with rewinding (open_lth parity) and control "
+                                     "branches. Short flags: " + ", ".join(f"{k} = {v}" for k, v in ALIASES.items()),
+                         aliases=ALIASES, extra_args=_job_args, run=_run)
 
 
 __all__ = ["ImpHparams", "RandomPruneHparams", "RandomReinitHparams", "RetrainHparams", "main", "run_imp"]

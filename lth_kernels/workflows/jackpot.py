@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,6 @@ from lth_kernels.training.hparams import (
     ModelHparams,
     TrainingHparams,
     hfield,
-    parse_cli,
     register_preset,
 )
 
@@ -330,28 +328,27 @@ def run(hp: JackpotHparams, root: str | Path = "runs", device: str | None = None
 
 
 def _job_args(parser) -> None:
-    parser.add_argument("--root", default="runs", help="directory of the run directories [runs]")
     parser.add_argument("--random-weights", action="store_true",
                         help="ablation: search the random initialisation instead of pre-trained weights")
     parser.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run(hp: JackpotHparams, ns) -> None:
+    from lth_kernels.training.distributed import is_main_process
+    from lth_kernels.workflows._jackpot_report import table
+
+    if ns.random_weights:
+        hp = hp.replace(source=hp.source.replace(random_weights=True))
+    summary = run(hp, ns.root, ns.device, progress=not ns.quiet)
+    if is_main_process():
+        print(table(summary))
 
 
 def main(argv: list[str] | None = None) -> int:
-    hp, ns = parse_cli(JackpotHparams, argv, workflow=WORKFLOW, prog="lth jackpot",
-                       description=__doc__.split("\n\n")[0], add_job_args=_job_args)
-    if ns.random_weights:
-        hp = hp.replace(source=hp.source.replace(random_weights=True))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        summary = run(hp, ns.root, ns.device, progress=not ns.quiet)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"lth jackpot: error: {e}", file=sys.stderr)
-        return 2
-    from lth_kernels.workflows._jackpot_report import table
+    from lth_kernels.workflows._cli import workflow_main
 
-    print(table(summary))
-    return 0
+    return workflow_main(JackpotHparams, argv, workflow=WORKFLOW, prog="lth jackpot", default_preset="mlp-digits",
+                         description=__doc__.split("\n\n")[0], extra_args=_job_args, run=_run)
 
 
 __all__ = ["JackpotHparams", "SearchHparams", "SourceHparams", "main", "resolve_weights", "run"]

@@ -1,0 +1,64 @@
+"""The command-line frame every run-directory workflow shares: preset default, short-flag aliases, the job
+flags (``--root``, ``--dry-run``, ``--quiet``, ``--verbose``), logging, DDP start-up and one-line errors.
+
+A workflow's ``main`` supplies its hparams class, its own job flags and a ``run(hp, ns)`` body."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from lth_kernels.training.hparams import parse_cli
+
+# Errors a user can cause with flags or files: printed as one line, exit status 2. Anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+def expand_aliases(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """``--short[=v]`` -> ``--long.flag[=v]`` for each alias (argparse would not abbreviate across a group)."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        out.append(aliases.get(flag, flag) + eq + value)
+    return out
+
+
+def workflow_main(hparams_cls, argv: list[str] | None, *, workflow: str, prog: str, description: str,
+                  default_preset: str, run: Callable, aliases: dict[str, str] | None = None,
+                  extra_args: Callable | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and call ``run(hp, ns)``; returns the exit status."""
+    argv = expand_aliases(list(sys.argv[1:] if argv is None else argv), aliases or {})
+    if "--preset" not in argv and not any(a.startswith("--preset=") for a in argv):
+        argv = ["--preset", default_preset, *argv]
+
+    def job_args(parser) -> None:
+        parser.add_argument("--root", default="runs", help="directory holding the run directories [runs]")
+        if extra_args is not None:
+            extra_args(parser)
+        parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                            help="print the run directory and the resolved hparams, run nothing")
+        parser.add_argument("--quiet", action="store_true", help="log warnings only")
+        parser.add_argument("--verbose", action="store_true", help="also log every evaluation of every stage")
+
+    hp, ns = parse_cli(hparams_cls, argv, workflow=workflow, prog=prog, description=description,
+                       add_job_args=job_args)
+    from lth_kernels.training.rundir import run_dir
+
+    if ns.dry_run:
+        print(run_dir(workflow, hp, ns.root))
+        print(hp.to_json())
+        return 0
+    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(message)s")
+    if not ns.verbose:  # one line per stage from the runner; the Trainer's per-evaluation lines on request
+        logging.getLogger("lth_kernels.training.trainer").setLevel(logging.WARNING)
+    try:
+        from lth_kernels.training.distributed import init_distributed
+
+        init_distributed()
+        run(hp, ns)
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
