@@ -25,11 +25,17 @@ def expand_aliases(argv: list[str], aliases: dict[str, str]) -> list[str]:
     return out
 
 
+def expand_switches(argv: list[str], switches: dict[str, str]) -> list[str]:
+    """``--switch`` -> ``--bool.hparam true``: a short flag for a boolean hparam (it still names the run)."""
+    return [x for a in argv for x in ((switches[a], "true") if a in switches else (a,))]
+
+
 def workflow_main(hparams_cls, argv: list[str] | None, *, workflow: str, prog: str, description: str,
                   default_preset: str, run: Callable, aliases: dict[str, str] | None = None,
-                  extra_args: Callable | None = None) -> int:
+                  switches: dict[str, str] | None = None, extra_args: Callable | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and call ``run(hp, ns)``; returns the exit status."""
     argv = expand_aliases(list(sys.argv[1:] if argv is None else argv), aliases or {})
+    argv = expand_switches(argv, switches or {})
     if "--preset" not in argv and not any(a.startswith("--preset=") for a in argv):
         argv = ["--preset", default_preset, *argv]
 

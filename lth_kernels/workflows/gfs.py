@@ -19,7 +19,6 @@ pre-training runs (BN models), and ``plots/budget.png``.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,10 +133,8 @@ def run(hp: GfsHparams, root: str | Path = "runs", device=None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from lth_kernels.workflows._cli import workflow_main
 
-    # ``--budget-study`` is the short form of ``--gfs.budget_study true`` (it is an hparam: it names the run).
-    argv = list(sys.argv[1:] if argv is None else argv)
-    argv = [x for a in argv for x in (("--gfs.budget_study", "true") if a == "--budget-study" else (a,))]
-    return workflow_main(GfsHparams, argv, workflow=WORKFLOW, prog="lth gfs", default_preset="mlp-digits",
+    return workflow_main(GfsHparams, argv, switches={"--budget-study": "--gfs.budget_study"},
+                         workflow=WORKFLOW, prog="lth gfs", default_preset="mlp-digits",
                          description=__doc__.splitlines()[0], run=lambda hp, ns: run(hp, ns.root))
 
 

@@ -328,8 +328,6 @@ def run(hp: JackpotHparams, root: str | Path = "runs", device: str | None = None
 
 
 def _job_args(parser) -> None:
-    parser.add_argument("--random-weights", action="store_true",
-                        help="ablation: search the random initialisation instead of pre-trained weights")
     parser.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
 
 
@@ -337,8 +335,6 @@ def _run(hp: JackpotHparams, ns) -> None:
     from lth_kernels.training.distributed import is_main_process
     from lth_kernels.workflows._jackpot_report import table
 
-    if ns.random_weights:
-        hp = hp.replace(source=hp.source.replace(random_weights=True))
     summary = run(hp, ns.root, ns.device, progress=not ns.quiet)
     if is_main_process():
         print(table(summary))
@@ -347,7 +343,8 @@ def _run(hp: JackpotHparams, ns) -> None:
 def main(argv: list[str] | None = None) -> int:
     from lth_kernels.workflows._cli import workflow_main
 
-    return workflow_main(JackpotHparams, argv, workflow=WORKFLOW, prog="lth jackpot", default_preset="mlp-digits",
+    return workflow_main(JackpotHparams, argv, switches={"--random-weights": "--source.random_weights"},
+                         workflow=WORKFLOW, prog="lth jackpot", default_preset="mlp-digits",
                          description=__doc__.split("\n\n")[0], extra_args=_job_args, run=_run)
 
 
