@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from lth_kernels.training import Trainer, TrainingHparams
 from lth_kernels.training.augment import AugmentHparams, BatchAugment
 from lth_kernels.training.hparams import HparamsError
-from tests.training.tiny import tiny_data, tiny_mlp
+from tests.training.tiny import ListDataset, tiny_data, tiny_mlp
 
 
 def _batch(b=8, c=3, s=8, classes=5, seed=0):
@@ -85,9 +85,12 @@ def test_bad_values_are_one_line_errors():
     assert not AugmentHparams().batch_level and AugmentHparams(random_erasing=0.1).batch_level
 
 
-def test_trainer_trains_on_augmented_batches_reproducibly():
+@pytest.mark.parametrize("loader", ["tensors", "dataloader"])
+def test_trainer_trains_on_augmented_batches_reproducibly(loader):
     train, test = tiny_data(in_features=8)
     train = torch.utils.data.TensorDataset(train.tensors[0].view(-1, 2, 2, 2), train.tensors[1])
+    if loader == "dataloader":
+        train = ListDataset(train)
     test = torch.utils.data.TensorDataset(test.tensors[0].view(-1, 2, 2, 2), test.tensors[1])
     hp = TrainingHparams(training_steps="3ep", lr=0.1, label_smoothing=0.1, eval_every="0it")
     seen = []
