@@ -10,10 +10,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
+
+from lth_kernels._util import cuda_time_ms
+from lth_kernels.training.rundir import atomic_write_text
 
 # Measured peaks (dense bf16 tensor core FLOP/s, HBM copy bytes/s); A100 from the datasheet.
 ROOFS = {"H100": (790e12, 3.0e12), "H200": (790e12, 4.3e12), "A100": (312e12, 2.0e12)}
@@ -81,20 +83,7 @@ def gemm_cap(m: int, n: int, k: int, density: float, elt_bytes: int, device_name
     return t_dense / t_sparse
 
 
-def cuda_time(fn, warmup: int = 10, reps: int = 30) -> float:
-    """Median milliseconds of ``fn()`` over ``reps`` CUDA-event timings after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+cuda_time = cuda_time_ms  # median ms over CUDA events; one implementation with the 2:4 dispatch
 
 
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
@@ -158,11 +147,10 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def rows_json(env: dict, rows: list[dict]) -> str:
+    """``{"env": ..., "rows": [...]}`` with one row per line: diffable, and a few hundred rows stay short."""
+    body = ",\n".join("  " + json.dumps(r) for r in rows)
+    return '{"env": ' + json.dumps(env) + ',\n "rows": [\n' + body + "\n ]}\n"
 
 
 def _fmt(v) -> str:
@@ -181,6 +169,6 @@ def write_results(stem: str, rows: list[dict], env: dict | None = None, columns:
     md = [f"# {stem}", "", " | ".join(f"{k}: {v}" for k, v in env.items()), "",
           "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    _atomic_write(base + ".json", json.dumps({"env": env, "rows": rows}, indent=1))
-    _atomic_write(base + ".md", "\n".join(md) + "\n")
+    atomic_write_text(base + ".json", rows_json(env, rows))
+    atomic_write_text(base + ".md", "\n".join(md) + "\n")
     return base + ".json"

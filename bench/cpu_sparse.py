@@ -110,7 +110,7 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-    from bench.common import _atomic_write, env_info, write_results
+    from bench.common import atomic_write_text, env_info, write_results
     from lth_kernels.ops import _registry
     from lth_kernels.ops.cpu_sparse import TABLE_PATH, SparseWeight, cpu_sparse_linear
 
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
              "method": "crossover sparsity above which cpu_sparse_linear beats dense F.linear fp32 "
                        f"(min of {args.reps} interleaved reps x {args.rounds} rounds, {args.threads} threads)",
              "entries": entries}
-    _atomic_write(TABLE_PATH, json.dumps(table, indent=1) + "\n")
+    atomic_write_text(TABLE_PATH, json.dumps(table, indent=1) + "\n")
     print(f"wrote {TABLE_PATH}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Small helpers shared across subpackages (registries, parameter names)."""
+"""Small helpers shared across subpackages (registries, parameter names, GPU timing)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,24 @@ def canonical_name(name: str) -> str:
     while parts and parts[0] == "module":
         parts = parts[1:]
     return ".".join(parts)
+
+
+def cuda_time_ms(fn: Callable[[], object], warmup: int = 10, reps: int = 30) -> float:
+    """Median milliseconds of ``fn()`` over ``reps`` CUDA-event timings after ``warmup`` calls (the 2:4
+    dispatch measurement and the benchmarks share it)."""
+    import statistics
+
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)

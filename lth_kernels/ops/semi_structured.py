@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
-import tempfile
 import threading
 
 import torch
 import torch.nn.functional as F
 
+from lth_kernels._util import cuda_time_ms
 from lth_kernels.ops import _registry
+from lth_kernels.training.rundir import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -165,27 +165,9 @@ def _save_table() -> None:
     if not path:
         return
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(_TABLE, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write_json(path, _TABLE, indent=1)
     except OSError as e:
         log.warning("semi_structured: could not write the dispatch table %s (%s)", path, e)
-
-
-def _time_ms(fn, reps: int = 15) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def measure(m: int, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None) -> tuple[float, float]:
@@ -194,8 +176,8 @@ def measure(m: int, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor
     w = (weight * mask).detach().contiguous()
     ws = torch.sparse.to_sparse_semi_structured(w)
     with torch.no_grad():
-        dense = _time_ms(lambda: F.linear(x, w, bias))
-        sparse = _time_ms(lambda: F.linear(x, ws, bias))
+        dense = cuda_time_ms(lambda: F.linear(x, w, bias), warmup=3, reps=15)
+        sparse = cuda_time_ms(lambda: F.linear(x, ws, bias), warmup=3, reps=15)
     return dense, sparse
 
 
