@@ -1,6 +1,7 @@
 """The benchmark plumbing: result files and the scripts' CPU smoke modes (no timing is asserted)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ def test_write_results_one_row_per_line(tmp_path):
     rows = [{"shape": "a", "us": 1.5, "x": None}, {"shape": "b", "us": 2.0, "x": 3}]
     path = write_results("stem", rows, env, out_dir=str(tmp_path))
     assert path.endswith("2026-01-02-cpu-stem.json")
-    text = open(path).read()
+    text = Path(path).read_text()
     assert json.loads(text) == {"env": env, "rows": rows}
     assert text.count("\n") == len(rows) + 3 and rows_json(env, rows) == text
     md = (tmp_path / "2026-01-02-cpu-stem.md").read_text().splitlines()
