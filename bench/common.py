@@ -14,8 +14,8 @@ import time
 
 import torch
 
+from lth_kernels._io import atomic_write_text
 from lth_kernels._util import cuda_time_ms
-from lth_kernels.training.rundir import atomic_write_text
 
 # Measured peaks (dense bf16 tensor core FLOP/s, HBM copy bytes/s); A100 from the datasheet.
 ROOFS = {"H100": (790e12, 3.0e12), "H200": (790e12, 4.3e12), "A100": (312e12, 2.0e12)}

@@ -10,17 +10,15 @@ import importlib
 import importlib.util
 import sys
 
+from lth_kernels.workflows import WORKFLOWS
+
 # command -> module with a ``main(argv) -> int``; imported only when the command is used, so
-# ``lth --help`` stays instant and a broken optional workflow cannot break the others.
+# ``lth --help`` stays instant and a broken optional workflow cannot break the others. The workflows come
+# from their one registry (``lth_kernels.workflows.WORKFLOWS``).
 COMMANDS = {
     "info": ("lth_kernels.info", "what is built and live, per op and backend"),
-    "imp": ("lth_kernels.workflows.imp", "iterative magnitude pruning with rewinding (the main job)"),
-    "report": ("lth_kernels.workflows.report", "print a run's table and write its plots"),
-    "data-ticket": ("lth_kernels.workflows.data_ticket", "data-level (patch) lottery tickets for ViTs"),
-    "early-bird": ("lth_kernels.workflows.early_bird", "early-bird tickets"),
-    "gfs": ("lth_kernels.workflows.gfs", "greedy forward selection and the pre-training budget study"),
-    "elastic": ("lth_kernels.workflows.elastic", "stretch and squeeze winning tickets across depths"),
-    "jackpot": ("lth_kernels.workflows.jackpot", "lottery jackpots: mask search on frozen weights"),
+    **{w.command: (w.package, w.help) for w in WORKFLOWS.values()},
+    "report": ("lth_kernels.workflows.imp.report", "print an IMP run's table and write its plots"),
 }
 
 

@@ -25,9 +25,9 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from lth_kernels._io import atomic_write_json
 from lth_kernels._util import cuda_time_ms
 from lth_kernels.ops import _registry
-from lth_kernels.training.rundir import atomic_write_json
 
 log = logging.getLogger(__name__)
 

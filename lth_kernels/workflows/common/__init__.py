@@ -1,0 +1,1 @@
+"""Pieces the workflows share: the CLI frame, structured-pruning helpers, plots."""

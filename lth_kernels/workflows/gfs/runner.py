@@ -1,0 +1,26 @@
+"""The runner of ``lth gfs``: pre-train, prune layer by layer (``prune``), fine-tune; or the budget study."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lth_kernels.workflows.gfs.hparams import WORKFLOW, GfsHparams
+
+
+def run(hp: GfsHparams, root: str | Path = "runs", device=None) -> dict:
+    """One pruning run, or the budget study (``gfs.budget_study``); returns the summary dict."""
+    from lth_kernels.training import distributed as dist_utils
+    from lth_kernels.training.rundir import prepare_run_dir
+
+    out = prepare_run_dir(WORKFLOW, hp, root, write=dist_utils.is_main_process())
+    log.info("lth gfs -> %s\n%s", out, hp.to_json())
+    if hp.gfs.budget_study:
+        from lth_kernels.workflows.gfs.budget import budget_study
+
+        return budget_study(hp, out, device)
+    from lth_kernels.workflows.gfs.prune import prune_run
+
+    return prune_run(hp, out, device)
+
+log = logging.getLogger(__name__)

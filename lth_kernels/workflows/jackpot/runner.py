@@ -1,0 +1,198 @@
+"""The runner of ``lth jackpot``: weights, the criterion ticket, the mask search (``search``), fine-tuning."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+from lth_kernels.workflows.jackpot.hparams import WORKFLOW, JackpotHparams
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A weights file, or the final weights of a run directory of this project (``done.json`` names the
+    step; ``lth imp`` runs are searched in ``replicate_0/level_0``)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise FileNotFoundError(f"--source.weights: no file or run directory at {p}")
+    for d in [p, *sorted(p.glob("replicate_0/level_0")), *sorted(p.glob("replicate_0/level_0/*"))]:
+        done = d / "done.json"
+        if done.is_file():
+            step = json.loads(done.read_text())["step"]
+            f = d / f"step_{step}.safetensors"
+            if f.is_file():
+                return f
+    raise FileNotFoundError(f"--source.weights: {p} holds no finished run (done.json + step_<K>.safetensors, also "
+                            "looked in replicate_0/level_0)")
+
+
+class _Job:
+    """One run's shared state: data, model factory, run directory, device."""
+
+    def __init__(self, hp: JackpotHparams, root, device, progress: bool):
+        import torch
+
+        from lth_kernels.data import create_dataset
+        from lth_kernels.training import prepare_run_dir
+
+        self.hp, self.progress = hp, progress
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.dir = prepare_run_dir(WORKFLOW, hp, root)
+        ds = hp.dataset
+        self.train_ds, self.test_ds, self.info = create_dataset(ds.name, data_dir=ds.data_dir, download=ds.download,
+                                                                augment=ds.augment)
+        self.batch = hp.search.batch_size or ds.batch_size
+
+    def new_model(self):
+        from lth_kernels.models import create_model
+        from lth_kernels.training import seed_everything
+
+        seed_everything(self.hp.search.seed)
+        i = self.info
+        return create_model(self.hp.model.name, num_classes=i.num_classes, in_chans=i.in_chans, img_size=i.img_size,
+                            **self.hp.model.kwargs)
+
+    def trainer(self, model, training, out_dir=None, **kw):
+        from lth_kernels.training import Trainer
+
+        return Trainer(model, self.train_ds, self.test_ds, training, batch_size=kw.pop("batch_size", self.batch),
+                       out_dir=out_dir, device=self.device, progress=self.progress, **kw)
+
+
+def _weights(job: _Job):
+    """The frozen weights: (model in eval-ready state, source description, dense test accuracy)."""
+    from lth_kernels.models import load_weights
+
+    src, model = job.hp.source, job.new_model()
+    if src.random_weights and src.weights:
+        raise ValueError("--source.random_weights: the ablation searches the random initialisation; it cannot be "
+                         f"combined with --source.weights {src.weights!r}")
+    if src.random_weights:
+        log.warning("searching RANDOM weights (--random-weights ablation), not pre-trained ones")
+        return model, "random", job.trainer(model, job.hp.search_training).evaluate()["test_acc"]
+    if src.weights:
+        path = resolve_weights(src.weights)
+        load_weights(model, path)
+        return model, f"file:{path}", job.trainer(model, job.hp.search_training).evaluate()["test_acc"]
+    if not src.train_dense:
+        raise ValueError("--source.weights: this configuration needs pre-trained weights (a file or a run directory); "
+                         "--source.train_dense true trains them here")
+    result = job.trainer(model, job.hp.pretrain, job.dir / "pretrain", batch_size=job.hp.dataset.batch_size).train()
+    return model, f"trained:{job.dir / 'pretrain'}", result.metrics["test_acc"]
+
+
+def _criterion_ticket(job: _Job, model, criterion: str, sparsity: float, names: list[str]):
+    """The mask a pruning criterion gives at ``sparsity`` over the searched weights (on a copy of ``model``)."""
+    import torch
+    import torch.nn.functional as F
+
+    from lth_kernels.tickets import Ticket, prune
+    from lth_kernels.tickets.prunable import iter_maskable
+
+    m = copy.deepcopy(model).to(job.device)
+    others = [n for n, _, _ in iter_maskable(m) if n not in set(names)]
+    kw = {}
+    if criterion in ("snip", "grasp", "synflow"):
+        loader = torch.utils.data.DataLoader(job.train_ds, batch_size=min(job.batch, 256), shuffle=True,
+                                             generator=torch.Generator().manual_seed(job.hp.search.seed))
+        x, y = next(iter(loader))
+        kw = {"data": [(x.to(job.device), y.to(job.device))], "loss_fn": F.cross_entropy}
+    if criterion == "random":
+        kw = {"generator": torch.Generator().manual_seed(job.hp.search.seed)}
+    scope = "global" if job.hp.search.layerwise == "l1" else "layerwise"
+    t = prune(m, criterion, sparsity, scope=scope, exclude=others, use_default_exclude=False, **kw)
+    return Ticket({n: t[n] for n in names}, t.metadata)
+
+
+def _search_rule(job: _Job, weights_model, ticket0, rule: str, sd: Path, source: str) -> dict:
+    """One search with ``rule`` in ``sd / rule``; writes the ticket, the weights and the swaps; returns its record."""
+    from lth_kernels.nn.scored import unscore_layers
+    from lth_kernels.tickets import Ticket
+    from lth_kernels.training import atomic_write_json, read_metrics, save_weights
+    from lth_kernels.workflows.jackpot.search import run_search
+
+    hp, rd = job.hp.search, sd / rule
+    model = copy.deepcopy(weights_model)
+    result, swaps, _ = run_search(model, ticket0, job.train_ds, job.test_ds, job.hp.search_training,
+                                  batch_size=job.batch, rule=rule, rho=hp.rho, rho_schedule=hp.rho_schedule,
+                                  pruned_score=hp.pruned_score, seed=hp.seed, out_dir=rd, device=job.device,
+                                  progress=job.progress)
+    if result.skipped:
+        history = json.loads((rd / "swaps.json").read_text())
+    else:
+        history = swaps.history
+        atomic_write_json(rd / "swaps.json", history)
+    masks = unscore_layers(model)
+    ticket = Ticket(masks, {**ticket0.metadata, "strategy": f"jackpot_{rule}", "source_weights": source,
+                            "rho": hp.rho if rule != "edge_popup" else "", "rho_schedule": hp.rho_schedule,
+                            "search_steps": job.hp.search_training.training_steps})
+    ticket.save(rd / "mask.safetensors")
+    ticket.save_report(rd / "sparsity_report.json")
+    save_weights(model, rd / "weights.safetensors", {"mask": "mask.safetensors", "source_weights": source})
+    records = [r for r in read_metrics(rd / "metrics.jsonl") if "test_acc" in r]
+    return {"rule": rule, "model": model, "ticket": ticket, "acc": result.metrics["test_acc"],
+            "start_acc": records[0]["test_acc"] if records and records[0]["step"] == 0 else None,
+            "curve": [(r["epoch"], r["test_acc"]) for r in records], "swaps": history}
+
+
+def _finetune(job: _Job, res: dict, rd: Path) -> float:
+    """Train the weights with the searched mask frozen (masked layers keep pruned weights at zero)."""
+    from lth_kernels.training import save_weights
+
+    model = copy.deepcopy(res["model"])
+    res["ticket"].apply(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    result = job.trainer(model, job.hp.finetune, rd / "finetune").train()
+    save_weights(model, rd / "finetune" / "weights.safetensors", {"mask": "../mask.safetensors"})
+    return result.metrics["test_acc"]
+
+
+def run(hp: JackpotHparams, root: str | Path = "runs", device: str | None = None, progress: bool = True) -> dict:
+    """Run (or resume) the whole workflow; returns the summary also written to ``summary.json``."""
+    from lth_kernels.training import atomic_write_json
+    from lth_kernels.workflows.jackpot.report import write_report
+    from lth_kernels.workflows.jackpot.search import initial_ticket
+
+    job = _Job(hp, root, device, progress)
+    model, source, dense_acc = _weights(job)
+    model = model.cpu()
+    summary = {"run_dir": str(job.dir), "model": hp.model.name, "dataset": hp.dataset.name, "source": source,
+               "dense_acc": dense_acc, "sparsities": {}}
+    for s_text in hp.search.sparsities:
+        s = float(s_text)
+        sd = job.dir / f"sparsity_{s_text}"
+        ticket0 = initial_ticket(model, s, hp.search.layerwise, hp.search.exclude)
+        ticket0 = ticket0.with_metadata(pruned_score=hp.search.pruned_score)
+        ticket0.save(sd / "magnitude_mask.safetensors")
+        entry = {"sparsity": ticket0.sparsity, "searched_weights": ticket0.num_total, "rules": {}}
+        results = {}
+        for rule in (hp.search.rule, *hp.search.baselines):
+            res = _search_rule(job, model, ticket0, rule, sd, source)
+            results[rule] = res
+            entry["rules"][rule] = {"acc": res["acc"], "curve": res["curve"], "swaps": res["swaps"],
+                                    "overlap_with_magnitude_init": res["ticket"].overlap(ticket0)}
+            entry.setdefault("magnitude_acc", res["start_acc"])
+        main = results[hp.search.rule]
+        if hp.search.finetune:
+            entry["finetuned_acc"] = _finetune(job, main, sd / hp.search.rule)
+        overlap_file = sd / "overlap.json"
+        if overlap_file.exists():
+            overlaps = json.loads(overlap_file.read_text())
+        else:
+            names = list(ticket0)
+            overlaps = {c: main["ticket"].overlap(_criterion_ticket(job, model, c, s, names))
+                        for c in hp.search.criteria}
+            overlaps.update({f"jackpot_{r}": results[r]["ticket"].overlap(main["ticket"])
+                             for r in hp.search.baselines})
+            atomic_write_json(overlap_file, overlaps)
+        entry["overlap"] = overlaps
+        summary["sparsities"][s_text] = entry
+    atomic_write_json(job.dir / "summary.json", summary)
+    write_report(job.dir, summary, hp)
+    return summary
+
+log = logging.getLogger(__name__)

@@ -1,0 +1,224 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lth_kernels.nn.scored import ScoredConv2d, ScoredLinear, score_layers, scored_layers, unscore_layers
+from lth_kernels.tickets import Ticket
+from lth_kernels.training import Callback, TrainingHparams, parse_cli, presets
+from lth_kernels.workflows.jackpot.hparams import JackpotHparams
+from lth_kernels.workflows.jackpot.runner import resolve_weights, run
+from lth_kernels.workflows.jackpot.search import (
+    classifier_name,
+    initial_ticket,
+    restricted_swap,
+    rho_at,
+    run_search,
+    top_k_update,
+)
+
+
+def _layer():
+    # kept: 1 (0.1), 3 (0.2), 4 (0.7), 6 (0.6); pruned: 0 (0.9), 2 (0.8), 5 (0.3), 7 (0.4).
+    # tau = 4th smallest = 0.4 -> R = {0, 2}, D = {1, 3}
+    scores = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4]).reshape(2, 4)
+    mask = torch.tensor([0, 1, 0, 1, 1, 0, 1, 0], dtype=torch.bool).reshape(2, 4)
+    return scores, mask
+
+
+def _kept(mask):
+    return set(mask.flatten().nonzero().flatten().tolist())
+
+
+@pytest.mark.parametrize(("rho", "swaps", "kept"), [(1.0, 2, {0, 2, 4, 6}), (0.5, 1, {0, 3, 4, 6}),
+                                                    (0.3, 1, {0, 3, 4, 6}), (0.0, 0, {1, 3, 4, 6})])
+def test_restricted_swap_hand_built(rho, swaps, kept):
+    scores, mask = _layer()
+    assert restricted_swap(scores, mask, rho) == swaps
+    assert _kept(mask) == kept
+
+
+def test_restricted_swap_ties_change_nothing_edge_popup_prefers_current():
+    scores, mask = _layer()
+    scores.view(-1)[4] = 0.4  # kept weight tied with pruned weight 7 at tau: |R| = 2 != |D| = 3
+    assert restricted_swap(scores, mask, 1.0) == 0 and _kept(mask) == {1, 3, 4, 6}
+    assert top_k_update(scores, mask) == 2 and _kept(mask) == {0, 2, 4, 6}  # tie keeps 4, not 7
+    full = torch.ones(2, 4, dtype=torch.bool)
+    assert restricted_swap(scores, full, 1.0) == 0 and top_k_update(scores, full) == 0 and bool(full.all())
+
+
+def test_rho_schedules():
+    assert rho_at(0.5, "constant", 0.7) == 0.5
+    assert rho_at(1.0, "cosine", 0.0) == 1.0 and abs(rho_at(1.0, "cosine", 0.5) - 0.5) < 1e-12
+    assert rho_at(1.0, "poly4", 0.5) == 0.0625 and rho_at(1.0, "poly4", 1.0) == 0.0
+    with pytest.raises(ValueError, match="rho_schedule"):
+        rho_at(1.0, "step", 0.1)
+
+
+# ------------------------------------------------------------------------------------------- STE gradient
+
+
+def test_ste_gradient_linear_equals_dyx_times_w():
+    torch.manual_seed(1)
+    lin = nn.Linear(13, 7).double()
+    mask = torch.rand(7, 13) < 0.3
+    (layer,) = score_layers(nn.Sequential(lin), {"0.weight": mask}).values()
+    assert isinstance(layer, ScoredLinear) and not lin.weight.requires_grad and not lin.bias.requires_grad
+    x, g = torch.randn(5, 3, 13, dtype=torch.float64), torch.randn(5, 3, 7, dtype=torch.float64)
+    y = layer(x)
+    torch.testing.assert_close(y, F.linear(x, lin.weight * mask, lin.bias))
+    (y * g).sum().backward()
+    expected = (g.reshape(-1, 7).t() @ x.reshape(-1, 13)) * lin.weight  # (dY^T X) ⊙ W over all entries
+    torch.testing.assert_close(layer.scores.grad, expected.float())
+    assert bool((layer.scores.grad[~mask] != 0).any())  # pruned entries get a gradient too
+    assert lin.weight.grad is None
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=1, stride=2),
+                                dict(kernel_size=(3, 2), padding="same", bias=False), dict(kernel_size=3, dilation=2)])
+def test_ste_gradient_conv_equals_dyx_times_w(kw):
+    torch.manual_seed(2)
+    conv = nn.Conv2d(3, 5, **kw).double()
+    mask = torch.rand(conv.weight.shape) < 0.4
+    model = nn.Sequential(conv)
+    score_layers(model, {"0.weight": mask})
+    assert isinstance(conv, ScoredConv2d)
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    y = conv(x)
+    ref = F.conv2d(x, conv.weight * mask, conv.bias, conv.stride, conv.padding, conv.dilation)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    same = conv.padding == "same"  # odd total padding is asymmetric: pad explicitly for the reference
+    xp, padding = (F.pad(x, conv._reversed_padding_repeated_twice), 0) if same else (x, conv.padding)
+    dw = torch.nn.grad.conv2d_weight(xp, conv.weight.shape, g, conv.stride, padding, conv.dilation)
+    torch.testing.assert_close(conv.scores.grad, (dw * conv.weight).float())
+    masks = unscore_layers(model)
+    assert type(conv) is nn.Conv2d and torch.equal(masks["0.weight"], mask) and not hasattr(conv, "scores")
+
+
+def test_score_layers_rejects_bad_input():
+    with pytest.raises(ValueError, match="masks: 'nope.weight'"):
+        score_layers(nn.Sequential(nn.Linear(2, 2)), {"nope.weight": torch.ones(2, 2)})
+    with pytest.raises(ValueError, match="mask: expected a tensor of the weight's shape"):
+        score_layers(nn.Sequential(nn.Linear(2, 2)), {"0.weight": torch.ones(3, 2)})
+    with pytest.raises(ValueError, match="grouped"):
+        score_layers(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), {"0.weight": torch.ones(4, 2, 3, 3)})
+
+
+# ------------------------------------------------------------------------------------------- search
+
+
+class CountChecker(Callback):
+    """Asserts after every optimizer step that each layer keeps exactly its initial count."""
+
+    def __init__(self, layers, counts):
+        self.layers, self.counts, self.steps = layers, counts, 0
+
+    def on_after_optimizer_step(self, trainer, step):
+        for name, layer in self.layers.items():
+            assert int(layer.b_mask.sum()) == self.counts[name], (name, step)
+        self.steps += 1
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from lth_kernels.data import create_dataset
+
+    return create_dataset("digits")
+
+
+@pytest.mark.parametrize("rule", ["restricted", "edge_popup", "random_swap"])
+def test_search_freezes_weights_updates_bn_and_preserves_counts(digits, rule):
+    from lth_kernels.models import create_model
+
+    train, test, info = digits
+    model = create_model("cifar_resnet_8_4", num_classes=10, in_chans=1, img_size=(8, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ticket = initial_ticket(model, 0.8)
+    assert classifier_name(model) == "fc.weight" and "fc.weight" not in ticket
+    counts = {n: int(m.sum()) for n, m in ticket.items()}
+    layers = {}
+
+    class Grab(Callback):
+        def on_train_start(self, trainer, step):
+            layers.update(scored_layers(trainer.model))
+
+    checker = CountChecker(layers, counts)
+    result, swaps, _ = run_search(model, ticket, train, test, TrainingHparams(training_steps="8it", lr=0.1,
+                                  lr_schedule="cosine", weight_decay=5e-4, eval_every="0it"),
+                                  batch_size=64, rule=rule, rho=0.5, progress=False, callbacks=[Grab(), checker])
+    assert checker.steps == 8 and result.step == 8
+    assert sum(h["swaps"] for h in swaps.history) + sum(swaps._epoch.values()) > 0
+    masks = unscore_layers(model)
+    assert {n: int(m.sum()) for n, m in masks.items()} == counts
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for k, v in before.items():
+        if "running" in k or "num_batches_tracked" in k:
+            continue
+        assert torch.equal(after[k], v), f"{k} changed during the search"  # weights, biases, BN affine
+    assert not torch.equal(after["bn.running_mean"], before["bn.running_mean"])  # BN statistics did update
+
+
+# ------------------------------------------------------------------------------------------- workflow
+
+
+def _hp(**search):
+    return JackpotHparams().with_overrides({
+        "pretrain.training_steps": "8ep", "search_training.training_steps": "4ep",
+        "search.baselines": [], "search.criteria": ["magnitude", "random"], **search})
+
+
+def test_trained_weights_beat_random_weights_and_outputs(tmp_path, digits):
+    from lth_kernels.models import create_model, load_weights
+
+    trained = run(_hp(), tmp_path, device="cpu", progress=False)
+    random = run(_hp(**{"source.random_weights": True}), tmp_path, device="cpu", progress=False)
+    t, r = trained["sparsities"]["0.9"], random["sparsities"]["0.9"]
+    assert random["source"] == "random" and trained["source"].startswith("trained:")
+    assert t["rules"]["restricted"]["acc"] > r["rules"]["restricted"]["acc"] + 0.02
+    assert t["rules"]["restricted"]["acc"] > t["magnitude_acc"]
+    assert len(t["rules"]["restricted"]["swaps"]) == 4 and 0 < t["overlap"]["magnitude"] < 1
+
+    # the saved ticket + weights reproduce the searched network's accuracy
+    run_dir = tmp_path / f"jackpot-{_hp().hashname()}"
+    rd = run_dir / "sparsity_0.9" / "restricted"
+    ticket = Ticket.load(rd / "mask.safetensors")
+    init = Ticket.load(run_dir / "sparsity_0.9" / "magnitude_mask.safetensors")
+    assert {n: int(m.sum()) for n, m in ticket.items()} == {n: int(m.sum()) for n, m in init.items()}
+    assert abs(ticket.sparsity - 0.9) < 1e-3 and ticket.metadata["strategy"] == "jackpot_restricted"
+    train, test, info = digits
+    model = create_model("lenet_300_100", num_classes=10, in_chans=1, img_size=(8, 8))
+    load_weights(model, rd / "weights.safetensors")
+    with torch.no_grad():
+        for name, m in ticket.items():
+            model.get_parameter(name).mul_(m)
+        x, y = test.tensors
+        acc = (model(x).argmax(1) == y).double().mean().item()
+    assert acc == pytest.approx(t["rules"]["restricted"]["acc"], abs=1e-9)
+    assert (run_dir / "plots" / "jackpot.png").stat().st_size > 0 and "restricted" in (run_dir / "table.md").read_text()
+    assert json.loads((run_dir / "summary.json").read_text())["dense_acc"] == trained["dense_acc"]
+
+    # rerun: every stage is done, same numbers; a project run directory is a weights source
+    assert run(_hp(), tmp_path, device="cpu", progress=False)["sparsities"]["0.9"]["rules"]["restricted"]["acc"] \
+        == t["rules"]["restricted"]["acc"]
+    assert resolve_weights(run_dir / "pretrain").name.startswith("step_")
+
+
+def test_cli_presets_and_flags(tmp_path):
+    for name in presets("jackpot"):
+        hp, _ = parse_cli(JackpotHparams, ["--preset", name], workflow="jackpot")
+        assert hp.search.sparsities
+    hp, _ = parse_cli(JackpotHparams, ["--preset", "cifar_vgg_19-cifar10"], workflow="jackpot")
+    assert hp.search.sparsities == ("0.9", "0.95") and hp.model.name == "cifar_vgg_19"
+    with pytest.raises(SystemExit):
+        parse_cli(JackpotHparams, ["--search.sparsities", "0.9,1.5"], workflow="jackpot")
+    from lth_kernels.workflows.jackpot.cli import main
+    assert main(["--preset", "resnet50-imagenet", "--root", str(tmp_path), "--dataset.data_dir",
+                 str(tmp_path / "none")]) == 2  # missing data: a one-line error, no traceback
+    with pytest.raises(FileNotFoundError, match="--source.weights"):
+        resolve_weights(tmp_path / "missing")
