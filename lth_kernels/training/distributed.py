@@ -1,9 +1,17 @@
 """DDP under ``torchrun``: process-group setup from RANK/LOCAL_RANK/WORLD_SIZE, rank-0 helpers, mask
-broadcast once per pruning event, and DDP wrapping with ``broadcast_buffers=False`` for masked models
-(DDP would otherwise broadcast every mask buffer from rank 0 at every forward)."""
+broadcast once per pruning event, and DDP wrapping that keeps the mask buffers out of DDP's buffer sync
+(DDP would otherwise broadcast every mask from rank 0 at every forward; other buffers, BN statistics, sync
+as usual).
+
+Teardown is collective: ``destroy_distributed`` frees what still holds the process group (DDP reducers in
+reference cycles), waits for every rank at a barrier and only then destroys the group. A rank that tears
+gloo down while its peer is still exiting, or lets the interpreter destroy a group that a DDP reducer still
+holds, dies with SIGABRT ("terminate called without an active exception") after a successful run."""
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 from dataclasses import dataclass
 
@@ -59,13 +67,23 @@ def init_distributed(backend: str | None = None, device: str | torch.device | No
     if _launched() and not dist.is_initialized():
         backend = backend or ("nccl" if use_cuda else "gloo")
         dist.init_process_group(backend=backend)
+        # a script that never calls destroy_distributed still frees the group before interpreter teardown
+        # (no barrier there: after an exception the other ranks may be inside a collective)
+        atexit.register(destroy_distributed, sync=False)
     be = dist.get_backend() if dist.is_initialized() else None
     return DistInfo(rank(), lr, world_size(), dev, be)
 
 
-def destroy_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def destroy_distributed(sync: bool = True) -> None:
+    """Tear the default process group down (a no-op when there is none). ``sync``: every rank first meets
+    at a barrier, so no rank closes its connections while a peer still uses them; pass ``False`` on an
+    error path, where the other ranks may never reach it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # DDP reducers sit in reference cycles and hold the group: free them while it is alive
+    if sync and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -99,15 +117,27 @@ def broadcast_masks(model: nn.Module, src: int = 0) -> int:
     return len(mods)
 
 
+def mask_buffer_names(model: nn.Module) -> list[str]:
+    """The fully qualified names of the mask buffers (``<layer>.mask``) of ``model``."""
+    return [f"{name}.mask" if name else "mask" for name, _ in masked_modules(model)]
+
+
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """DDP-wrap for multi-rank runs (identity otherwise). Parameters are broadcast from rank 0 at wrap time;
-    masked models get ``broadcast_buffers=False`` (masks move with ``broadcast_masks``)."""
+    """DDP-wrap for multi-rank runs (identity otherwise). Parameters and buffers are broadcast from rank 0 at
+    wrap time and buffers at every forward, as DDP does, except the masks: DDP is told to ignore them (they
+    move with ``broadcast_masks``, once per pruning event). This replaces ``broadcast_buffers=False``
+    (deprecated in torch 2.13, and it also stopped BN statistics from syncing) and works on every torch
+    this package supports."""
     if not is_distributed():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    names = mask_buffer_names(model)
+    if names:
+        ignored = set(getattr(model, "_ddp_params_and_buffers_to_ignore", ())) | set(names)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sorted(ignored))
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=not masked_modules(model))
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

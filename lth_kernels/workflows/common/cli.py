@@ -59,12 +59,16 @@ def workflow_main(hparams_cls, argv: list[str] | None, *, workflow: str, prog: s
     logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(message)s")
     if not ns.verbose:  # one line per stage from the runner; the Trainer's per-evaluation lines on request
         logging.getLogger("lth_kernels.training.trainer").setLevel(logging.WARNING)
-    try:
-        from lth_kernels.training.distributed import init_distributed
+    from lth_kernels.training.distributed import destroy_distributed, init_distributed
 
+    ok = False
+    try:
         init_distributed()
         run(hp, ns)
+        ok = True
     except USER_ERRORS as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        destroy_distributed(sync=ok)  # collective on success; never wait for ranks that failed
     return 0

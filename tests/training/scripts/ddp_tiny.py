@@ -14,6 +14,7 @@ from lth_kernels.training import (  # noqa: E402
     Trainer,
     TrainingHparams,
     broadcast_masks,
+    destroy_distributed,
     init_distributed,
     is_main_process,
     seed_everything,
@@ -40,7 +41,7 @@ def main():
     masks_after_broadcast = gather(model[0].mask.to(torch.uint8))
     hp = TrainingHparams(training_steps="3ep", lr=0.05, weight_decay=1e-3, eval_every="1ep")
     trainer = Trainer(model, train, test, hp, batch_size=16, out_dir=out_dir)
-    ddp_broadcast_buffers = trainer.ddp_model.broadcast_buffers
+    ddp_ignored = sorted(trainer.ddp_model.parameters_to_ignore)
     result = trainer.train()
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     params = gather(flat)
@@ -55,11 +56,11 @@ def main():
             "params_equal": bool(torch.equal(*params)),
             "density": float(masks[0].float().mean()),
             "pruned_nonzero": [int(p) for p in pruned],
-            "broadcast_buffers": ddp_broadcast_buffers,
+            "ddp_ignored": ddp_ignored,
             "step": result.step,
             "test_n": result.metrics["test_n"],
         }))
-    dist.destroy_process_group()
+    destroy_distributed()
 
 
 if __name__ == "__main__":

@@ -226,6 +226,7 @@ def test_kill9_during_level2_then_rerun_gives_the_same_masks(tmp_path):
         assert all(torch.equal(a[n], b[n]) for n in a), level
 
 
+@pytest.mark.torchrun
 def test_torchrun_two_ranks_same_masks_as_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 import torch  # noqa: E402
 
 from lth_kernels.training import Callback  # noqa: E402
-from lth_kernels.training.distributed import init_distributed, rank  # noqa: E402
+from lth_kernels.training.distributed import destroy_distributed, init_distributed, rank  # noqa: E402
 from lth_kernels.workflows.imp.hparams import ImpHparams
 from lth_kernels.workflows.imp.runner import run_imp
 
@@ -61,5 +61,5 @@ if __name__ == "__main__":
     path = run(root, float(sys.argv[2]) if len(sys.argv) > 2 else 0.0, [rec])
     if info.world_size > 1:
         torch.save(rec.masks, root / f"masks_rank{rank()}.pt")
-        torch.distributed.destroy_process_group()
+    destroy_distributed()
     print(json.dumps({"run": str(path)}))
