@@ -16,18 +16,15 @@ log = logging.getLogger(__name__)
 
 
 def build_data(hp: DatasetHparams, **kwargs):
-    from lth_kernels.data import create_dataset
+    from lth_kernels.workflows.common.inputs import open_dataset
 
-    return create_dataset(hp.name, data_dir=hp.data_dir, download=hp.download, augment=hp.augment, **kwargs)
+    return open_dataset(hp, **kwargs)
 
 
 def build_model(hp: ModelHparams, info, seed: int) -> nn.Module:
-    from lth_kernels.models import create_model
-    from lth_kernels.training.seed import seed_everything
+    from lth_kernels.workflows.common.inputs import make_model
 
-    seed_everything(seed)
-    return create_model(hp.name, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.img_size,
-                        **hp.kwargs)
+    return make_model(hp, info, seed=seed)
 
 
 def example_batch(ds, n: int = 2) -> torch.Tensor:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from lth_kernels.data import create_dataset
 from lth_kernels.models import create_model
 from lth_kernels.nn import ticketize_vit
 from lth_kernels.training.augment import BatchAugment
@@ -23,6 +22,7 @@ from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
 from lth_kernels.training.seed import seed_everything
 from lth_kernels.training.steps import parse_steps
 from lth_kernels.training.trainer import Trainer
+from lth_kernels.workflows.common.inputs import MODEL_FIELDS, as_flags, open_dataset
 from lth_kernels.workflows.data_ticket.hparams import WORKFLOW, DataTicketHparams
 from lth_kernels.workflows.data_ticket.report import export_tickets, plot_accuracy_vs_keep, plot_tickets, write_summary
 from lth_kernels.workflows.data_ticket.selector import PatchSelector
@@ -152,14 +152,21 @@ class DataTicketRunner:
             raise ValueError(f"--student_input: compact needs square selector patches, got {patch}")
         return drop
 
+    def _check_checkpoint(self) -> None:
+        sel = self.hp.selector
+        if sel.source != "checkpoint":
+            return
+        if not sel.checkpoint:
+            raise ValueError("--selector.checkpoint: --selector.source checkpoint needs a local weight file, got none")
+        if not Path(sel.checkpoint).is_file():
+            raise FileNotFoundError(f"--selector.checkpoint: no file at {sel.checkpoint}")
+
     # ------------------------------------------------------------------------------------------ stages
     def _base_vit(self):
         """The trained ViT the selector starts from: a local checkpoint, or trained here (``dense/``)."""
         sel = self.hp.selector
         if sel.source == "checkpoint":
-            if not sel.checkpoint:
-                raise ValueError("--selector.checkpoint: --selector.source checkpoint needs a local weight file, "
-                                 "got none")
+            self._check_checkpoint()
             return self._create(sel.model or self.hp.model.name, {**(sel.model_kwargs or self.hp.model.kwargs),
                                                                    "checkpoint_path": sel.checkpoint})
         seed_everything(self.hp.dense_training.seed)
@@ -261,12 +268,13 @@ class DataTicketRunner:
     # ------------------------------------------------------------------------------------------ run
     def run(self) -> Path:
         hp = self.hp
-        self.path = prepare_run_dir(WORKFLOW, hp, self.root, write=is_main_process())
-        if self.data is None:
+        if self.data is None:  # every input is checked before the run directory exists
             extra = {"randaugment": hp.augment.randaugment} if hp.augment.randaugment else {}
-            self.data = create_dataset(hp.dataset.name, data_dir=hp.dataset.data_dir, download=hp.dataset.download,
-                                       augment=hp.dataset.augment, **extra)
-        drop = self._check_sizes()
+            self.data = open_dataset(hp.dataset, **extra)
+        with as_flags("model", MODEL_FIELDS), as_flags("selector", {"drop_blocks": "drop_blocks"}):
+            drop = self._check_sizes()
+        self._check_checkpoint()
+        self.path = prepare_run_dir(WORKFLOW, hp, self.root, write=is_main_process())
         base = self._base_vit()
         selectors = {r: self._selector(r, base, drop) for r in hp.keep_rates}
         for rep in range(hp.replicates):

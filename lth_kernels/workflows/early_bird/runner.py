@@ -14,14 +14,16 @@ def run(hp: EarlyBirdHparams, root: str | Path = "runs", device=None) -> dict:
     """Run (or resume) the whole workflow; returns the summary dict."""
     from lth_kernels.training import distributed as dist_utils
     from lth_kernels.training.rundir import atomic_write_json, atomic_write_text, prepare_run_dir
+    from lth_kernels.workflows.common.inputs import make_model
     from lth_kernels.workflows.common.plots import plot_mask_distance
     from lth_kernels.workflows.common.structured import build_data, example_batch
     from lth_kernels.workflows.early_bird.report import summary_table
     from lth_kernels.workflows.early_bird.search import retrain_ticket, search
 
+    train_ds, test_ds, info = build_data(hp.dataset)  # every input is checked before the run directory exists
+    make_model(hp.model, info, meta=True)
     out = prepare_run_dir(WORKFLOW, hp, root, write=dist_utils.is_main_process())
     log.info("lth early-bird -> %s\n%s", out, hp.to_json())
-    train_ds, test_ds, info = build_data(hp.dataset)
     example = example_batch(train_ds)
     found = search(hp, out, train_ds, test_ds, info, device)
     rows = []

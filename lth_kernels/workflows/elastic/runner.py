@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lth_kernels.data import create_dataset
 from lth_kernels.models import create_model
 from lth_kernels.tickets import Ticket, prune
 from lth_kernels.tickets.elastic import (
@@ -30,6 +29,7 @@ from lth_kernels.tickets.elastic import (
 from lth_kernels.training import Trainer, TrainResult
 from lth_kernels.training.distributed import barrier, is_main_process
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
+from lth_kernels.workflows.common.inputs import MODEL_FIELDS, as_flags, open_dataset
 from lth_kernels.workflows.elastic.hparams import WORKFLOW, ElasticHparams
 from lth_kernels.workflows.imp.branches import derived_seed
 from lth_kernels.workflows.imp.hparams import ImpHparams
@@ -76,12 +76,14 @@ class ElasticRunner:
         self.imp_root = Path(imp_root) if imp_root is not None else self.root
         self.imp_runs = {int(d): Path(p) for d, p in (imp_runs or {}).items()}
         self.device, self.progress, self.callbacks = device, progress, list(callbacks)
-        ds = hp.imp.dataset
-        self.data = data if data is not None else create_dataset(ds.name, data_dir=ds.data_dir, download=ds.download,
-                                                                  augment=ds.augment)
+        # every input is checked before the run directory exists
+        self.data = data if data is not None else open_dataset(hp.imp.dataset, "imp.dataset")
         self.level = hp.imp.num_levels
-        self.family_depth = model_depth(hp.imp.model.name, hp.imp.model.kwargs)
+        with as_flags("imp.model", MODEL_FIELDS):
+            self.family_depth = model_depth(hp.imp.model.name, hp.imp.model.kwargs)
         self.check_pairs()
+        for depth in self.imp_runs:
+            self.imp_hparams(depth)
         self.is_main = is_main_process()
         self.path = prepare_run_dir(WORKFLOW, hp, self.root, write=self.is_main)
         self._runners: dict[int, ImpRunner] = {}
@@ -131,7 +133,7 @@ class ElasticRunner:
         if depth not in self._runners:
             root = self.imp_runs[depth].parent if depth in self.imp_runs else self.imp_root
             runner = ImpRunner(self.imp_hparams(depth), root, callbacks=self.callbacks, device=self.device,
-                               progress=self.progress, data=self.data)
+                               progress=self.progress, data=self.data, flag_prefix="imp.")
             if depth in self.imp_runs and runner.path.resolve() != self.imp_runs[depth].resolve():
                 raise ValueError(f"--imp_runs: {self.imp_runs[depth]} is named {self.imp_runs[depth].name}, its "
                                  f"hparams hash to {runner.path.name}")

@@ -38,7 +38,7 @@ def fit_log(thresholds: dict[int, int | None]) -> dict | None:
     return {"a": a, "b": b, "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 1.0, "n": n}
 
 
-def budget_study(hp, out: Path, device=None) -> dict:
+def budget_study(hp, out: Path, device=None, data=None) -> dict:
     """Run (or resume) the study; every (m, budget) result is cached as ``m_<m>/gfs_<it>.json``."""
     from lth_kernels.nn.channel_prune import count_parameters
     from lth_kernels.tickets.channels import bn_layers
@@ -51,7 +51,7 @@ def budget_study(hp, out: Path, device=None) -> dict:
     from lth_kernels.workflows.gfs.prune import gfs_prune
 
     opts = hp.gfs
-    train_full, test_ds, info = build_data(hp.dataset)
+    train_full, test_ds, info = data if data is not None else build_data(hp.dataset)
     example = example_batch(train_full)
     sizes = sorted({min(int(m), len(train_full)) for m in opts.train_sizes})
     rows, curves, eb_iters = [], {}, {}

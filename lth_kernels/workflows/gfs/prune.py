@@ -70,7 +70,7 @@ def gfs_prune(model: nn.Module, train_ds, test_ds, opts, *, batch_size: int, exa
     return {"masks": masks, "layers": layers, "dense_acc": dense_acc, "model": narrow, "record": record}
 
 
-def prune_run(hp, out: Path, device=None) -> dict:
+def prune_run(hp, out: Path, device=None, data=None) -> dict:
     """Pre-train, GFS-prune, fine-tune; writes ``summary.json``, ``table.md``, ``channels.json``."""
     from lth_kernels.training.checkpoint import save_weights
     from lth_kernels.training.trainer import Trainer
@@ -81,7 +81,7 @@ def prune_run(hp, out: Path, device=None) -> dict:
         summary = json.loads(summary_path.read_text())
         print(summary["table"])
         return summary
-    train_ds, test_ds, info = build_data(hp.dataset)
+    train_ds, test_ds, info = data if data is not None else build_data(hp.dataset)
     example = example_batch(train_ds)
     model = build_model(hp.model, info, hp.training.seed)
     trainer = Trainer(model, train_ds, test_ds, hp.training, batch_size=hp.dataset.batch_size,

@@ -12,15 +12,18 @@ def run(hp: GfsHparams, root: str | Path = "runs", device=None) -> dict:
     """One pruning run, or the budget study (``gfs.budget_study``); returns the summary dict."""
     from lth_kernels.training import distributed as dist_utils
     from lth_kernels.training.rundir import prepare_run_dir
+    from lth_kernels.workflows.common.inputs import make_model, open_dataset
 
+    data = open_dataset(hp.dataset)  # every input is checked before the run directory exists
+    make_model(hp.model, data[2], meta=True)
     out = prepare_run_dir(WORKFLOW, hp, root, write=dist_utils.is_main_process())
     log.info("lth gfs -> %s\n%s", out, hp.to_json())
     if hp.gfs.budget_study:
         from lth_kernels.workflows.gfs.budget import budget_study
 
-        return budget_study(hp, out, device)
+        return budget_study(hp, out, device, data=data)
     from lth_kernels.workflows.gfs.prune import prune_run
 
-    return prune_run(hp, out, device)
+    return prune_run(hp, out, device, data=data)
 
 log = logging.getLogger(__name__)

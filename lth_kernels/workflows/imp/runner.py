@@ -16,15 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lth_kernels.data import create_dataset
-from lth_kernels.models import create_model
 from lth_kernels.tickets import Ticket, prunable_parameters, prune
-from lth_kernels.training import Trainer, TrainingHparams, TrainResult, seed_everything
+from lth_kernels.training import Trainer, TrainingHparams, TrainResult
 from lth_kernels.training.checkpoint import load_step
 from lth_kernels.training.distributed import barrier, is_main_process
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
 from lth_kernels.training.steps import parse_steps
 from lth_kernels.training.trainer import DONE
+from lth_kernels.workflows.common.inputs import make_model, open_dataset
 from lth_kernels.workflows.imp.branches import BRANCHES, branch_dir_name
 from lth_kernels.workflows.imp.hparams import WORKFLOW, ImpHparams
 
@@ -70,8 +69,8 @@ class ImpRunner:
     SMALL_MODEL = 1_000_000
 
     def __init__(self, hp: ImpHparams, root: str | Path = "runs", *, callbacks=(), device=None,
-                 progress: bool = True, data=None, threads: int | str | None = None):
-        self.hp, self.root = hp, Path(root)
+                 progress: bool = True, data=None, threads: int | str | None = None, flag_prefix: str = ""):
+        self.hp, self.root, self.flag_prefix = hp, Path(root), flag_prefix
         self.callbacks, self.device, self.progress = list(callbacks), device, progress
         self.is_main = is_main_process()
         self._data = {}
@@ -87,6 +86,7 @@ class ImpRunner:
             raise ValueError(f"--rewind: {hp.rewind} ({self.rewind_step} steps) is not before the end of training "
                              f"(--training.training_steps {hp.training.training_steps} = {self.end_step} steps of "
                              f"{spe} per epoch)")
+        make_model(hp.model, self.data[2], f"{flag_prefix}model", meta=True)  # before the run directory exists
         self._set_threads(threads)
         self.num_levels = hp.num_levels
         if ":" in hp.pruning.structure and hp.levels > 1 and hp.target_density is None:
@@ -111,8 +111,7 @@ class ImpRunner:
         """``(train, test, info)`` of a ``DatasetHparams`` (built once per distinct value)."""
         key = dataset.to_json()
         if key not in self._data:
-            self._data[key] = create_dataset(dataset.name, data_dir=dataset.data_dir, download=dataset.download,
-                                             augment=dataset.augment)
+            self._data[key] = open_dataset(dataset, f"{self.flag_prefix}dataset")
         return self._data[key]
 
     def training_for(self, replicate: int) -> TrainingHparams:
@@ -122,10 +121,7 @@ class ImpRunner:
 
     def new_model(self, seed: int, info=None) -> nn.Module:
         """A freshly initialised model, seeded by ``seed``."""
-        info = info or self.data[2]
-        seed_everything(seed)
-        return create_model(self.hp.model.name, num_classes=info.num_classes, in_chans=info.in_chans,
-                            img_size=info.img_size, **self.hp.model.kwargs)
+        return make_model(self.hp.model, info or self.data[2], f"{self.flag_prefix}model", seed=seed)
 
     def exclude_globs(self, model: nn.Module) -> tuple[str, ...]:
         """The weights never pruned: the model's defaults plus ``--pruning.exclude``."""

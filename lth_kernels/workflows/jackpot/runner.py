@@ -35,25 +35,23 @@ class _Job:
     def __init__(self, hp: JackpotHparams, root, device, progress: bool):
         import torch
 
-        from lth_kernels.data import create_dataset
         from lth_kernels.training import prepare_run_dir
+        from lth_kernels.workflows.common.inputs import make_model, open_dataset
 
         self.hp, self.progress = hp, progress
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # every input is checked before the run directory exists
+        self.train_ds, self.test_ds, self.info = open_dataset(hp.dataset)
+        make_model(hp.model, self.info, meta=True)
+        if hp.source.weights:
+            resolve_weights(hp.source.weights)
         self.dir = prepare_run_dir(WORKFLOW, hp, root)
-        ds = hp.dataset
-        self.train_ds, self.test_ds, self.info = create_dataset(ds.name, data_dir=ds.data_dir, download=ds.download,
-                                                                augment=ds.augment)
-        self.batch = hp.search.batch_size or ds.batch_size
+        self.batch = hp.search.batch_size or hp.dataset.batch_size
 
     def new_model(self):
-        from lth_kernels.models import create_model
-        from lth_kernels.training import seed_everything
+        from lth_kernels.workflows.common.inputs import make_model
 
-        seed_everything(self.hp.search.seed)
-        i = self.info
-        return create_model(self.hp.model.name, num_classes=i.num_classes, in_chans=i.in_chans, img_size=i.img_size,
-                            **self.hp.model.kwargs)
+        return make_model(self.hp.model, self.info, seed=self.hp.search.seed)
 
     def trainer(self, model, training, out_dir=None, **kw):
         from lth_kernels.training import Trainer
