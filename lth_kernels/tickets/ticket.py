@@ -330,7 +330,13 @@ class Ticket(Mapping[str, torch.Tensor]):
                               f"lth_kernels ({_lth_version()}) reads versions 1..{FORMAT_VERSION}")
         for name, t in masks.items():
             if t.dtype != torch.bool:
-                raise TicketError(f"ticket file {path}: tensor {name!r} has dtype {t.dtype}, expected torch.bool")
+                bad = "" if not t.is_floating_point() else \
+                    " holding NaN" if bool(t.isnan().any()) else " holding inf" if bool(t.isinf().any()) else ""
+                raise TicketError(f"ticket file {path}: tensor {name!r} has dtype {t.dtype}{bad}, expected torch.bool")
+            raw = t.view(torch.uint8)  # a bool tensor read from bytes may hold any byte: only 0 and 1 are masks
+            if raw.numel() and int(raw.max()) > 1:
+                raise TicketError(f"ticket file {path}: mask {name!r} holds byte values other than 0/1 "
+                                  f"({sorted(set(raw.unique().tolist()) - {0, 1})[:5]})")
         # safetensors stores tensors sorted by name: restore the producer's (model) order from the metadata.
         order = meta.get("order")
         if order:

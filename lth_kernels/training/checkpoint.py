@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import torch
 from torch import nn
 
 from lth_kernels.training.distributed import unwrap
-from lth_kernels.training.rundir import atomic_save
+from lth_kernels.training.rundir import atomic_save, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 _PREFIXES = ("module.", "_orig_mod.")
@@ -77,14 +81,65 @@ def load_step(directory: str | os.PathLike, step: int, model: nn.Module,
         optimizer.load_state_dict(torch.load(o, map_location="cpu", weights_only=False))
 
 
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name + ".prev")
+
+
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write ``path`` atomically with its sha256 beside it (``<path>.sha256``), keeping the checkpoint it
+    replaces as ``<path>.prev`` (with its digest): a checkpoint found corrupt later falls back to that one."""
+    path = Path(path)
+    if path.exists():
+        os.replace(path, _previous(path))
+        if _digest_file(path).exists():
+            os.replace(_digest_file(path), _digest_file(_previous(path)))
     atomic_save(state, path)
+    atomic_write_text(_digest_file(path), _sha256(path) + "\n")
+
+
+def remove_checkpoint(path: str | os.PathLike) -> None:
+    """Delete a checkpoint, its previous one and their digests (a finished stage needs none of them)."""
+    path = Path(path)
+    for p in (path, _previous(path)):
+        p.unlink(missing_ok=True)
+        _digest_file(p).unlink(missing_ok=True)
+
+
+def _read_verified(path: Path) -> dict:
+    digest = _digest_file(path)
+    if digest.exists() and digest.read_text().strip() != _sha256(path):
+        raise ValueError("its sha256 does not match " + digest.name)
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict | None:
-    """The checkpoint dict, or None when there is none. It holds RNG states and optimizer state, hence
+    """The checkpoint dict, or None when there is none. A checkpoint whose sha256 does not match (a truncated
+    or altered file) or that does not load is reported and the previous one (``<path>.prev``) is used; when
+    neither is sound the run starts over. It holds RNG states and optimizer state, hence
     ``weights_only=False``: only load checkpoints this package wrote."""
     path = Path(path)
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    for candidate in (path, _previous(path)):
+        if not candidate.exists():
+            continue
+        try:
+            state = _read_verified(candidate)
+        except Exception as e:  # torch.load raises many types on a damaged file
+            log.warning("checkpoint %s is corrupt (%s); %s", candidate, " ".join(str(e).split())[:200],
+                        "trying the previous one" if candidate == path else "starting this stage over")
+            continue
+        if candidate != path:
+            log.warning("resuming from the previous checkpoint %s", candidate)
+        return state
+    return None

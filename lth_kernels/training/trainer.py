@@ -25,12 +25,14 @@ from lth_kernels.training.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
     model_state,
+    remove_checkpoint,
     save_checkpoint,
     save_step,
     step_paths,
 )
 from lth_kernels.training.data_order import EpochSampler
 from lth_kernels.training.hparams import TrainingHparams
+from lth_kernels.training.interrupt import SigtermFlag, TrainingInterrupted
 from lth_kernels.training.masks import MaskGuard
 from lth_kernels.training.metrics import MetricsLogger, read_metrics
 from lth_kernels.training.rundir import atomic_write_json
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DONE = "done.json"
 METRICS = "metrics.jsonl"
+
 
 
 class Callback:
@@ -309,8 +312,18 @@ class Trainer:
             self._maybe_save_step()
             if self.eval_at_start:
                 first = self._eval_and_log(end)
-        last = self._loop(end) or first
+        with SigtermFlag() as self._sigterm:
+            last = self._loop(end) or first
         return self._finish(start, end, resumed, last)
+
+    def _interrupt(self, end: int) -> None:
+        if self.out_dir is not None:
+            self._fold_loss()
+            if self.is_main:
+                save_checkpoint(self.out_dir / CHECKPOINT, self.state_dict(*self._segment))
+        dist_utils.barrier()
+        raise TrainingInterrupted(f"stopped by SIGTERM at step {self.step} of {end}"
+                                  + (f"; checkpoint in {self.out_dir}: rerun to resume" if self.out_dir else ""))
 
     def _resumable(self, ckpt: dict, start: int, end: int) -> bool:
         return ((ckpt.get("start_step"), ckpt.get("end_step")) == (start, end) and start < ckpt["step"] <= end
@@ -370,6 +383,10 @@ class Trainer:
                 bar.update(1)
             if self._stop:
                 break
+            if self._sigterm.agreed(self.device):
+                if bar is not None:
+                    bar.close()
+                self._interrupt(end)
         if bar is not None:
             bar.close()
         if self._stop and last.get("step") != self.step:
@@ -447,7 +464,7 @@ class Trainer:
             save_step(self.out_dir, self.step, self.model, self.optimizer)
             atomic_write_json(self.out_dir / DONE, {"start_step": start, "end_step": end, "step": self.step,
                                                     "metrics": last})
-            (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
+            remove_checkpoint(self.out_dir / CHECKPOINT)
         dist_utils.barrier()
         for cb in self.callbacks:
             cb.on_train_end(self, self.step)
@@ -475,4 +492,4 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-__all__ = ["Callback", "TrainResult", "Trainer", "build_optimizer", "read_metrics"]
+__all__ = ["Callback", "TrainResult", "Trainer", "TrainingInterrupted", "build_optimizer", "read_metrics"]

@@ -229,3 +229,35 @@ def test_ticket_does_not_alias_layer_masks():
     t = Ticket.from_model(model)
     model[0].set_mask(torch.zeros(3, 4, dtype=torch.bool))
     assert bool(t["0.weight"].all())
+
+
+def _write_raw(path, masks, meta):
+    from safetensors.torch import save_file
+
+    save_file(masks, str(path), metadata=meta)
+
+
+def test_load_refuses_nan_inf_and_non_binary_masks(tmp_path):
+    good = Ticket({"w": torch.tensor([[True, False], [False, True]])})
+    path = tmp_path / "t.safetensors"
+    good.save(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta.pop("shapes_sha256", None)
+    meta.pop("sparsity", None)
+    for value, why in ((float("nan"), "NaN"), (float("inf"), "inf"), (0.5, "float32")):
+        bad = tmp_path / f"bad_{why}.safetensors"
+        _write_raw(bad, {"w": torch.tensor([[1.0, 0.0], [value, 1.0]])}, meta)
+        with pytest.raises(TicketError, match=f"'w'.*{why}"):
+            Ticket.load(bad)
+    # a bool tensor whose bytes were altered to 2: refused, not read as True
+    raw = tmp_path / "raw.safetensors"
+    good.save(raw)
+    data = bytearray(raw.read_bytes())
+    assert data[-4:] == bytes([1, 0, 0, 1])  # the mask's bytes end the file
+    data[-3] = 2
+    raw.write_bytes(bytes(data))
+    with pytest.raises(TicketError, match="byte values other than 0/1.*2"):
+        Ticket.load(raw)

@@ -45,6 +45,8 @@ def workflow_main(hparams_cls, argv: list[str] | None, *, workflow: str, prog: s
             extra_args(parser)
         parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                             help="print the run directory and the resolved hparams, run nothing")
+        parser.add_argument("--wait", action="store_true",
+                            help="if another process holds the run directory, wait for it instead of failing")
         parser.add_argument("--quiet", action="store_true", help="log warnings only")
         parser.add_argument("--verbose", action="store_true", help="also log every evaluation of every stage")
 
@@ -60,7 +62,10 @@ def workflow_main(hparams_cls, argv: list[str] | None, *, workflow: str, prog: s
     if not ns.verbose:  # one line per stage from the runner; the Trainer's per-evaluation lines on request
         logging.getLogger("lth_kernels.training.trainer").setLevel(logging.WARNING)
     from lth_kernels.training.distributed import destroy_distributed, init_distributed
+    from lth_kernels.training.interrupt import TrainingInterrupted
+    from lth_kernels.training.rundir import release_run_dirs, set_lock_wait
 
+    set_lock_wait(ns.wait)
     ok = False
     try:
         init_distributed()
@@ -69,6 +74,10 @@ def workflow_main(hparams_cls, argv: list[str] | None, *, workflow: str, prog: s
     except USER_ERRORS as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 128 + 15  # the shell's status of a SIGTERM
     finally:
+        release_run_dirs()
         destroy_distributed(sync=ok)  # collective on success; never wait for ranks that failed
     return 0
