@@ -8,7 +8,6 @@ step includes whatever the host does between steps (data loading, index sources)
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -242,7 +241,8 @@ class TimedTrainer(Trainer):
 
 
 def steps_for(epochs_or_steps: str, num_train: int, batch: int) -> int:
-    """A preset's training length (``'160ep'``) in steps of ``batch`` over ``num_train`` images."""
+    """A preset's training length (``'160ep'``) in steps of ``batch`` over ``num_train`` images (the Trainer's
+    epochs: the tail batch is dropped)."""
     from lth_kernels.training.steps import parse_steps
 
-    return parse_steps(epochs_or_steps, math.ceil(num_train / batch), "training_steps").iteration
+    return parse_steps(epochs_or_steps, num_train // batch, "training_steps").iteration

@@ -91,7 +91,7 @@ def _cases(smoke: bool) -> dict[str, Case]:
     if smoke:  # stand-ins small enough for a CPU; same code paths
         vit = {"depth": 2}
         return {"resnet20": Case("resnet20", "cifar_resnet_8", 32, 8, classes=10, num_train=64),
-                "resnet50": Case("resnet50", "timm:resnet10t", 32, 4, classes=10),
+                "resnet50": Case("resnet50", "timm:test_resnet", 32, 4, classes=10),
                 "vit_b": Case("vit_b", "vit_tiny", 32, 4, "adamw", vit, classes=10),
                 "deit_s": Case("deit_s", "vit_tiny", 32, 4, "adamw", vit, classes=10)}
     return {"resnet20": Case("resnet20", "cifar_resnet_20", 32, 128, classes=10, num_train=50_000),
