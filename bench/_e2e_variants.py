@@ -179,6 +179,30 @@ def loader_pipeline(images_hwc: torch.Tensor, labels: torch.Tensor):
     return CifarLoaderDataset(images_hwc, labels)
 
 
+# ------------------------------------------------------------------------------------------- workflow parts
+
+
+def data_ticket_parts():
+    """The data-ticket workflow's pieces a student is built from: (PatchSelector, SelectorPatches, StepClock,
+    TicketStudent)."""
+    try:  # workflows as packages
+        from lth_kernels.workflows.data_ticket.selector import PatchSelector
+        from lth_kernels.workflows.data_ticket.students import SelectorPatches, StepClock, TicketStudent
+    except ImportError:  # workflows as flat modules
+        from lth_kernels.workflows._data_ticket_students import SelectorPatches, StepClock, TicketStudent
+        from lth_kernels.workflows._patch_selector import PatchSelector
+    return PatchSelector, SelectorPatches, StepClock, TicketStudent
+
+
+def imp_presets() -> dict:
+    """``lth imp``'s presets (open_lth's training lengths and batch sizes)."""
+    try:
+        from lth_kernels.workflows.imp.presets import PRESETS
+    except ImportError:
+        from lth_kernels.workflows.imp_presets import PRESETS
+    return PRESETS
+
+
 def auto_workers() -> int:
     return min(8, os.cpu_count() or 1)
 

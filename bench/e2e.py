@@ -1,6 +1,7 @@
 """Ticket training end to end: training steps/s, images/s and peak memory of whole models, sparse vs dense vs W*M.
 
-    python -m bench.e2e --quick                  # ~5 min on an H100: every row eager, the headline rows compiled
+    python -m bench.e2e --quick                  # ~5 min on an H100 (--budget-s 300): eager rows, then the
+                                                 # headline rows compiled, until the budget is spent
     python -m bench.e2e                          # every row eager and compiled
     python -m bench.e2e --quick --out-dir DIR    # results to DIR instead of bench/results/
     python -m bench.e2e --smoke                  # CPU, tiny stand-in models: runs the whole script in seconds
@@ -48,7 +49,8 @@ IMP_LEVELS, IMP_FRACTION = 10, 0.2
 IMP_PRESETS = {"resnet20": ("cifar_resnet_20-cifar10", 50_000), "resnet50": ("resnet50-imagenet", 1_281_167)}
 # (section, variant, ticket, pipeline) compiled in --quick: the comparisons the targets are about.
 QUICK_COMPILED = {("resnet20", "dense", "dense", "device"), ("resnet50", "dense", "dense", "memory"),
-                  ("resnet50", "ours", "unstructured80", "memory"), ("vit_b", "dense", "dense", "memory"),
+                  ("resnet50", "wm", "unstructured80", "memory"), ("resnet50", "ours", "unstructured80", "memory"),
+                  ("vit_b", "dense", "dense", "memory"),
                   ("vit_b", "ours", "block64_90", "memory"), ("deit_s", "dense", "dense", "memory"),
                   ("deit_s", "student_selector", "keep0.7", "memory")}
 # (section, variant, ticket, pipeline, mode) of --smoke: each kind of row once (compiled: dynamo's eager backend).
@@ -84,7 +86,7 @@ class Run:
     ticket: str = "dense"
     mode: str = "eager"
     pipeline: str = "memory"
-    priority: int = 1  # 0: rows the targets need; 1: other eager rows; 2: compiled rows
+    priority: int = 1  # 0: eager rows the targets need; 1: other eager rows; 2: headline compiled rows; 3: others
 
 
 def _cases(smoke: bool) -> dict[str, Case]:
@@ -120,13 +122,21 @@ def plan(kind: str, sections=None, modes=("eager", "compile")) -> list[Run]:
     runs.append(Run(deit, "dense", priority=0))
     runs += [Run(deit, v, f"keep{r:g}", priority=0 if r == 0.7 else 1)
              for r in KEEP_RATES for v in ("student_selector", "student_fixed")]
-    compiled = [replace(r, mode="compile", priority=2) for r in runs]
-    if kind == "quick":  # compile only what the headline comparisons need
-        compiled = [r for r in compiled if (r.case.section, r.variant, r.ticket, r.pipeline) in QUICK_COMPILED]
+    # Compiled rows after every eager row (a compilation costs as much as several eager rows), the data-ticket
+    # and ViT comparisons first.
+    order = {"deit_s": 0, "vit_b": 1, "resnet50": 2, "resnet20": 3}
+    compiled = [replace(r, mode="compile", priority=2 if _headline(r) else 3)
+                for r in sorted(runs, key=lambda r: order[r.case.section])]
+    if kind == "quick":
+        compiled = [r for r in compiled if _headline(r)]
     runs += compiled
     if kind == "smoke":  # every code path once
         runs = [r for r in runs if (r.case.section, r.variant, r.ticket, r.pipeline, r.mode) in SMOKE]
     return [r for r in runs if r.mode in modes and (not sections or r.case.section in sections)]
+
+
+def _headline(r: Run) -> bool:
+    return (r.case.section, r.variant, r.ticket, r.pipeline) in QUICK_COMPILED
 
 
 # --------------------------------------------------------------------------------------------- one row
@@ -180,10 +190,10 @@ def _deit_variant(model, run: Run, case: Case):
     """Dense DeiT-S, or a data-ticket student built as the data-ticket workflow builds it."""
     import copy
 
+    from bench import _e2e_variants as ev
     from lth_kernels.nn import ticketize_vit
-    from lth_kernels.workflows._data_ticket_students import SelectorPatches, StepClock, TicketStudent
-    from lth_kernels.workflows._patch_selector import PatchSelector
 
+    PatchSelector, SelectorPatches, StepClock, TicketStudent = ev.data_ticket_parts()
     n = model.patch_embed.num_patches
     if run.variant == "dense":
         return model, [], n + 1
@@ -247,8 +257,7 @@ def measure(run: Run, st: Settings) -> dict:
     from lth_kernels.training.hparams import TrainingHparams
 
     case, dev = run.case, st.device
-    row = {"section": case.section, "model": case.model, "variant": run.variant, "ticket": run.ticket,
-           "mode": run.mode, "pipeline": run.pipeline, "batch": case.batch}
+    row = _base_row(run)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model, train, test, callbacks, tokens, density, blocks = _build(run, st)
@@ -257,12 +266,12 @@ def measure(run: Run, st: Settings) -> dict:
     if run.pipeline.startswith("loader"):  # past the workers' prefetched batches, to the loader's steady rate
         warmup, steps = warmup + 4 * workers, 3 * steps
     timer = ev.StepTimer(dev, warmup, steps, st.windows)
+    # open_lth's SGD for the conv nets, DeiT's AdamW for the transformers; the values do not change the cost.
     hp = TrainingHparams(optimizer=case.optimizer, lr=0.1 if case.optimizer == "sgd" else 1e-3,
                          weight_decay=1e-4 if case.optimizer == "sgd" else 0.05,
-                         training_steps=f"{timer.end_step}it", eval_every="0it",
-                         amp=st.amp)
-    trainer = ev.TimedTrainer(model, train, test, hp, batch_size=case.batch, device=dev, callbacks=[*callbacks, timer],
-                      eval_at_start=False, progress=False, num_workers=workers)
+                         training_steps=f"{timer.end_step}it", eval_every="0it", amp=st.amp)
+    trainer = ev.TimedTrainer(model, train, test, hp, batch_size=case.batch, device=dev,
+                              callbacks=[*callbacks, timer], eval_at_start=False, progress=False, num_workers=workers)
     trainer.train()
     ms = timer.ms_per_step()
     row.update(tokens=tokens, density=density, ms_per_step=ms, steps_per_s=1e3 / ms,
@@ -274,10 +283,6 @@ def measure(run: Run, st: Settings) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- derived rows
-
-
-def _key(r: dict) -> tuple:
-    return r["section"], r["mode"], "device" if r["pipeline"] == "device" else "memory"
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -310,11 +315,10 @@ def imp_rows(rows: list[dict]) -> list[dict]:
     """Hours of a 10-level IMP run (level L keeps 0.8^L of the weights) on one device, per variant, from the
     eager rows: level 0 dense, level L>0 interpolated in sparsity between dense and the measured tickets."""
     from bench import _e2e_variants as ev
-    from lth_kernels.workflows.imp_presets import PRESETS
 
     out = []
     for section, (preset, num_train) in IMP_PRESETS.items():
-        p = PRESETS[preset]
+        p = ev.imp_presets()[preset]
         images = ev.steps_for(p["training.training_steps"], num_train, p["dataset.batch_size"]) * \
             p["dataset.batch_size"]
         pipe = "device" if section == "resnet20" else "memory"
