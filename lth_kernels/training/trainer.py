@@ -114,13 +114,15 @@ class Trainer:
             ``create_dataset``), else 0.
         channels_last: channels-last weights and inputs for conv nets; None: on CUDA when the model has a
             2-d convolution (cuDNN's fast layout for them).
+        compile_options: keyword arguments of ``torch.compile`` (``mode``, ``backend``, ...) when
+            ``training.compile`` is on.
     """
 
     def __init__(self, model: nn.Module, train_ds, test_ds, training: TrainingHparams, *, batch_size: int,
                  out_dir: str | Path | None = None, device: str | torch.device | None = None,
                  save_steps=(), callbacks=(), mask_mode: str = "auto", eval_batch_size: int | None = None,
                  num_workers: int | None = None, eval_at_start: bool = True, loss_fn=None, progress: bool = True,
-                 batch_augment=None, channels_last: bool | None = None):
+                 batch_augment=None, channels_last: bool | None = None, compile_options: dict | None = None):
         self.hp = training
         self.device = torch.device(device) if device is not None else (
             torch.device(f"cuda:{dist_utils.local_rank()}") if torch.cuda.is_available() else torch.device("cpu"))
@@ -131,7 +133,8 @@ class Trainer:
             else model.to(self.device)
         self.ddp_model = dist_utils.wrap_ddp(self.model, self.device)
         # Compiled forward (and, through AOTAutograd, backward) for training steps only; evaluation stays eager.
-        self.train_model = torch.compile(self.ddp_model) if training.compile else self.ddp_model
+        self.train_model = torch.compile(self.ddp_model, **(compile_options or {})) if training.compile \
+            else self.ddp_model
         self.train_ds, self.test_ds = train_ds, test_ds
         self.sampler = EpochSampler(len(train_ds), batch_size, training.data_order_seed, self.rank, self.world_size)
         self.steps_per_epoch = self.sampler.num_batches
