@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lth_kernels.data import create_dataset
+from lth_kernels.data import dataset_from_hparams
 from lth_kernels.models import create_model
 from lth_kernels.tickets import Ticket, prunable_parameters, prune
 from lth_kernels.training import Trainer, TrainingHparams, TrainResult, seed_everything
@@ -95,8 +95,7 @@ class ImpRunner:
         """``(train, test, info)`` of a ``DatasetHparams`` (built once per distinct value)."""
         key = dataset.to_json()
         if key not in self._data:
-            self._data[key] = create_dataset(dataset.name, data_dir=dataset.data_dir, download=dataset.download,
-                                             augment=dataset.augment)
+            self._data[key] = dataset_from_hparams(dataset)
         return self._data[key]
 
     def training_for(self, replicate: int) -> TrainingHparams:
