@@ -1,5 +1,5 @@
 """The pieces of ``bench/e2e.py``: model variants (dense, open_lth-style ``W*M``, the project's layers), tickets,
-CIFAR-shaped data for both data paths, and the step timer that rides on the Trainer.
+CIFAR-shaped data through both data pipelines, and the step timer that rides on the Trainer.
 
 Every variant trains through :class:`lth_kernels.training.Trainer` (the loop an IMP level runs: bf16 autocast,
 the mask guard, the data path), timed by a callback between step boundaries after a warm-up, so the time per
@@ -113,70 +113,26 @@ def block_sparse_layers(model: nn.Module, device: torch.device) -> int:
 
 # --------------------------------------------------------------------------------------------- data
 
-CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # lth_kernels.data.vision's CIFAR-10
+
+def cifar_files(root: str, n_train: int, n_test: int) -> str:
+    """CIFAR-10-shaped files in torchvision's format under ``root`` (written once per root); returns ``root``."""
+    from bench.data_files import write_cifar
+
+    if not os.path.isdir(os.path.join(root, "cifar-10-batches-py")):
+        write_cifar(root, n_train, n_test)
+    return root
 
 
-def cifar_shaped(n: int, seed: int = 0, img: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random uint8 images (N, H, W, 3), the layout torchvision's CIFAR10 keeps, and 10-class labels."""
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, 256, (n, img, img, 3), dtype=torch.uint8, generator=g),
-            torch.randint(0, 10, (n,), generator=g))
+def cifar_pipeline(root: str, pipeline: str, num_workers: int | str):
+    """(train, test) of the CIFAR-shaped files through ``create_dataset``: ``device`` (uint8 resident on the
+    training device, crop + flip + normalise per batch there) or ``loader`` (torchvision's per-image
+    transforms in DataLoader workers)."""
+    from bench.data_files import unchecked_cifar
+    from lth_kernels.data import create_dataset
 
-
-class CifarLoaderDataset(torch.utils.data.Dataset):
-    """The per-sample work of torchvision's ``CIFAR10`` with the project's CIFAR training transforms: PIL image,
-    RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize; the DataLoader path."""
-
-    def __init__(self, images_hwc: torch.Tensor, labels: torch.Tensor):
-        from torchvision import transforms as T
-
-        self.data, self.targets = images_hwc.numpy(), labels.tolist()
-        size = images_hwc.shape[1]
-        self.transform = T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                                    T.Normalize(*CIFAR_MEAN_STD)])
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
-
-
-class DevicePipelineDataset:
-    """The device-resident path: uint8 images held on the training device (``.tensors``, indexed by the
-    Trainer), cropped with 4-pixel zero padding, flipped and normalised per batch with batched tensor ops
-    (``batch_transform``)."""
-
-    def __init__(self, images_hwc: torch.Tensor, labels: torch.Tensor):
-        self.tensors = (images_hwc.permute(0, 3, 1, 2).contiguous(), labels)
-
-    def __len__(self) -> int:
-        return self.tensors[0].shape[0]
-
-    def batch_transform(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        padded = F.pad(x, (4, 4, 4, 4))
-        dev = x.device
-        top, left = torch.randint(0, 9, (b, 1), device=dev), torch.randint(0, 9, (b, 1), device=dev)
-        rows = (top + torch.arange(h, device=dev))[:, None, :, None]
-        cols = left + torch.arange(w, device=dev)
-        cols = torch.where(torch.rand(b, 1, device=dev) < 0.5, cols.flip(1), cols)[:, None, None, :]
-        out = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
-                     rows, cols]
-        mean, std = (torch.tensor(v, device=dev).view(1, -1, 1, 1) for v in CIFAR_MEAN_STD)
-        return (out.float() / 255 - mean) / std
-
-
-def device_pipeline(images_hwc: torch.Tensor, labels: torch.Tensor):
-    """The data set a Trainer reads through the device pipeline (a stand-in until the data package has one)."""
-    return DevicePipelineDataset(images_hwc, labels)
-
-
-def loader_pipeline(images_hwc: torch.Tensor, labels: torch.Tensor):
-    """The data set a Trainer reads through the DataLoader (per-sample PIL transforms)."""
-    return CifarLoaderDataset(images_hwc, labels)
+    with unchecked_cifar():
+        train, test, _ = create_dataset("cifar10", data_dir=root, pipeline=pipeline, num_workers=num_workers)
+    return train, test
 
 
 # ------------------------------------------------------------------------------------------- workflow parts
@@ -201,10 +157,6 @@ def imp_presets() -> dict:
     except ImportError:
         from lth_kernels.workflows.imp_presets import PRESETS
     return PRESETS
-
-
-def auto_workers() -> int:
-    return min(8, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -257,8 +209,8 @@ class StepTimer(Callback):
 
 
 class TimedTrainer(Trainer):
-    """The Trainer without its end-of-run evaluation: only training steps are timed, and an inference pass
-    would recompile every compiled model (grad mode is part of its guards) once per row."""
+    """The Trainer without its end-of-run evaluation: only training steps are timed, so a row spends its time
+    on them."""
 
     def evaluate(self) -> dict:
         return {"test_loss": float("nan"), "test_acc": float("nan"), "test_n": 0}
