@@ -6,22 +6,25 @@
     python -m bench.e2e --quick --out-dir DIR    # results to DIR instead of bench/results/
     python -m bench.e2e --smoke                  # CPU, tiny stand-in models: runs the whole script in seconds
 
-Sections (bf16 autocast on CUDA, each variant trained by the Trainer on in-memory data, eager and torch.compile):
+Sections (bf16 autocast on CUDA; each variant trained by the Trainer, eager and with ``--training.compile``, conv
+nets channels-last on CUDA as the Trainer does):
 
-* ``resnet20``: open_lth's CIFAR ResNet-20, batch 128, on 50,000 CIFAR-shaped images through the device
-  pipeline (uint8 on the GPU, crop + flip + normalise per batch) and through the DataLoader (torchvision's
-  per-sample PIL transforms, 0 and ``min(8, cores)`` workers); dense and unstructured tickets at 80 % / 95 %;
-* ``resnet50`` (timm, 224², batch 128, channels_last) and ``vit_b`` (timm ViT-B/16, 224², batch 64, AdamW):
-  dense, and tickets unstructured 80 % / 95 %, 64-block 90 % and 2:4, each as the project's layers (``ours``:
-  ``sparsify``, whose dispatch picks the kernel; ``ours_2to4``: the 2:4 op on the linear layers) and as
-  open_lth-style ``W*M`` layers (``wm``);
+* ``resnet20``: open_lth's CIFAR ResNet-20, batch 128, on 50,000 CIFAR-shaped images (written in torchvision's
+  format) through ``create_dataset``'s device pipeline (uint8 on the GPU, crop + flip + normalise per batch) and
+  its loader pipeline (torchvision's per-image transforms, 0 and ``auto`` DataLoader workers); dense and
+  unstructured tickets at 80 % / 95 %;
+* ``resnet50`` (timm, 224², batch 128, SGD) and ``vit_b`` (timm ViT-B/16, 224², batch 64, AdamW) on random images
+  held on the device: dense, and tickets unstructured 80 % / 95 %, 64-block 90 % and 2:4 (global magnitude on
+  the random init), each as the project's layers (``ours``: ``sparsify``, whose dispatch picks the kernel;
+  ``ours_2to4``: the 2:4 op on the linear layers) and as open_lth-style ``W*M`` layers (``wm``);
 * ``deit_s``: DeiT-S data tickets at keep 0.9 / 0.7 / 0.5 (per selector stage, as ``lth data-ticket``) vs dense
   DeiT-S: the student (``ticketize_vit``) on the selector's ticket computed every step (``student_selector``,
   the training cost of a data-ticket student) and on a fixed index (``student_fixed``, the student alone);
 * ``imp10``: the cost of a 10-level IMP run (20 % per level) for ResNet-20 and ResNet-50 at open_lth's training
   lengths, extrapolated from the measured eager step times (piecewise linear in sparsity between the measured
   tickets);
-* ``target``: the issue's goals against the measured ratios.
+* ``target``: the goals (data ticket keep 0.7 >= 1.6x dense, 64-block ViT-B >= 1.5x, unstructured >= W*M,
+  device pipeline >= 3x the DataLoader) against the measured ratios.
 
 Timing: CUDA events at step boundaries after the warm-up (no sync inside the window), median of the windows;
 the wall clock on CPU. Models are random-init (no download). Results: ``<date>-<device>-e2e.{md,json}``,
@@ -40,15 +43,12 @@ import time
 from dataclasses import dataclass, field, replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench._e2e_report import UNSTRUCTURED  # noqa: E402  (torch-free)
 
 COLUMNS = ["section", "model", "variant", "ticket", "mode", "pipeline", "workers", "channels_last", "batch", "tokens",
            "density", "ms_per_step", "steps_per_s", "images_per_s", "vs_dense", "vs_wm", "peak_mem_GiB", "warmup_s",
            "row_s", "block_sparse_layers", "imp10_hours", "target", "value", "goal", "met", "error"]
 KEEP_RATES = (0.9, 0.7, 0.5)
-UNSTRUCTURED = ("unstructured80", "unstructured95")
-IMP_LEVELS, IMP_FRACTION = 10, 0.2
-# (imp preset, training images per epoch) for the IMP extrapolation: CIFAR-10 and ImageNet-1k train splits.
-IMP_PRESETS = {"resnet20": ("cifar_resnet_20-cifar10", 50_000), "resnet50": ("resnet50-imagenet", 1_281_167)}
 # (section, variant, ticket, pipeline) compiled in --quick: the comparisons the targets are about.
 QUICK_COMPILED = {("resnet20", "dense", "dense", "device"), ("resnet50", "dense", "dense", "memory"),
                   ("resnet50", "wm", "unstructured80", "memory"), ("resnet50", "ours", "unstructured80", "memory"),
@@ -282,98 +282,6 @@ def measure(run: Run, st: Settings) -> dict:
     return row
 
 
-# --------------------------------------------------------------------------------------------- derived rows
-
-
-def add_ratios(rows: list[dict]) -> None:
-    """vs_dense: images/s over the dense row of the same section and mode (resnet20: the device pipeline's);
-    vs_wm: over the W*M row of the same ticket."""
-    ips = {(r["section"], r["mode"], r["pipeline"], r["variant"], r["ticket"]): r.get("images_per_s")
-           for r in rows if r.get("images_per_s")}
-    for r in rows:
-        if not r.get("images_per_s"):
-            continue
-        dense_pipe = "device" if r["section"] == "resnet20" else "memory"
-        dense = ips.get((r["section"], r["mode"], dense_pipe, "dense", "dense"))
-        wm = ips.get((r["section"], r["mode"], r["pipeline"], "wm", r["ticket"]))
-        r["vs_dense"] = r["images_per_s"] / dense if dense else None
-        r["vs_wm"] = r["images_per_s"] / wm if wm and r["variant"] != "wm" and r["ticket"] != "dense" else None
-
-
-def _interp(x: float, points: list[tuple[float, float]]) -> float:
-    """Piecewise-linear through ``points`` (sorted by x), constant beyond the ends."""
-    points = sorted(points)
-    if x <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
-    return points[-1][1]
-
-
-def imp_rows(rows: list[dict]) -> list[dict]:
-    """Hours of a 10-level IMP run (level L keeps 0.8^L of the weights) on one device, per variant, from the
-    eager rows: level 0 dense, level L>0 interpolated in sparsity between dense and the measured tickets."""
-    from bench import _e2e_variants as ev
-
-    out = []
-    for section, (preset, num_train) in IMP_PRESETS.items():
-        p = ev.imp_presets()[preset]
-        images = ev.steps_for(p["training.training_steps"], num_train, p["dataset.batch_size"]) * \
-            p["dataset.batch_size"]
-        pipe = "device" if section == "resnet20" else "memory"
-        eager = [r for r in rows if r["section"] == section and r["mode"] == "eager" and r.get("ms_per_step")]
-        dense = next((r for r in eager if r["variant"] == "dense" and r["pipeline"] == pipe), None)
-        if dense is None:
-            continue
-        sparsities = [1 - (1 - IMP_FRACTION) ** level for level in range(IMP_LEVELS)]
-        variants = {"dense": [(0.0, dense["images_per_s"])]}
-        for v in ("wm", "ours"):
-            pts = [(1 - r["density"], r["images_per_s"]) for r in eager
-                   if r["variant"] == v and r["ticket"] in UNSTRUCTURED and r["pipeline"] == pipe]
-            if pts:
-                variants[v] = [(0.0, dense["images_per_s"]), *pts]
-        loaders = [r["images_per_s"] for r in eager if r["variant"] == "dense" and r["pipeline"].startswith("loader")]
-        if loaders:
-            variants["dense_loader"] = [(0.0, max(loaders))]
-        for v, pts in variants.items():
-            hours = sum(images / (_interp(s, pts) if s > 0 else pts[0][1]) for s in sparsities) / 3600
-            out.append({"section": "imp10", "model": dense["model"], "variant": v, "ticket": f"{IMP_LEVELS} levels",
-                        "mode": "eager", "pipeline": "loader" if v == "dense_loader" else pipe,
-                        "batch": dense["batch"], "imp10_hours": hours})
-    return out
-
-
-def target_rows(rows: list[dict]) -> list[dict]:
-    """The issue's goals: measured value, goal, met (None when the rows were not measured)."""
-    def find(**kw):
-        return [r for r in rows if r.get("images_per_s") and all(r.get(k) == v for k, v in kw.items())]
-
-    out = []
-
-    def add(name, values, goal):
-        value = min(values) if values else None
-        out.append({"section": "target", "target": name, "value": value, "goal": goal,
-                    "met": None if value is None else value >= goal})
-
-    for mode in ("eager", "compile"):
-        add(f"deit_s keep 0.7 data ticket (with selection) vs dense, {mode}",
-            [r["vs_dense"] for r in find(section="deit_s", variant="student_selector", ticket="keep0.7", mode=mode)
-             if r.get("vs_dense")], 1.6)
-        add(f"vit_b 64-block 90% ticket vs dense, {mode}",
-            [r["vs_dense"] for r in find(section="vit_b", variant="ours", ticket="block64_90", mode=mode)
-             if r.get("vs_dense")], 1.5)
-        add(f"every unstructured ticket vs W*M (min), {mode}",
-            [r["vs_wm"] for r in rows if r.get("vs_wm") and r["mode"] == mode and r["ticket"] in UNSTRUCTURED
-             and r["variant"] == "ours"], 1.0)
-        dev = find(section="resnet20", variant="dense", pipeline="device", mode=mode)
-        loaders = [r["images_per_s"] for r in rows if r["section"] == "resnet20" and r["mode"] == mode and
-                   r["variant"] == "dense" and r["pipeline"].startswith("loader") and r.get("images_per_s")]
-        add(f"resnet20 device pipeline vs the best DataLoader, {mode}",
-            [dev[0]["images_per_s"] / max(loaders)] if dev and loaders else [], 3.0)
-    return out
-
-
 # --------------------------------------------------------------------------------------------- driver
 
 
@@ -409,12 +317,12 @@ def main(argv=None) -> int:
                    help="autocast dtype of the training step (default: bf16 on CUDA, off with --smoke)")
     p.add_argument("--steps", type=int, default=None, help="steps per timing window")
     p.add_argument("--windows", type=int, default=None, help="timing windows (the median is kept)")
-    p.add_argument("--warmup", type=int, default=None, help="steps before timing (compilation, autotuning)")
+    p.add_argument("--warmup", type=int, default=None, help="steps before timing (compilation, autotuning), >= 1")
     args = p.parse_args(argv)
     for name in ("steps", "windows", "warmup"):
         v = getattr(args, name)
-        if v is not None and (v < (0 if name == "warmup" else 1)):
-            p.error(f"--{name}: expected {'>= 0' if name == 'warmup' else '>= 1'}, got {v}")
+        if v is not None and v < 1:
+            p.error(f"--{name}: expected >= 1, got {v}")
     if args.budget_s is not None and args.budget_s <= 0:
         p.error(f"--budget-s: expected > 0, got {args.budget_s}")
     import torch
@@ -484,6 +392,8 @@ def _base_row(run: Run) -> dict:
 
 
 def _all_rows(runs: list[Run], results: dict[int, dict]) -> list[dict]:
+    from bench._e2e_report import add_ratios, imp_rows, target_rows
+
     rows = [results[i] for i in range(len(runs)) if i in results]
     add_ratios(rows)
     return rows + imp_rows(rows) + target_rows(rows)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import _e2e_report as report
 from bench import _e2e_variants as ev
 from bench import e2e
 from lth_kernels.nn import MaskedLinear
@@ -105,14 +106,14 @@ def test_ratios_imp_extrapolation_and_targets():
             _row("vit_b", "dense", "dense", 100.0), _row("vit_b", "ours", "block64_90", 160.0, density=0.1),
             _row("vit_b", "wm", "block64_90", 80.0, density=0.1),
             _row("deit_s", "dense", "dense", 100.0), _row("deit_s", "student_selector", "keep0.7", 150.0)]
-    e2e.add_ratios(rows)
+    report.add_ratios(rows)
     by = {(r["variant"], r["ticket"], r["pipeline"]): r for r in rows}
     assert by[("ours", "unstructured80", "device")]["vs_dense"] == pytest.approx(1.2)
     assert by[("ours", "unstructured80", "device")]["vs_wm"] == pytest.approx(1200 / 900)
     assert by[("dense", "dense", "loader_w0")]["vs_dense"] == pytest.approx(0.25)
     assert by[("wm", "block64_90", "memory")]["vs_wm"] is None and by[("dense", "dense", "device")]["vs_wm"] is None
 
-    imp = {r["variant"]: r["imp10_hours"] for r in e2e.imp_rows(rows)}
+    imp = {r["variant"]: r["imp10_hours"] for r in report.imp_rows(rows)}
     assert set(imp) == {"dense", "wm", "ours", "dense_loader"}  # no ResNet-50 rows: only ResNet-20's
     images = 160 * 390 * 128  # open_lth cifar_resnet_20: 160 epochs of CIFAR-10 at batch 128, tail dropped
     levels = [1 - 0.8 ** k for k in range(10)]
@@ -124,7 +125,7 @@ def test_ratios_imp_extrapolation_and_targets():
     assert imp["ours"] == pytest.approx(sum(images / ours(s) for s in levels) / 3600)
     assert imp["dense_loader"] == pytest.approx(10 * images / 400 / 3600)
 
-    targets = {r["target"]: r for r in e2e.target_rows(rows)}
+    targets = {r["target"]: r for r in report.target_rows(rows)}
     t = targets["resnet20 device pipeline vs the best DataLoader, eager"]
     assert t["value"] == pytest.approx(2.5) and t["met"] is False and t["goal"] == 3.0
     assert targets["vit_b 64-block 90% ticket vs dense, eager"]["met"] is True
