@@ -5,6 +5,7 @@
     python -m bench.e2e                          # every row eager and compiled
     python -m bench.e2e --quick --out-dir DIR    # results to DIR instead of bench/results/
     python -m bench.e2e --smoke                  # CPU, tiny stand-in models: runs the whole script in seconds
+    python -m bench.e2e --quick --list           # the rows, in execution order; nothing measured
 
 Sections (bf16 autocast on CUDA; each variant trained by the Trainer, eager and with ``--training.compile``, conv
 nets channels-last on CUDA as the Trainer does):
@@ -309,6 +310,8 @@ def main(argv=None) -> int:
     kind.add_argument("--smoke", action="store_true", help="CPU, tiny stand-in models, a few steps each")
     p.add_argument("--out-dir", default=None, help="where the results go (default bench/results; --smoke: none)")
     p.add_argument("--no-write", action="store_true", help="print the rows, write no files")
+    p.add_argument("--list", action="store_true", help="print the rows the run would measure, in execution order; "
+                                                       "measure nothing")
     p.add_argument("--sections", nargs="+", choices=("resnet20", "resnet50", "vit_b", "deit_s"), default=None)
     p.add_argument("--modes", nargs="+", choices=("eager", "compile"), default=("eager", "compile"))
     p.add_argument("--budget-s", type=float, default=None,
@@ -325,6 +328,11 @@ def main(argv=None) -> int:
             p.error(f"--{name}: expected >= 1, got {v}")
     if args.budget_s is not None and args.budget_s <= 0:
         p.error(f"--budget-s: expected > 0, got {args.budget_s}")
+    if args.list:
+        kind_name = "smoke" if args.smoke else "quick" if args.quick else "full"
+        for r in sorted(plan(kind_name, args.sections, tuple(args.modes)), key=lambda r: r.priority):
+            print(r.case.section, r.case.model, r.variant, r.ticket, r.mode, r.pipeline, f"batch {r.case.batch}")
+        return 0
     import torch
 
     if not torch.cuda.is_available() and not args.smoke:

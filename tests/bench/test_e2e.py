@@ -153,6 +153,15 @@ def test_plan_covers_the_benchmark():
         full_models
 
 
+def test_list_prints_the_plan_in_execution_order(capsys):
+    assert e2e.main(["--quick", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(e2e.plan("quick"))
+    assert lines[0].startswith("resnet20 cifar_resnet_20 dense dense eager device")
+    assert lines.index("deit_s timm:deit_small_patch16_224 dense dense compile memory batch 128") > \
+        max(i for i, line in enumerate(lines) if " eager " in line)  # compiled rows after every eager row
+
+
 def test_bad_arguments_are_one_line_errors(capsys):
     with pytest.raises(SystemExit):
         e2e.main(["--smoke", "--steps", "0"])
