@@ -16,7 +16,9 @@ SKIP = {"common", "run", "__init__"}
 
 
 def available() -> list[str]:
-    return sorted(f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and f[:-3] not in SKIP)
+    # "_"-prefixed modules are a script's parts, not scripts
+    return sorted(f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and f[:-3] not in SKIP
+                  and not f.startswith("_"))
 
 
 def main(argv=None) -> int:

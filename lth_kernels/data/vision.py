@@ -1,5 +1,12 @@
 """File-backed image data sets through torchvision: ``mnist``, ``cifar10``, ``cifar100``, ``imagefolder``.
 
+Two forms (``pipeline``): ``mnist``, ``cifar10`` and ``cifar100`` without RandAugment are by default
+(``auto`` / ``device``) decoded once to uint8 tensors, cached next to the data, and returned as
+``ResidentImageDataset``s that the Trainer holds on the training device and transforms per batch (the same
+crop/flip distribution and the same normalisation as the torchvision transforms below); ``loader`` (and
+RandAugment, and ``imagefolder`` always) gives the torchvision data sets with per-image transforms, which the
+Trainer reads through DataLoader workers.
+
 Transforms (augmentation only on the training split, and only with ``augment=True``):
 
 * ``mnist``: none; normalised with mean 0.1307, std 0.3081 (as open_lth).
@@ -17,6 +24,7 @@ from __future__ import annotations
 import os
 
 from lth_kernels.data._registry import DatasetInfo, missing_data, register_dataset, resolve_data_dir
+from lth_kernels.data.resident import ResidentImageDataset, cached_uint8
 
 _MNIST_STATS = ((0.1307,), (0.3081,))
 _CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # open_lth's values
@@ -49,48 +57,85 @@ def _randaugment(policy: str, size: int, mean) -> list:
         raise ValueError(f"randaugment: not a timm RandAugment policy: {policy!r} ({e})") from None
 
 
+def _sources(cls, train: bool) -> list[str]:
+    """The files (relative to the data directory) torchvision decodes one split of ``cls`` from."""
+    if hasattr(cls, "base_folder"):  # CIFAR-10 / CIFAR-100: pickled batches
+        return [os.path.join(cls.base_folder, f) for f, _ in (cls.train_list if train else cls.test_list)]
+    prefix = "train" if train else "t10k"  # MNIST: idx files under <class name>/raw
+    return [os.path.join(cls.__name__, "raw", f"{prefix}-{kind}-ubyte") for kind in ("images-idx3", "labels-idx1")]
+
+
+def _decoded(name: str, cls, root: str, download: bool, train: bool):
+    """uint8 ``[N, C, H, W]`` images and labels of one split, from the cache next to the data when current."""
+    import torch
+
+    def decode():
+        ds = _open(name, cls, root, download, train=train)
+        data = torch.as_tensor(ds.data)
+        images = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)  # MNIST [N,H,W], CIFAR NHWC
+        return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
+
+    if not download and not os.path.isdir(root):
+        raise missing_data(name, root)
+    return cached_uint8(root, name, "train" if train else "test", _sources(cls, train), decode)
+
+
 def _torchvision(name: str, cls, stats, num_classes: int, in_chans: int, size: int, data_dir, download,
-                 augment: bool, crop: bool, randaugment: str = ""):
+                 augment: bool, crop: bool, randaugment: str = "", pipeline: str = "auto"):
     from torchvision import transforms as T
 
     root = resolve_data_dir(data_dir)
-    base = [T.ToTensor(), T.Normalize(*stats)]
-    aug = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()] if augment and crop else []
-    aug += _randaugment(randaugment, size, stats[0]) if augment else []
-    train = _open(name, cls, root, download, train=True, transform=T.Compose(aug + base))
-    test = _open(name, cls, root, download, train=False, transform=T.Compose(base))
+    randaugment = randaugment if augment else ""
+    if pipeline != "loader" and not randaugment:  # RandAugment is a per-image PIL transform: loader only
+        pad = 4 if augment and crop else 0
+        train = ResidentImageDataset(*_decoded(name, cls, root, download, True), *stats, crop_padding=pad,
+                                     flip=pad > 0)
+        test = ResidentImageDataset(*_decoded(name, cls, root, download, False), *stats)
+    else:
+        if pipeline == "device":
+            raise ValueError(f"pipeline: {name} with RandAugment ({randaugment!r}) needs per-image PIL transforms; "
+                             "use --dataset.pipeline loader (or auto)")
+        base = [T.ToTensor(), T.Normalize(*stats)]
+        aug = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()] if augment and crop else []
+        aug += _randaugment(randaugment, size, stats[0])
+        train = _open(name, cls, root, download, train=True, transform=T.Compose(aug + base))
+        test = _open(name, cls, root, download, train=False, transform=T.Compose(base))
     info = DatasetInfo(name, num_classes, in_chans, (size, size), len(train), len(test), *stats)
     return train, test, info
 
 
 @register_dataset("mnist")
-def _mnist(*, data_dir, download, augment):
+def _mnist(*, data_dir, download, augment, pipeline="auto"):
     from torchvision.datasets import MNIST
 
-    return _torchvision("mnist", MNIST, _MNIST_STATS, 10, 1, 28, data_dir, download, augment, crop=False)
+    return _torchvision("mnist", MNIST, _MNIST_STATS, 10, 1, 28, data_dir, download, augment, crop=False,
+                        pipeline=pipeline)
 
 
 @register_dataset("cifar10")
-def _cifar10(*, data_dir, download, augment, randaugment: str = ""):
+def _cifar10(*, data_dir, download, augment, pipeline="auto", randaugment: str = ""):
     from torchvision.datasets import CIFAR10
 
     return _torchvision("cifar10", CIFAR10, _CIFAR10_STATS, 10, 3, 32, data_dir, download, augment, crop=True,
-                        randaugment=randaugment)
+                        randaugment=randaugment, pipeline=pipeline)
 
 
 @register_dataset("cifar100")
-def _cifar100(*, data_dir, download, augment, randaugment: str = ""):
+def _cifar100(*, data_dir, download, augment, pipeline="auto", randaugment: str = ""):
     from torchvision.datasets import CIFAR100
 
     return _torchvision("cifar100", CIFAR100, _CIFAR100_STATS, 100, 3, 32, data_dir, download, augment, crop=True,
-                        randaugment=randaugment)
+                        randaugment=randaugment, pipeline=pipeline)
 
 
 @register_dataset("imagefolder")
-def _imagefolder(*, data_dir, download, augment, img_size: int = 224, randaugment: str = ""):
+def _imagefolder(*, data_dir, download, augment, pipeline="auto", img_size: int = 224, randaugment: str = ""):
     from torchvision import transforms as T
     from torchvision.datasets import ImageFolder
 
+    if pipeline == "device":
+        raise ValueError("pipeline: imagefolder data are decoded per image from files; use --dataset.pipeline "
+                         "loader (or auto)")
     if download:
         raise ValueError("download: imagefolder data cannot be downloaded; pass --dataset.data_dir (train/, val/)")
     if not isinstance(img_size, int) or img_size < 1:

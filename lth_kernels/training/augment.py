@@ -14,8 +14,6 @@ exactly what the uninterrupted one drew.
 
 from __future__ import annotations
 
-import contextlib
-import random
 from dataclasses import dataclass
 
 from lth_kernels.training.hparams import Hparams, HparamsError, hfield
@@ -56,25 +54,6 @@ class AugmentHparams(Hparams):
         return self.mixes or self.random_erasing > 0
 
 
-@contextlib.contextmanager
-def _seeded(seed: int, device):
-    """numpy, Python and torch (CPU and ``device``) global generators seeded with ``seed``, restored after."""
-    import numpy as np
-    import torch
-
-    np_state, py_state = np.random.get_state(), random.getstate()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
-
-
 class BatchAugment:
     """``(images, labels, step) -> (images, targets)`` with the augmentations of ``hp``.
 
@@ -96,12 +75,13 @@ class BatchAugment:
     def __call__(self, x, y, step: int):
         from lth_kernels.training import distributed as dist_utils
         from lth_kernels.training.data_order import epoch_seed
+        from lth_kernels.training.seed import seeded
 
         if self.mixup is not None and x.shape[0] % 2:
             raise ValueError(f"batch_size: mixup/cutmix pair the images of a batch and need an even per-device "
                              f"batch, got {x.shape[0]}")
         # Per step and per rank: DDP ranks hold different images and should draw different boxes.
-        with _seeded(epoch_seed(self.seed, step * 4096 + dist_utils.rank()), x.device):
+        with seeded(epoch_seed(self.seed, step * 4096 + dist_utils.rank()), x.device):
             if self.erase is not None:
                 self.erase.device = x.device
                 x = self.erase(x.clone())

@@ -4,7 +4,8 @@ Epoch ``e`` uses ``randperm(n)`` from a generator seeded with a hash of ``(seed,
 ``n // batch_size`` global batches (the tail is dropped, so every step sees a full batch and every rank the
 same number of samples); rank ``r`` of ``w`` takes elements ``r, r + w, ...`` of each global batch. A run
 restarted or rewound at step K therefore sees exactly the batches of an uninterrupted run. The same
-indices drive the in-memory fast path and the DataLoader path.
+indices drive the device-resident path and the DataLoader path, and the random transforms of batch ``s`` are
+seeded with ``batch_seed(seed, s, rank)`` on both.
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ import hashlib
 import torch
 
 
+def _hash63(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed for epoch ``epoch`` (distinct for distinct (seed, epoch) pairs, unlike seed + epoch)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+    return _hash63(f"{seed}:{epoch}")
+
+
+def batch_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of the random data transforms of training batch ``step`` on ``rank`` (crops, flips, ...):
+    a pure function of the data-order seed and the step, so a rewound or resumed run draws what the
+    uninterrupted one drew, whichever pipeline and however many loader workers make the batch."""
+    return _hash63(f"{seed}:batch{step}:{rank}")
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -33,3 +34,26 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device=None):
+    """Python's, numpy's and torch's CPU generators (and ``device``'s, when it is a CUDA device) seeded with
+    ``seed`` inside the block and restored after, so seeded draws leave the run's own random stream alone."""
+    states = (random.getstate(), np.random.get_state(), torch.default_generator.get_state())
+    cuda = device is not None and torch.device(device).type == "cuda"
+    gen = torch.cuda.default_generators[torch.device(device).index or 0] if cuda else None
+    cuda_state = gen.get_state() if cuda else None
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+    if cuda:
+        gen.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.default_generator.set_state(states[2])
+        if cuda:
+            gen.set_state(cuda_state)

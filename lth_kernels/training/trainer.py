@@ -31,7 +31,8 @@ from lth_kernels.training.checkpoint import (
     step_paths,
 )
 from lth_kernels.training.data_order import EpochSampler
-from lth_kernels.training.hparams import TrainingHparams
+from lth_kernels.training.feed import Feed
+from lth_kernels.training.hparams import HparamsError, TrainingHparams
 from lth_kernels.training.interrupt import SigtermFlag, TrainingInterrupted
 from lth_kernels.training.masks import MaskGuard
 from lth_kernels.training.metrics import MetricsLogger, read_metrics
@@ -90,20 +91,16 @@ def build_optimizer(params, hp: TrainingHparams) -> torch.optim.Optimizer:
     return cls(params, lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay)
 
 
-def _tensors(ds):
-    """``(images, labels)`` of an in-memory data set (``.tensors``), else None."""
-    t = getattr(ds, "tensors", None)
-    return t if isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(x, torch.Tensor) for x in t) else None
-
-
 class Trainer:
     """Train ``model`` on ``train_ds``, evaluating top-1 accuracy and loss on ``test_ds``.
 
     Args:
         model: an ``nn.Module`` returning logits ``[B, C]``; moved to ``device``; DDP-wrapped under torchrun.
         train_ds, test_ds: map-style data sets of ``(input, label)``. In-memory sets with
-            ``.tensors = (inputs, labels)`` are indexed on the device directly (no DataLoader); an optional
-            ``train_ds.batch_transform(x)`` is then applied to each training batch (augmentation).
+            ``.tensors = (inputs, labels)`` are held on the device and indexed there (the device pipeline, unless
+            their ``.pipeline`` is ``"loader"``); their optional ``batch_transform(x, generator)`` makes the model
+            input of each batch (normalisation, augmentation). Other sets go through DataLoader workers; see
+            ``feed``.
         training: optimizer, schedule, length, AMP, seeds, evaluation interval.
         batch_size: global batch size (split over ranks).
         out_dir: where ``metrics.jsonl``, ``checkpoint.pt``, ``step_<K>.*`` and ``done.json`` go; None keeps
@@ -116,20 +113,31 @@ class Trainer:
             float targets, as mixup makes them, are taken as they are: they carry their own smoothing).
         batch_augment: ``(x, y, step) -> (x, y)`` applied to each training batch on the device before the
             forward pass, e.g. ``augment.BatchAugment`` (mixup, cutmix, random erasing).
+        num_workers: DataLoader workers of the loader pipeline; None: the data set's ``.num_workers`` (set by
+            ``create_dataset``), else 0.
+        channels_last: channels-last weights and inputs for conv nets; None: on CUDA when the model has a
+            2-d convolution (cuDNN's fast layout for them).
+        compile_options: keyword arguments of ``torch.compile`` (``mode``, ``backend``, ...) when
+            ``training.compile`` is on.
     """
 
     def __init__(self, model: nn.Module, train_ds, test_ds, training: TrainingHparams, *, batch_size: int,
                  out_dir: str | Path | None = None, device: str | torch.device | None = None,
                  save_steps=(), callbacks=(), mask_mode: str = "auto", eval_batch_size: int | None = None,
-                 num_workers: int = 0, eval_at_start: bool = True, loss_fn=None, progress: bool = True,
-                 batch_augment=None):
+                 num_workers: int | None = None, eval_at_start: bool = True, loss_fn=None, progress: bool = True,
+                 batch_augment=None, channels_last: bool | None = None, compile_options: dict | None = None):
         self.hp = training
         self.device = torch.device(device) if device is not None else (
             torch.device(f"cuda:{dist_utils.local_rank()}") if torch.cuda.is_available() else torch.device("cpu"))
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self.is_main = self.rank == 0
-        self.model = model.to(self.device)
+        self.channels_last = _wants_channels_last(model, self.device) if channels_last is None else channels_last
+        self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last \
+            else model.to(self.device)
         self.ddp_model = dist_utils.wrap_ddp(self.model, self.device)
+        # Compiled forward (and, through AOTAutograd, backward) for training steps only; evaluation stays eager.
+        self.train_model = torch.compile(self.ddp_model, **(compile_options or {})) if training.compile \
+            else self.ddp_model
         self.train_ds, self.test_ds = train_ds, test_ds
         self.sampler = EpochSampler(len(train_ds), batch_size, training.data_order_seed, self.rank, self.world_size)
         self.steps_per_epoch = self.sampler.num_batches
@@ -148,14 +156,15 @@ class Trainer:
         self.save_steps = {self.to_step(s, "save_steps") for s in save_steps}
         self.callbacks = list(callbacks)
         self.eval_batch_size = eval_batch_size or self.sampler.local_batch_size
-        self.num_workers, self.eval_at_start, self.progress = num_workers, eval_at_start, progress
+        self.num_workers = getattr(train_ds, "num_workers", 0) if num_workers is None else num_workers
+        self.eval_at_start, self.progress = eval_at_start, progress
         self.loss_fn = loss_fn or functools.partial(_cross_entropy, label_smoothing=training.label_smoothing)
         self.batch_augment = batch_augment
         self.metrics = MetricsLogger(self.out_dir / METRICS if self.out_dir else None, enabled=self.is_main)
         self.step = 0
         self._stop = False
-        self._train_tensors = self._on_device(train_ds)
-        self._test_tensors = self._on_device(test_ds)
+        self.feed = Feed(train_ds, test_ds, self.sampler, self.device, num_workers=self.num_workers,
+                         eval_batch_size=self.eval_batch_size, rank=self.rank, world_size=self.world_size)
 
     # ---------------------------------------------------------------------------------------------- setup
     def to_step(self, value: str | int | Step, flag: str = "step") -> int:
@@ -169,50 +178,18 @@ class Trainer:
             raise ValueError(f"--training.amp: fp16 needs a CUDA device, got device {self.device}")
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
-    def _on_device(self, ds):
-        t = _tensors(ds)
-        return None if t is None else (t[0].to(self.device), t[1].to(self.device))
-
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
     def request_stop(self) -> None:
         """End training after the current step, or before it when called from ``on_epoch_start`` /
         ``on_step_start`` (e.g. an early-bird ticket was found); the final state is evaluated and saved."""
         self._stop = True
-
-    # ---------------------------------------------------------------------------------------------- data
-    def _epoch_batches(self, epoch: int, start_batch: int):
-        """This rank's training batches of ``epoch`` from ``start_batch`` on, on the device."""
-        if self._train_tensors is not None:
-            x_all, y_all = self._train_tensors
-            idx = self.sampler.batch_indices(epoch)[start_batch:].to(self.device)
-            transform = getattr(self.train_ds, "batch_transform", None)
-            for row in idx:
-                x = x_all[row]
-                yield (transform(x) if transform is not None else x), y_all[row]
-            return
-        self.sampler.set_epoch(epoch, start_batch)
-        loader = torch.utils.data.DataLoader(
-            self.train_ds, batch_size=self.sampler.local_batch_size, sampler=self.sampler,
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def _test_batches(self):
-        if self._test_tensors is not None:
-            x_all, y_all = self._test_tensors
-            idx = torch.arange(self.rank, len(y_all), self.world_size, device=self.device)
-            for chunk in idx.split(self.eval_batch_size):
-                yield x_all[chunk], y_all[chunk]
-            return
-        subset = torch.utils.data.Subset(self.test_ds, range(self.rank, len(self.test_ds), self.world_size))
-        loader = torch.utils.data.DataLoader(subset, batch_size=self.eval_batch_size, shuffle=False,
-                                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     # ---------------------------------------------------------------------------------------------- eval
     @torch.no_grad()
@@ -221,7 +198,8 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
-        for x, y in self._test_batches():
+        for x, y in self.feed.test_batches():
+            x = self._layout(x)
             with self._autocast():
                 out = self.model(x)
             acc[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
@@ -312,8 +290,11 @@ class Trainer:
             self._maybe_save_step()
             if self.eval_at_start:
                 first = self._eval_and_log(end)
-        with SigtermFlag() as self._sigterm:
-            last = self._loop(end) or first
+        try:
+            with SigtermFlag() as self._sigterm:
+                last = self._loop(end) or first
+        finally:
+            self.feed.close()
         return self._finish(start, end, resumed, last)
 
     def _interrupt(self, end: int) -> None:
@@ -327,7 +308,15 @@ class Trainer:
 
     def _resumable(self, ckpt: dict, start: int, end: int) -> bool:
         return ((ckpt.get("start_step"), ckpt.get("end_step")) == (start, end) and start < ckpt["step"] <= end
-                and ckpt.get("training") == self.hp.to_dict())
+                and self._same_training(ckpt.get("training")))
+
+    def _same_training(self, saved) -> bool:
+        """Whether a checkpoint's training hparams are ours (hparams added since it was written take their
+        defaults)."""
+        try:
+            return type(self.hp).from_dict(saved) == self.hp
+        except (HparamsError, TypeError):
+            return False
 
     def _sync_from_rank0(self) -> None:
         if not dist_utils.is_distributed():
@@ -354,7 +343,7 @@ class Trainer:
                 if s % spe == 0:
                     for cb in self.callbacks:
                         cb.on_epoch_start(self, s // spe)
-                batches = self._epoch_batches(s // spe, s % spe)
+                batches = self.feed.train_batches(s // spe, s % spe)
             for cb in self.callbacks:
                 cb.on_step_start(self, s)
             if self._stop:  # requested by an epoch/step-start hook: this step is not taken
@@ -399,7 +388,7 @@ class Trainer:
         if self.batch_augment is not None:
             x, y = self.batch_augment(x, y, self.step)
         with self._autocast():
-            out = self.ddp_model(x)
+            out = self.train_model(self._layout(x))
         loss = self.loss_fn(out.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -482,6 +471,10 @@ class Trainer:
         load_step(self.out_dir, info["step"], self.model)
         self.step = info["step"]
         return TrainResult(self.step, info["metrics"], None, True)
+
+
+def _wants_channels_last(model: nn.Module, device: torch.device) -> bool:
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def _cross_entropy(out: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:

@@ -168,3 +168,21 @@ def test_pruning_and_training_validation():
         TrainingHparams(training_steps="0ep")
     with pytest.raises(HparamsError, match="--scope: expected one of global, layerwise"):
         PruningHparams(scope="local")
+
+
+def test_data_pipeline_fields_keep_old_run_names():
+    from lth_kernels.workflows.imp import ImpHparams
+
+    # The run names of the presets from before --dataset.pipeline/num_workers and --training.compile existed.
+    for preset, name in (("lenet_300_100-mnist", "84df787fc2"), ("cifar_resnet_20-cifar10", "0efd3b3d22"),
+                         ("lenet_300_100-digits", "99914b932b")):
+        hp = ImpHparams.from_preset(preset)
+        assert hp.hashname() == name
+        # Worker processes do not change what is computed: the same run, resumable with any count.
+        assert hp.with_overrides({"dataset.num_workers": "3"}).hashname() == name
+        assert hp.with_overrides({"dataset.pipeline": "loader"}).hashname() != name
+        assert hp.with_overrides({"training.compile": True}).hashname() != name
+    with pytest.raises(HparamsError, match=r"^--dataset.num_workers: expected 'auto' or an int >= 0, got 'many'$"):
+        ImpHparams.from_preset("lenet_300_100-mnist", **{"dataset.num_workers": "many"})
+    with pytest.raises(HparamsError, match=r"^--dataset.pipeline: expected one of auto, device, loader"):
+        ImpHparams.from_preset("lenet_300_100-mnist", **{"dataset.pipeline": "gpu"})

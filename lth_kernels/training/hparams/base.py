@@ -26,9 +26,13 @@ class HparamsError(ValueError):
         return HparamsError(prefix + self.name, self.message)
 
 
-def hfield(default: Any = _MISSING, help: str = "", *, choices: tuple | None = None, default_factory=None):  # noqa: A002
-    """A dataclass field with help text (and optional choices) in its metadata."""
-    meta = {"help": help, "choices": choices}
+def hfield(default: Any = _MISSING, help: str = "", *, choices: tuple | None = None, default_factory=None,  # noqa: A002
+           named: bool = True):
+    """A dataclass field with help text (and optional choices) in its metadata.
+
+    ``named=False``: the value does not change what a run computes (e.g. how many processes read the data),
+    so it stays out of ``non_default()`` and the run's name: rerunning with another value resumes the run."""
+    meta = {"help": help, "choices": choices, "named": named}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -246,7 +250,8 @@ class Hparams:
     def non_default(self) -> dict[str, Any]:
         """Leaf values that differ from the class defaults, as a flat ``{"group.field": value}`` dict."""
         default = type(self)().flat_dict()
-        return {k: v for k, v in self.flat_dict().items() if default.get(k, _MISSING) != v}
+        unnamed = set(_unnamed_leaves(type(self)))
+        return {k: v for k, v in self.flat_dict().items() if default.get(k, _MISSING) != v and k not in unnamed}
 
     def hashname(self, length: int = 10) -> str:
         """Stable short hash of ``non_default()`` (independent of field and key order)."""
@@ -319,6 +324,19 @@ def _flatten_overrides(cls, overrides: dict[str, Any], source: str, prefix: str 
         else:
             out[full] = value
     return out
+
+
+@functools.cache
+def _unnamed_leaves(cls, prefix: str = "") -> tuple[str, ...]:
+    """Dotted names of the leaf fields declared ``hfield(named=False)``."""
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if _is_group(tp):
+            out.extend(_unnamed_leaves(tp, f"{prefix}{f.name}."))
+        elif not f.metadata.get("named", True):
+            out.append(prefix + f.name)
+    return tuple(out)
 
 
 def _leaf_flags(cls, prefix: str):

@@ -34,10 +34,18 @@ class DatasetHparams(Hparams):
     download: bool = hfield(False, "download the data set if it is missing")
     batch_size: int = hfield(128, "global training batch size (split evenly over DDP ranks)")
     augment: bool = hfield(True, "use the data set's training augmentation")
+    pipeline: str = hfield("auto", "how batches are made: device = decoded uint8 images held on the training device, "
+                                   "augmented per batch there (digits, synthetic, mnist, cifar10/100 without "
+                                   "RandAugment); loader = per-image transforms in DataLoader workers; auto = device "
+                                   "where it applies", choices=("auto", "device", "loader"))
+    num_workers: str = hfield("auto", "DataLoader worker processes of the loader pipeline: auto = min(8, cores), or "
+                                      "a count (0: in the training process)", named=False)
 
     def validate(self):
         if self.batch_size < 1:
             raise HparamsError("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.num_workers != "auto" and not self.num_workers.isdigit():
+            raise HparamsError("num_workers", f"expected 'auto' or an int >= 0, got {self.num_workers!r}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class TrainingHparams(Hparams):
     data_order_seed: int = hfield(0, "seed of the per-epoch data order")
     seed: int = hfield(0, "seed of initialisation and other randomness")
     eval_every: str = hfield("1ep", "evaluate every this many steps (and at the end); '0it': only at the end")
+    compile: bool = hfield(False, "torch.compile the model's training forward and backward (CPU and CUDA)")
 
     def validate(self):
         for name in ("lr", "gamma"):

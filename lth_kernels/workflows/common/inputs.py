@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 
-DATASET_FIELDS = {"dataset": "name", "name": "name", "data_dir": "data_dir", "download": "download"}
+DATASET_FIELDS = {"dataset": "name", "name": "name", "data_dir": "data_dir", "download": "download",
+                  "pipeline": "pipeline", "num_workers": "num_workers"}
 MODEL_FIELDS = {"model": "name", "name": "name", "kwargs": "kwargs"}
 
 
@@ -29,10 +30,10 @@ def as_flags(prefix: str, fields: Mapping[str, str]) -> Iterator[None]:
 
 def open_dataset(ds, prefix: str = "dataset", **kwargs):
     """``create_dataset`` of a ``DatasetHparams``: ``(train, test, info)``."""
-    from lth_kernels.data import create_dataset
+    from lth_kernels.data import dataset_from_hparams
 
     with as_flags(prefix, DATASET_FIELDS):
-        return create_dataset(ds.name, data_dir=ds.data_dir, download=ds.download, augment=ds.augment, **kwargs)
+        return dataset_from_hparams(ds, **kwargs)
 
 
 def make_model(mh, info, prefix: str = "model", *, seed: int | None = None, meta: bool = False, **overrides):
