@@ -22,6 +22,7 @@ invalidates; writes through ``mask.data`` do not, so call :func:`clear` after th
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -88,6 +89,23 @@ class MaskMeta:
         fwd, fwd_rows = _stack_tables(occ)
         bwd, bwd_rows = _stack_tables(occ.t())
         return cls(tuple(mask.shape), block, pack_mask(mask), occ, fwd, fwd_rows, bwd, bwd_rows)
+
+    @functools.cached_property
+    def occupied_fraction(self) -> float:
+        """Share of the W-tile steps the kernels still run: per table (forward, dX), the listed reduction tiles over
+        all tiles at the widest output groups (fan-out ``FANOUT[-1]``, where the OR over the group skips least, so
+        the figure holds whatever tile the autotuner picks), averaged over the two tables.
+
+        1.0 for an unstructured mask (no group of tiles is empty unless the mask is almost empty); the dispatch
+        compares 1 minus it with the crossover table. One host sync, once per mask state (cached with the metadata).
+        """
+        listed, steps = [], []
+        for table, rows in ((self.fwd_table, self.fwd_rows), (self.bwd_table, self.bwd_rows)):
+            widest = table[rows[-1]:]
+            listed.append(widest[:, 0].sum(dtype=torch.int64))
+            steps.append(widest.shape[0] * (widest.shape[1] - 1))
+        counts = torch.stack(listed).tolist()
+        return sum(c / s if s else 1.0 for c, s in zip(counts, steps, strict=True)) / len(steps)
 
     def tiles(self, orientation: str, r: int = 1) -> list[list[int]]:
         """Host-side view of a table (tests, debugging): per output-tile group, the listed reduction tiles."""

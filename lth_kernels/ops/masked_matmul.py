@@ -19,6 +19,10 @@ is masked either way. Fast kernels apply the mask while loading the weight tile,
 Backends: each of the ops below is a registry entry (``masked_linear``, ``masked_linear_grad_input``, ...). A
 backend module registers any subset of them under its name and is imported at the end of this file; a backward
 op the chosen backend lacks runs on the reference. Every ``lth_kernels::`` op takes the resolved backend name.
+The reference is torch's own GEMM/convolution (cuBLAS, cuDNN, MKL) on the weight as given: with
+``weight_is_masked=True`` it is the vendor library on the pre-masked weight, with dW masked in place. On CUDA the
+linear ops resolve to ``"auto"``: each call picks ``triton`` (tile skipping) or ``reference`` from the mask's
+tile occupancy and a measured crossover (:mod:`lth_kernels.ops._masked_matmul_dispatch`).
 """
 
 from __future__ import annotations
@@ -69,6 +73,14 @@ def masked_linear_grad_scores_reference(grad_out, x, weight):
     return _weight_grad_dense(grad_out, x).mul_(weight)
 
 
+@_registry.register("masked_linear_grad_weight_and_scores", "reference")
+def masked_linear_grad_weight_and_scores_reference(grad_out, x, weight, mask):
+    # One dYᵀX GEMM for both: the score gradient first, then the same buffer masked in place is dW.
+    full = _weight_grad_dense(grad_out, x)
+    scores = full * weight
+    return full.masked_fill_(~mask, 0), scores
+
+
 @_registry.register("masked_conv2d", "reference")
 def masked_conv2d_reference(x, weight, mask, bias, stride, padding, dilation, groups, weight_is_masked):
     w = _masked(weight, mask, weight_is_masked)
@@ -95,13 +107,24 @@ def _impl(op: str, backend: str):
     return impls.get(backend, impls["reference"])
 
 
+def _linear_impl(op: str, backend: str, mask: torch.Tensor, tokens: int, dtype: torch.dtype):
+    """As :func:`_impl`; ``"auto"`` is decided here, at run time, from the mask (see the dispatch module)."""
+    if backend == _registry.AUTO:
+        backend = _masked_matmul_dispatch.choose(mask, tokens, dtype)
+    return _impl(op, backend)
+
+
+def _tokens(t: torch.Tensor) -> int:
+    return t.numel() // t.shape[-1] if t.shape[-1] else 0
+
+
 # --------------------------------------------------------------------------------------------- ops: linear
 
 
 @torch.library.custom_op("lth_kernels::masked_linear", mutates_args=())
 def _masked_linear_op(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
                       weight_is_masked: bool, backend: str) -> torch.Tensor:
-    return _impl("masked_linear", backend)(x, weight, mask, bias, weight_is_masked)
+    return _linear_impl("masked_linear", backend, mask, _tokens(x), x.dtype)(x, weight, mask, bias, weight_is_masked)
 
 
 @_masked_linear_op.register_fake
@@ -112,7 +135,8 @@ def _(x, weight, mask, bias, weight_is_masked, backend):
 @torch.library.custom_op("lth_kernels::masked_linear_grad_input", mutates_args=())
 def _grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, weight_is_masked: bool,
                    backend: str) -> torch.Tensor:
-    return _impl("masked_linear_grad_input", backend)(grad_out, weight, mask, weight_is_masked)
+    impl = _linear_impl("masked_linear_grad_input", backend, mask, _tokens(grad_out), weight.dtype)
+    return impl(grad_out, weight, mask, weight_is_masked)
 
 
 @_grad_input_op.register_fake
@@ -122,7 +146,7 @@ def _(grad_out, weight, mask, weight_is_masked, backend):
 
 @torch.library.custom_op("lth_kernels::masked_linear_grad_weight", mutates_args=())
 def _grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, backend: str) -> torch.Tensor:
-    return _impl("masked_linear_grad_weight", backend)(grad_out, x, mask)
+    return _linear_impl("masked_linear_grad_weight", backend, mask, _tokens(x), x.dtype)(grad_out, x, mask)
 
 
 @_grad_weight_op.register_fake
@@ -132,12 +156,26 @@ def _(grad_out, x, mask, backend):
 
 @torch.library.custom_op("lth_kernels::masked_linear_grad_scores", mutates_args=())
 def _grad_scores_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:
-    return _impl("masked_linear_grad_scores", backend)(grad_out, x, weight)
+    # "auto": the score gradient covers every entry, so no tile can be skipped: the library GEMM.
+    return _impl("masked_linear_grad_scores", "reference" if backend == _registry.AUTO else backend)(grad_out, x,
+                                                                                                     weight)
 
 
 @_grad_scores_op.register_fake
 def _(grad_out, x, weight, backend):
     return x.new_empty(weight.shape)
+
+
+@torch.library.custom_op("lth_kernels::masked_linear_grad_weight_and_scores", mutates_args=())
+def _grad_weight_and_scores_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
+                               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    impl = _linear_impl("masked_linear_grad_weight_and_scores", backend, mask, _tokens(x), x.dtype)
+    return tuple(impl(grad_out, x, weight, mask))
+
+
+@_grad_weight_and_scores_op.register_fake
+def _(grad_out, x, weight, mask, backend):
+    return x.new_empty(weight.shape), x.new_empty(weight.shape)
 
 
 def _setup_linear(ctx, inputs, output):
@@ -162,7 +200,7 @@ _masked_linear_op.register_autograd(_backward_linear, setup_context=_setup_linea
 def _masked_linear_scores_op(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor,
                              bias: torch.Tensor | None, backend: str) -> torch.Tensor:
     # scores do not enter the forward: they only receive the straight-through gradient
-    return _impl("masked_linear", backend)(x, weight, mask, bias, False)
+    return _linear_impl("masked_linear", backend, mask, _tokens(x), x.dtype)(x, weight, mask, bias, False)
 
 
 @_masked_linear_scores_op.register_fake
@@ -180,8 +218,14 @@ def _backward_scores(ctx, grad):
     x, weight, mask = ctx.saved_tensors
     need_x, need_w, _, need_s, need_b = ctx.needs_input_grad[:5]
     dx = _grad_input_op(grad, weight, mask, False, ctx.backend) if need_x else None
-    dw = _grad_weight_op(grad, x, mask, ctx.backend) if need_w else None
-    ds = _grad_scores_op(grad, x, weight, ctx.backend).to(ctx.scores_dtype) if need_s else None
+    dw = ds = None
+    if need_w and need_s:  # one pass over dY and X for both (fused kernel on Triton, one GEMM on the library)
+        dw, ds = _grad_weight_and_scores_op(grad, x, weight, mask, ctx.backend)
+    elif need_w:
+        dw = _grad_weight_op(grad, x, mask, ctx.backend)
+    elif need_s:
+        ds = _grad_scores_op(grad, x, weight, ctx.backend)
+    ds = ds.to(ctx.scores_dtype) if ds is not None else None
     db = grad.reshape(-1, grad.shape[-1]).sum(0) if need_b else None
     return dx, dw, None, ds, db, None
 
@@ -398,3 +442,12 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
 for _module in ("lth_kernels.ops._masked_matmul_triton",):
     if importlib.util.find_spec(_module) is not None:
         importlib.import_module(_module)
+
+from lth_kernels.ops import _masked_matmul_dispatch  # noqa: E402 - after the backends it chooses among
+
+# On CUDA the linear ops choose per call between the Triton kernels and the library (see the dispatch module);
+# the score-only gradient always takes the library (nothing to skip), which lth info then shows.
+for _op in ("masked_linear", "masked_linear_grad_input", "masked_linear_grad_weight",
+            "masked_linear_grad_weight_and_scores"):
+    _registry.set_rule(_op, "cuda", _masked_matmul_dispatch.CANDIDATES, _masked_matmul_dispatch.rule_text())
+_registry.set_preference("masked_linear_grad_scores", "cuda", ("reference",))

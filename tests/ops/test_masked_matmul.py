@@ -229,6 +229,7 @@ def test_opcheck():
         (lk.masked_linear_grad_input.default, (gy, w.detach(), m, False, "reference")),
         (lk.masked_linear_grad_weight.default, (gy, x.detach(), m, "reference")),
         (lk.masked_linear_grad_scores.default, (gy, x.detach(), w.detach(), "reference")),
+        (lk.masked_linear_grad_weight_and_scores.default, (gy, x.detach(), w.detach(), m, "reference")),
     ]
     xc = torch.randn(2, 4, 7, 6, requires_grad=True)
     wc = torch.randn(6, 2, 3, 3, requires_grad=True)
