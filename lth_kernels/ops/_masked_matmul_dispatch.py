@@ -53,21 +53,51 @@ def _table_crossover(tokens: int, k: int, n: int, dtype: torch.dtype) -> float:
     return crossover(tokens, k, n, dtype)
 
 
-def choose_for(meta: _mask_cache.MaskMeta, tokens: int, dtype: torch.dtype) -> str:
-    """``"triton"`` or ``"reference"`` for a call over ``tokens`` rows with the mask ``meta`` describes."""
-    n, k = meta.shape
-    if dtype == torch.float64 or tokens == 0 or n * k == 0:
-        return "reference"  # float64 runs the reference on every backend; an empty GEMM has nothing to skip
-    skipped = 1.0 - meta.occupied_fraction
+def _library_anyway(tokens: int, numel: int, dtype: torch.dtype) -> bool:
+    # float64 runs the reference on every backend; an empty GEMM has nothing to skip
+    return dtype == torch.float64 or tokens == 0 or numel == 0
+
+
+def _pick(skipped: float, tokens: int, k: int, n: int, dtype: torch.dtype) -> str:
     return "triton" if skipped >= _table_crossover(tokens, k, n, dtype) else "reference"
 
 
+def choose_for(meta: _mask_cache.MaskMeta, tokens: int, dtype: torch.dtype) -> str:
+    """``"triton"`` or ``"reference"`` for a call over ``tokens`` rows with the mask ``meta`` describes."""
+    n, k = meta.shape
+    if _library_anyway(tokens, n * k, dtype):
+        return "reference"
+    return _pick(1.0 - meta.occupied_fraction, tokens, k, n, dtype)
+
+
+_FRACTIONS = None  # mask -> (mask._version, data_ptr, occupied fraction); weak on the mask
+
+
+def _occupied_fraction(mask: torch.Tensor) -> float:
+    # Kept apart from the metadata cache, which holds a bounded number of masks: a model with more masked layers
+    # than that must not rebuild metadata (and sync) on every library-path call just to decide again.
+    global _FRACTIONS
+    if _FRACTIONS is None:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        _FRACTIONS = WeakIdKeyDictionary()
+    version = _mask_cache._version(mask)
+    hit = _FRACTIONS.get(mask) if version is not None else None
+    if hit is not None and hit[:2] == (version, mask.data_ptr()):
+        return hit[2]
+    fraction = _masked_matmul_triton.mask_meta(mask).occupied_fraction
+    if version is not None:
+        _FRACTIONS[mask] = (version, mask.data_ptr(), fraction)
+    return fraction
+
+
 def choose(mask: torch.Tensor, tokens: int, dtype: torch.dtype) -> str:
-    """:func:`choose_for` on the mask's metadata at the Triton kernels' tile (built once per mask state, and the
-    same metadata the kernels then use)."""
-    if dtype == torch.float64 or tokens == 0 or mask.numel() == 0:
+    """:func:`choose_for` on the mask's metadata at the Triton kernels' tile (the metadata the kernels then use);
+    the occupied fraction is remembered per mask state."""
+    if _library_anyway(tokens, mask.numel(), dtype):
         return "reference"  # without building metadata for it
-    return choose_for(_masked_matmul_triton.mask_meta(mask), tokens, dtype)
+    n, k = mask.shape
+    return _pick(1.0 - _occupied_fraction(mask), tokens, k, n, dtype)
 
 
 def rule_text() -> str:

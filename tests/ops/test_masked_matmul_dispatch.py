@@ -254,3 +254,30 @@ def test_pruned_weights_stay_zero_on_the_conv_path(opt_name, device):
     x = torch.randn(2, 4, 7, 7, device=device)
     _steps(conv.parameters(), lambda: conv(x).square().mean(), opt_name)
     assert torch.all(conv.weight[~conv.mask] == 0)
+
+
+def test_opcheck_auto(tile_rule, device):
+    # "auto" is decided inside the ops at run time: the ops must still pass torch.library's checks with it.
+    lk = torch.ops.lth_kernels
+    mask = _corner().to(device)
+    x = torch.randn(3, 128, device=device, requires_grad=True)
+    w = torch.where(mask, torch.randn(128, 128, device=device), 0).requires_grad_()
+    g = torch.randn(3, 128, device=device)
+    for op, args in ((lk.masked_linear.default, (x, w, mask, None, True, "auto")),
+                     (lk.masked_linear_grad_weight_and_scores.default, (g, x.detach(), w.detach(), mask, "auto"))):
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    assert {backend for _, backend in tile_rule} == {"triton"}
+
+
+def test_decision_follows_mask_changes(tile_rule, device):
+    layer = MaskedLinear(128, 128, device=device).set_mask(MASKS["unstructured"]().to(device))
+    x = torch.randn(2, 128, device=device)
+    with torch.no_grad():
+        layer(x)
+        layer.set_mask(_corner().to(device))  # same mask tensor, written in place: the choice is made again
+        y = layer(x)
+        want = F.linear(x.double(), layer.weight.double(), layer.bias.double())
+        layer.set_mask(MASKS["unstructured"]().to(device))
+        layer(x)
+    assert [backend for _, backend in tile_rule] == ["reference", "triton", "reference"]
+    assert_close(y, want, torch.float32)
