@@ -3,7 +3,7 @@
     python bench/masked_matmul.py                      # ViT-B, DeiT-S, ResNet-50 1x1 shapes, bf16 -> bench/results/
     python bench/masked_matmul.py --quick --no-write   # batch 64 ViT-B only, three sparsities
     python bench/masked_matmul.py --smoke              # CPU: tiny shape through the Triton interpreter
-    python bench/masked_matmul.py --table              # GPU: also regenerate lth_kernels/ops/masked_matmul_table.json
+    python bench/masked_matmul.py --table PATH         # write the dispatch table elsewhere (or from a --quick run)
 
 Per row: median ms (CUDA events, >= 20 interleaved repetitions after warm-up) of each provider, TFLOP/s at the
 dense FLOP count (2MNK per GEMM: 1 GEMM forward, 3 for fwd+bwd), % of the device's bf16 roof measured in the same
@@ -16,9 +16,11 @@ contract (torch's GEMM on the weight as stored, dW masked in place); "auto" is w
 kernels' tile, the statistic the dispatch reads. Metadata (bits, occupancy, tile lists) is built once per mask, as in
 training; its build time is reported as meta_ms.
 
-``--table [PATH]`` turns the fwd+bwd rows into the dispatch's crossover table: per shape, the skipped-tile fraction
-(1 - occupied) from which "ours" beats "library" at every more-skipping mask measured (``crossover_of`` of
-bench/cpu_sparse.py, on library_ms / ours_ms); entries of other dtypes already in the table are kept.
+A full run (not ``--quick``, ``--no-write`` or ``--no-table``) also regenerates the dispatch's crossover table
+``lth_kernels/ops/masked_matmul_table.json`` from its fwd+bwd rows (``--table [PATH]``: write it, there, from any run):
+per shape, the skipped-tile fraction (1 - occupied) from which "ours" beats "library" at every more-skipping mask
+measured (``crossover_of`` of bench/cpu_sparse.py, on library_ms / ours_ms); entries of other dtypes already in the
+table are kept.
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run of the script itself (Triton interpreter)")
     p.add_argument("--table", nargs="?", const="", default=None, metavar="PATH",
-                   help="write the dispatch crossover table (default path: lth_kernels/ops/masked_matmul_table.json)")
+                   help="write the dispatch crossover table from this run (default path: "
+                        "lth_kernels/ops/masked_matmul_table.json)")
+    p.add_argument("--no-table", action="store_true", help="do not rewrite the dispatch table after a full run")
     args = p.parse_args(argv)
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -169,7 +173,7 @@ def main(argv=None) -> int:
                     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     if not args.no_write and not args.smoke:
         print("wrote", write_results("masked_matmul", rows, env, COLUMNS))
-    if args.table is not None:
+    if args.table is not None or not (args.quick or args.smoke or args.no_write or args.no_table):
         path = args.table or _masked_matmul_dispatch.TABLE_PATH
         write_table(path, rows, env, str(dtype).removeprefix("torch."), _masked_matmul_dispatch.DEFAULT_CROSSOVER)
         print("wrote", path)
