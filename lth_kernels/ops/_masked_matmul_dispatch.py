@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 
 import torch
 
@@ -70,24 +71,24 @@ def choose_for(meta: _mask_cache.MaskMeta, tokens: int, dtype: torch.dtype) -> s
     return _pick(1.0 - meta.occupied_fraction, tokens, k, n, dtype)
 
 
-_FRACTIONS = None  # mask -> (mask._version, data_ptr, occupied fraction); weak on the mask
+# id(mask) -> (weak reference, mask._version, data_ptr, occupied fraction). A plain dict on the id (the reference
+# confirms identity, and its callback drops the entry with the mask): a lookup costs well under a microsecond,
+# which matters on a path that runs three times per training step of every masked layer.
+_FRACTIONS: dict[int, tuple] = {}
 
 
 def _occupied_fraction(mask: torch.Tensor) -> float:
     # Kept apart from the metadata cache, which holds a bounded number of masks: a model with more masked layers
     # than that must not rebuild metadata (and sync) on every library-path call just to decide again.
-    global _FRACTIONS
-    if _FRACTIONS is None:
-        from torch.utils.weak import WeakIdKeyDictionary
-
-        _FRACTIONS = WeakIdKeyDictionary()
     version = _mask_cache._version(mask)
-    hit = _FRACTIONS.get(mask) if version is not None else None
-    if hit is not None and hit[:2] == (version, mask.data_ptr()):
-        return hit[2]
+    key = id(mask)
+    hit = _FRACTIONS.get(key)
+    if hit is not None and hit[0]() is mask and hit[1] == version and hit[2] == mask.data_ptr():
+        return hit[3]
     fraction = _masked_matmul_triton.mask_meta(mask).occupied_fraction
-    if version is not None:
-        _FRACTIONS[mask] = (version, mask.data_ptr(), fraction)
+    if version is not None:  # inference tensors have no version counter: never cached
+        ref = weakref.ref(mask, lambda _, key=key: _FRACTIONS.pop(key, None))
+        _FRACTIONS[key] = (ref, version, mask.data_ptr(), fraction)
     return fraction
 
 
