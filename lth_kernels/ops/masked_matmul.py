@@ -22,7 +22,8 @@ op the chosen backend lacks runs on the reference. Every ``lth_kernels::`` op ta
 The reference is torch's own GEMM/convolution (cuBLAS, cuDNN, MKL) on the weight as given: with
 ``weight_is_masked=True`` it is the vendor library on the pre-masked weight, with dW masked in place. On CUDA the
 linear ops resolve to ``"auto"``: each call picks ``triton`` (tile skipping) or ``reference`` from the mask's
-tile occupancy and a measured crossover (:mod:`lth_kernels.ops._masked_matmul_dispatch`).
+tile occupancy and a measured crossover (:mod:`lth_kernels.ops._masked_matmul_dispatch`). Plain eager calls run
+the same functions and autograd formulas without the custom-op dispatch (:mod:`lth_kernels.ops._eager_op`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lth_kernels.ops import _registry
+from lth_kernels.ops import _eager_op, _registry
 from lth_kernels.ops.mask_meta import _check_mask
 
 # --------------------------------------------------------------------------------------------- reference
@@ -121,7 +122,7 @@ def _tokens(t: torch.Tensor) -> int:
 # --------------------------------------------------------------------------------------------- ops: linear
 
 
-@torch.library.custom_op("lth_kernels::masked_linear", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear")
 def _masked_linear_op(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
                       weight_is_masked: bool, backend: str) -> torch.Tensor:
     return _linear_impl("masked_linear", backend, mask, _tokens(x), x.dtype)(x, weight, mask, bias, weight_is_masked)
@@ -132,7 +133,7 @@ def _(x, weight, mask, bias, weight_is_masked, backend):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.custom_op("lth_kernels::masked_linear_grad_input", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear_grad_input")
 def _grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, weight_is_masked: bool,
                    backend: str) -> torch.Tensor:
     impl = _linear_impl("masked_linear_grad_input", backend, mask, _tokens(grad_out), weight.dtype)
@@ -144,7 +145,7 @@ def _(grad_out, weight, mask, weight_is_masked, backend):
     return grad_out.new_empty((*grad_out.shape[:-1], weight.shape[1]))
 
 
-@torch.library.custom_op("lth_kernels::masked_linear_grad_weight", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear_grad_weight")
 def _grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, backend: str) -> torch.Tensor:
     return _linear_impl("masked_linear_grad_weight", backend, mask, _tokens(x), x.dtype)(grad_out, x, mask)
 
@@ -154,7 +155,7 @@ def _(grad_out, x, mask, backend):
     return x.new_empty(mask.shape)
 
 
-@torch.library.custom_op("lth_kernels::masked_linear_grad_scores", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear_grad_scores")
 def _grad_scores_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:
     # "auto": the score gradient covers every entry, so no tile can be skipped: the library GEMM.
     return _impl("masked_linear_grad_scores", "reference" if backend == _registry.AUTO else backend)(grad_out, x,
@@ -166,7 +167,7 @@ def _(grad_out, x, weight, backend):
     return x.new_empty(weight.shape)
 
 
-@torch.library.custom_op("lth_kernels::masked_linear_grad_weight_and_scores", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear_grad_weight_and_scores")
 def _grad_weight_and_scores_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     impl = _linear_impl("masked_linear_grad_weight_and_scores", backend, mask, _tokens(x), x.dtype)
@@ -187,16 +188,17 @@ def _setup_linear(ctx, inputs, output):
 def _backward_linear(ctx, grad):
     x, weight, mask = ctx.saved_tensors
     need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
-    dx = _grad_input_op(grad, weight, mask, ctx.weight_is_masked, ctx.backend) if need_x else None
-    dw = _grad_weight_op(grad, x, mask, ctx.backend) if need_w else None
+    call = _eager_op.call
+    dx = call(ctx, _grad_input_op, grad, weight, mask, ctx.weight_is_masked, ctx.backend) if need_x else None
+    dw = call(ctx, _grad_weight_op, grad, x, mask, ctx.backend) if need_w else None
     db = grad.reshape(-1, grad.shape[-1]).sum(0) if need_b else None
     return dx, dw, None, db, None, None
 
 
-_masked_linear_op.register_autograd(_backward_linear, setup_context=_setup_linear)
+_eager_op.register_autograd(_masked_linear_op, _backward_linear, _setup_linear)
 
 
-@torch.library.custom_op("lth_kernels::masked_linear_scores", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear_scores")
 def _masked_linear_scores_op(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor,
                              bias: torch.Tensor | None, backend: str) -> torch.Tensor:
     # scores do not enter the forward: they only receive the straight-through gradient
@@ -217,20 +219,21 @@ def _setup_scores(ctx, inputs, output):
 def _backward_scores(ctx, grad):
     x, weight, mask = ctx.saved_tensors
     need_x, need_w, _, need_s, need_b = ctx.needs_input_grad[:5]
-    dx = _grad_input_op(grad, weight, mask, False, ctx.backend) if need_x else None
+    call = _eager_op.call
+    dx = call(ctx, _grad_input_op, grad, weight, mask, False, ctx.backend) if need_x else None
     dw = ds = None
     if need_w and need_s:  # one pass over dY and X for both (fused kernel on Triton, one GEMM on the library)
-        dw, ds = _grad_weight_and_scores_op(grad, x, weight, mask, ctx.backend)
+        dw, ds = call(ctx, _grad_weight_and_scores_op, grad, x, weight, mask, ctx.backend)
     elif need_w:
-        dw = _grad_weight_op(grad, x, mask, ctx.backend)
+        dw = call(ctx, _grad_weight_op, grad, x, mask, ctx.backend)
     elif need_s:
-        ds = _grad_scores_op(grad, x, weight, ctx.backend)
+        ds = call(ctx, _grad_scores_op, grad, x, weight, ctx.backend)
     ds = ds.to(ctx.scores_dtype) if ds is not None else None
     db = grad.reshape(-1, grad.shape[-1]).sum(0) if need_b else None
     return dx, dw, None, ds, db, None
 
 
-_masked_linear_scores_op.register_autograd(_backward_scores, setup_context=_setup_scores)
+_eager_op.register_autograd(_masked_linear_scores_op, _backward_scores, _setup_scores)
 
 # --------------------------------------------------------------------------------------------- ops: conv2d
 
@@ -239,7 +242,7 @@ def _conv_out(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-@torch.library.custom_op("lth_kernels::masked_conv2d", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_conv2d")
 def _masked_conv2d_op(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
                       stride: list[int], padding: list[int], dilation: list[int], groups: int, weight_is_masked: bool,
                       backend: str) -> torch.Tensor:
@@ -252,7 +255,7 @@ def _(x, weight, mask, bias, stride, padding, dilation, groups, weight_is_masked
     return x.new_empty((x.shape[0], weight.shape[0], *hw))
 
 
-@torch.library.custom_op("lth_kernels::masked_conv2d_grad_input", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_conv2d_grad_input")
 def _conv_grad_input_op(grad_out: torch.Tensor, x_shape: list[int], weight: torch.Tensor, mask: torch.Tensor,
                         stride: list[int], padding: list[int], dilation: list[int], groups: int,
                         weight_is_masked: bool, backend: str) -> torch.Tensor:
@@ -265,7 +268,7 @@ def _(grad_out, x_shape, weight, mask, stride, padding, dilation, groups, weight
     return grad_out.new_empty(x_shape)
 
 
-@torch.library.custom_op("lth_kernels::masked_conv2d_grad_weight", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_conv2d_grad_weight")
 def _conv_grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, stride: list[int],
                          padding: list[int], dilation: list[int], groups: int, backend: str) -> torch.Tensor:
     return _impl("masked_conv2d_grad_weight", backend)(grad_out, x, mask, stride, padding, dilation, groups)
@@ -288,15 +291,16 @@ def _backward_conv(ctx, grad):
     need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
     dx = dw = db = None
     if need_x:
-        dx = _conv_grad_input_op(grad, list(x.shape), weight, mask, *ctx.conv, ctx.weight_is_masked, ctx.backend)
+        dx = _eager_op.call(ctx, _conv_grad_input_op, grad, list(x.shape), weight, mask, *ctx.conv,
+                            ctx.weight_is_masked, ctx.backend)
     if need_w:
-        dw = _conv_grad_weight_op(grad, x, mask, *ctx.conv, ctx.backend)
+        dw = _eager_op.call(ctx, _conv_grad_weight_op, grad, x, mask, *ctx.conv, ctx.backend)
     if need_b:
         db = grad.sum((0, 2, 3))
     return dx, dw, None, db, None, None, None, None, None, None
 
 
-_masked_conv2d_op.register_autograd(_backward_conv, setup_context=_setup_conv)
+_eager_op.register_autograd(_masked_conv2d_op, _backward_conv, _setup_conv)
 
 # --------------------------------------------------------------------------------------------- public
 
@@ -357,8 +361,8 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
     _check_weight_mask_bias(x, weight, mask, bias, 2)
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x: expected last dim {weight.shape[1]} (weight.shape[1]), got shape {tuple(x.shape)}")
-    return _masked_linear_op(x, weight, mask, bias, bool(weight_is_masked),
-                             _registry.resolve("masked_linear", x.device, backend))
+    return _eager_op.apply(_masked_linear_op, x, weight, mask, bias, bool(weight_is_masked),
+                           _registry.resolve("masked_linear", x.device, backend))
 
 
 def masked_linear_scores(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor,
@@ -380,8 +384,8 @@ def masked_linear_scores(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tens
     if scores.shape != weight.shape or scores.device != weight.device:
         raise ValueError(f"scores: expected shape {tuple(weight.shape)} on {weight.device} (as weight), got "
                          f"{_describe(scores)}")
-    return _masked_linear_scores_op(x, weight, mask, scores, bias,
-                                    _registry.resolve("masked_linear", x.device, backend))
+    return _eager_op.apply(_masked_linear_scores_op, x, weight, mask, scores, bias,
+                           _registry.resolve("masked_linear", x.device, backend))
 
 
 def _pair(name: str, v) -> list[int]:
@@ -431,8 +435,8 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
         if x.shape[2 + i] + 2 * padding[i] < dilation[i] * (weight.shape[2 + i] - 1) + 1:
             raise ValueError(f"x: spatial size {tuple(x.shape[2:])} (padded by {padding}) is smaller than the "
                              f"dilated kernel {tuple(weight.shape[2:])} (dilation {dilation})")
-    y = _masked_conv2d_op(x, weight, mask, bias, stride, padding, dilation, groups, bool(weight_is_masked),
-                          _registry.resolve("masked_conv2d", x.device, backend))
+    y = _eager_op.apply(_masked_conv2d_op, x, weight, mask, bias, stride, padding, dilation, groups,
+                        bool(weight_is_masked), _registry.resolve("masked_conv2d", x.device, backend))
     return y.squeeze(0) if unbatched else y
 
 
