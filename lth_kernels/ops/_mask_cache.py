@@ -150,7 +150,33 @@ def get(mask: torch.Tensor, block: tuple[int, int] = (64, 64)) -> MaskMeta:
     return meta
 
 
+# id(mask) -> (weak reference, (version, data_ptr), {key: value}): values derived from one mask state, kept while
+# the mask lives. A plain dict on the id (the reference confirms identity; its callback drops the slot with the
+# mask), so a hit costs well under a microsecond: these run on every call of a masked layer.
+_remembered: dict[int, tuple] = {}
+
+
+def remember(mask: torch.Tensor, key, build):
+    """``build()`` once per state of ``mask`` (rebuilt after an in-place write or a new allocation) and ``key``.
+
+    Unbounded in the number of masks but weak on each: unlike :func:`get`'s bounded cache, a model with many
+    masked layers never rebuilds (and host syncs) on every call."""
+    version = _version(mask)
+    if version is None:
+        return build()
+    ident, state = id(mask), (version, mask.data_ptr())
+    slot = _remembered.get(ident)
+    if slot is None or slot[0]() is not mask or slot[1] != state:
+        ref = weakref.ref(mask, lambda _, ident=ident: _remembered.pop(ident, None))
+        slot = _remembered[ident] = (ref, state, {})
+    values = slot[2]
+    if key not in values:
+        values[key] = build()
+    return values[key]
+
+
 def clear() -> None:
     """Drops every cached entry (after writing a mask through ``.data``, which does not bump its version)."""
     with _lock:
         _cache.clear()
+    _remembered.clear()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 
 import torch
 
@@ -71,25 +70,11 @@ def choose_for(meta: _mask_cache.MaskMeta, tokens: int, dtype: torch.dtype) -> s
     return _pick(1.0 - meta.occupied_fraction, tokens, k, n, dtype)
 
 
-# id(mask) -> (weak reference, mask._version, data_ptr, occupied fraction). A plain dict on the id (the reference
-# confirms identity, and its callback drops the entry with the mask): a lookup costs well under a microsecond,
-# which matters on a path that runs three times per training step of every masked layer.
-_FRACTIONS: dict[int, tuple] = {}
-
-
 def _occupied_fraction(mask: torch.Tensor) -> float:
-    # Kept apart from the metadata cache, which holds a bounded number of masks: a model with more masked layers
-    # than that must not rebuild metadata (and sync) on every library-path call just to decide again.
-    version = _mask_cache._version(mask)
-    key = id(mask)
-    hit = _FRACTIONS.get(key)
-    if hit is not None and hit[0]() is mask and hit[1] == version and hit[2] == mask.data_ptr():
-        return hit[3]
-    fraction = _masked_matmul_triton.mask_meta(mask).occupied_fraction
-    if version is not None:  # inference tensors have no version counter: never cached
-        ref = weakref.ref(mask, lambda _, key=key: _FRACTIONS.pop(key, None))
-        _FRACTIONS[key] = (ref, version, mask.data_ptr(), fraction)
-    return fraction
+    # Remembered apart from the metadata cache, which holds a bounded number of masks: a model with more masked
+    # layers than that must not rebuild metadata (and sync) on every library-path call just to decide again.
+    return _mask_cache.remember(mask, "occupied_fraction",
+                                lambda: _masked_matmul_triton.mask_meta(mask).occupied_fraction)
 
 
 def choose(mask: torch.Tensor, tokens: int, dtype: torch.dtype) -> str:

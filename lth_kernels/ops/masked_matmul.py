@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lth_kernels.ops import _eager_op, _registry
+from lth_kernels.ops import _eager_op, _mask_cache, _registry
 from lth_kernels.ops.mask_meta import _check_mask
 
 # --------------------------------------------------------------------------------------------- reference
@@ -44,6 +44,23 @@ from lth_kernels.ops.mask_meta import _check_mask
 def _masked(weight: torch.Tensor, mask: torch.Tensor, weight_is_masked: bool) -> torch.Tensor:
     # torch.where, not weight * mask: a pruned entry must contribute 0 even if it holds inf/nan.
     return weight if weight_is_masked else torch.where(mask, weight, 0)
+
+
+_INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _mask_grad_(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``grad`` set to +0.0 where ``mask`` is False, in place, whatever it holds there (inf/nan included).
+
+    On CPU, ``masked_fill_`` with a bool mask runs a slow scalar loop (measured at 16x the time of the integer AND
+    below on a 300 x 784 fp32 gradient); an AND of the float bits with a remembered all-ones / all-zeros integer
+    mask of the same width gives the same result bit for bit. On CUDA ``masked_fill_`` is already memory-bound."""
+    if grad.device.type == "cpu" and grad.element_size() in _INT_OF_SIZE and grad.shape == mask.shape:
+        int_dtype = _INT_OF_SIZE[grad.element_size()]
+        keep = _mask_cache.remember(mask, ("keep_bits", int_dtype), lambda: mask.to(int_dtype).neg_())
+        grad.view(int_dtype).bitwise_and_(keep)
+        return grad
+    return grad.masked_fill_(~mask, 0)
 
 
 @_registry.register("masked_linear", "reference")
@@ -66,7 +83,7 @@ def _weight_grad_dense(grad_out, x):
 
 @_registry.register("masked_linear_grad_weight", "reference")
 def masked_linear_grad_weight_reference(grad_out, x, mask):
-    return _weight_grad_dense(grad_out, x).masked_fill_(~mask, 0)
+    return _mask_grad_(_weight_grad_dense(grad_out, x), mask)
 
 
 @_registry.register("masked_linear_grad_scores", "reference")
@@ -79,7 +96,7 @@ def masked_linear_grad_weight_and_scores_reference(grad_out, x, weight, mask):
     # One dYᵀX GEMM for both: the score gradient first, then the same buffer masked in place is dW.
     full = _weight_grad_dense(grad_out, x)
     scores = full * weight
-    return full.masked_fill_(~mask, 0), scores
+    return _mask_grad_(full, mask), scores
 
 
 @_registry.register("masked_conv2d", "reference")
@@ -99,7 +116,7 @@ def masked_conv2d_grad_input_reference(grad_out, x_shape, weight, mask, stride, 
 @_registry.register("masked_conv2d_grad_weight", "reference")
 def masked_conv2d_grad_weight_reference(grad_out, x, mask, stride, padding, dilation, groups):
     dw = torch.nn.grad.conv2d_weight(x, mask.shape, grad_out, stride, padding, dilation, groups)
-    return dw.contiguous().masked_fill_(~mask, 0)
+    return _mask_grad_(dw.contiguous(), mask)
 
 
 def _impl(op: str, backend: str):
