@@ -19,6 +19,32 @@ def _version(module: str) -> str:
         return f"not importable ({type(e).__name__})"
 
 
+def layer_rules() -> dict[str, str]:
+    """How each layer family picks its kernel (the facts behind the automatic choice, in words)."""
+    from lth_kernels.nn import masked
+    from lth_kernels.ops import _masked_matmul_dispatch
+
+    tile_rule = _masked_matmul_dispatch.rule_text().removeprefix("per call: ")
+    blocks = "/".join(masked.BLOCK_SPARSE_DEVICES)
+    two_four = "/".join(masked.SEMI_STRUCTURED_DEVICES)
+    return {
+        "MaskedLinear": (
+            f"eval on CPU, fp32, sparsity above cpu_sparse_table.json's crossover -> cpu_sparse_linear; on {blocks} a "
+            f"block-structured mask at density <= {masked.BLOCK_SPARSE_MAX_DENSITY:g} -> block_sparse_linear; on "
+            f"{two_four}, no gradient needed, fp16/bf16, a 2:4 mask that cuSPARSELt ran faster (timed once per "
+            f"shape) -> semi_structured_linear; otherwise masked_linear on the weight as stored: on cuda {tile_rule}; "
+            f"on cpu reference (MKL)"),
+        "MaskedConv2d": (
+            "masked_conv2d -> reference on every device: F.conv2d (cuDNN / oneDNN) on the weight as stored, dW from "
+            "torch's convolution backward masked in place; no Triton convolution"),
+        "ScoredLinear, ScoredConv2d": (
+            "masked_linear_scores (convs over unfolded patches), weight masked inside the op (frozen weights keep "
+            "their values); backend as masked_linear; the score gradient alone: one library GEMM; dW and scores "
+            "together: the fused Triton kernel on triton, one GEMM on reference"),
+        "BlockSparseLinear": "block_sparse_linear (dds/sdd) -> triton on cuda, reference elsewhere",
+    }
+
+
 def collect() -> dict:
     """The facts ``lth info`` prints, as a dict (also written into run directories and benchmark files)."""
     gpu = None
@@ -37,7 +63,9 @@ def collect() -> dict:
                     continue
                 live, why = entry.status(backend, device)
                 rows[backend] = why if live else f"off: {why}"
-            ops[name][device] = {"selected": _registry.resolve(name, device), "backends": rows}
+            rule = entry.rules.get(device)
+            ops[name][device] = {"selected": _registry.resolve(name, device), "backends": rows,
+                                 "rule": rule.text if rule is not None else None}
     return {
         "lth_kernels": __version__,
         "python": sys.version.split()[0],
@@ -50,6 +78,7 @@ def collect() -> dict:
         "extension": _ext.build_info() or {"error": _ext.load_error},
         "gpu": gpu,
         "ops": ops,
+        "layers": layer_rules(),
     }
 
 
@@ -75,6 +104,10 @@ def format_info(info: dict) -> str:
             head = f"{name:<{width}}{device:<5} -> {d['selected']:<10}"
             detail = "; ".join(f"{b}: {why}" for b, why in d["backends"].items())
             lines.append(f"{head} {detail}")
+            if d.get("rule"):  # shown also while a candidate is off: it is what a call gets once both are live
+                lines.append(f"{'':<{width + 9}}auto rule: {d['rule']}")
+    lines += ["", "layers (automatic kernel choice):"]
+    lines += [f"  {family}: {rule}" for family, rule in info.get("layers", {}).items()]
     return "\n".join(lines)
 
 

@@ -21,6 +21,19 @@ def test_info_lists_every_op_with_a_reason_per_backend():
     assert "pack_mask" in text and "torch" in text
 
 
+def test_info_prints_the_dispatch_rule_of_each_layer_family():
+    facts = info.collect()
+    rule = facts["ops"]["masked_linear"]["cuda"]["rule"]
+    assert "masked_matmul_table.json" in rule and "triton" in rule and "reference" in rule
+    assert facts["ops"]["masked_linear"]["cpu"]["rule"] is None  # CPU: the library, no per-call choice
+    layers = facts["layers"]
+    assert set(layers) >= {"MaskedLinear", "MaskedConv2d", "ScoredLinear, ScoredConv2d"}
+    assert "block_sparse_linear" in layers["MaskedLinear"] and "semi_structured_linear" in layers["MaskedLinear"]
+    assert "no Triton convolution" in layers["MaskedConv2d"]
+    text = info.format_info(facts)
+    assert "auto rule:" in text and "MaskedConv2d: masked_conv2d -> reference" in text
+
+
 def test_info_json_cli(capsys):
     assert cli.main(["info", "--json"]) == 0
     assert "ops" in json.loads(capsys.readouterr().out)

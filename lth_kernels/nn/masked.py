@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lth_kernels.ops import cpu_sparse
+from lth_kernels.ops import cpu_sparse, semi_structured
 from lth_kernels.ops.block_sparse import block_layout, block_sparse_linear, detect_block_structure
 from lth_kernels.ops.masked_matmul import masked_conv2d, masked_linear
+from lth_kernels.ops.semi_structured import semi_structured_linear
 
 # Devices on which a block-structured mask is routed to the block-sparse kernels. Only CUDA: on CPU the
 # block-sparse reference is a masked dense GEMM, so the detour buys nothing there.
@@ -29,6 +30,10 @@ BLOCK_SPARSE_DEVICES: tuple[str, ...] = ("cuda",)
 # Above this density a block-sparse GEMM cannot beat the masked dense-tile kernel by enough to pay for the
 # row walk (design A2's target is 0.85 x min(1/d, cap)); to be replaced by a measured GPU dispatch table.
 BLOCK_SPARSE_MAX_DENSITY = 0.5
+# Devices on which a 2:4 mask may run on the sparse tensor cores (cuSPARSELt), in calls that need no gradient: the
+# one-time timing that decides it is a forward timing, and a training step would also re-compress W after every
+# optimizer step and run dX dense; training keeps the library path on the weight as stored.
+SEMI_STRUCTURED_DEVICES: tuple[str, ...] = ("cuda",)
 
 
 class _Masked:
@@ -127,15 +132,26 @@ class MaskedLinear(_Masked, nn.Linear):
         return {"in_features": module.in_features, "out_features": module.out_features, "bias": module.bias is not None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The two fast paths choose by data (sparsity, block structure) with host syncs, cached per mask
-        # version; a compiled graph keeps the one masked op instead.
+        # The fast paths choose by data (sparsity, block structure, 2:4) with host syncs, cached per mask
+        # version; a compiled graph keeps the one masked op instead, which itself picks the library or the
+        # tile-skipping kernels per call (ops/_masked_matmul_dispatch.py).
         if not torch.compiler.is_compiling():
             if not self.training and cpu_sparse.eval_forward_applies(self, x):
                 return cpu_sparse.eval_forward(self, x)  # CSR x dense inference above the measured crossover
             layout = self._block_layout(x.device)
             if layout is not None:
                 return block_sparse_linear(x, self.weight, layout, self.bias)
+            if self._semi_structured_applies(x):
+                return semi_structured_linear(x, self.weight, self.mask, self.bias, backend="cusparselt")
         return masked_linear(x, self.weight, self.mask, self.bias, weight_is_masked=True)
+
+    def _semi_structured_applies(self, x: torch.Tensor) -> bool:
+        """A call that needs no gradient, on a 2:4 mask that the sparse tensor cores run faster (measured once)."""
+        if x.device.type not in SEMI_STRUCTURED_DEVICES:
+            return False
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, self.weight, self.bias)):
+            return False
+        return semi_structured.sparse_applies(x, self.weight, self.mask, self.bias)
 
     def _block_layout(self, device: torch.device):
         """The block-sparse layout of this mask when it is block-structured and sparse enough, else None."""

@@ -5,6 +5,8 @@
 layer with the weight masked by ``b_mask``; the backward gives ``scores`` the straight-through gradient
 ``(dYᵀ·X) ⊙ W`` over *all* entries, pruned ones included (``ops.masked_linear_scores``). Which entries
 ``b_mask`` keeps is the caller's rule (top-k, restricted swaps, ...): the layers never change it themselves.
+With the weights frozen, the score gradient is one library GEMM (it covers every entry: no tile to skip);
+code that also trains the weight gets dW and the scores from one pass (the fused Triton kernel, or one GEMM).
 
 The buffer is deliberately not called ``mask``: the trainer's mask guard zeroes a masked layer's weight at
 pruned positions, and a search must leave the pre-trained weights bit-identical.

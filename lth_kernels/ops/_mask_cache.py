@@ -22,6 +22,7 @@ invalidates; writes through ``mask.data`` do not, so call :func:`clear` after th
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -89,6 +90,23 @@ class MaskMeta:
         bwd, bwd_rows = _stack_tables(occ.t())
         return cls(tuple(mask.shape), block, pack_mask(mask), occ, fwd, fwd_rows, bwd, bwd_rows)
 
+    @functools.cached_property
+    def occupied_fraction(self) -> float:
+        """Share of the W-tile steps the kernels still run: per table (forward, dX), the listed reduction tiles over
+        all tiles at the widest output groups (fan-out ``FANOUT[-1]``, where the OR over the group skips least, so
+        the figure holds whatever tile the autotuner picks), averaged over the two tables.
+
+        1.0 for an unstructured mask (no group of tiles is empty unless the mask is almost empty); the dispatch
+        compares 1 minus it with the crossover table. One host sync, once per mask state (cached with the metadata).
+        """
+        listed, steps = [], []
+        for table, rows in ((self.fwd_table, self.fwd_rows), (self.bwd_table, self.bwd_rows)):
+            widest = table[rows[-1]:]
+            listed.append(widest[:, 0].sum(dtype=torch.int64))
+            steps.append(widest.shape[0] * (widest.shape[1] - 1))
+        counts = torch.stack(listed).tolist()
+        return sum(c / s if s else 1.0 for c, s in zip(counts, steps, strict=True)) / len(steps)
+
     def tiles(self, orientation: str, r: int = 1) -> list[list[int]]:
         """Host-side view of a table (tests, debugging): per output-tile group, the listed reduction tiles."""
         table, rows = (self.fwd_table, self.fwd_rows) if orientation == "fwd" else (self.bwd_table, self.bwd_rows)
@@ -132,7 +150,33 @@ def get(mask: torch.Tensor, block: tuple[int, int] = (64, 64)) -> MaskMeta:
     return meta
 
 
+# id(mask) -> (weak reference, (version, data_ptr), {key: value}): values derived from one mask state, kept while
+# the mask lives. A plain dict on the id (the reference confirms identity; its callback drops the slot with the
+# mask), so a hit costs well under a microsecond: these run on every call of a masked layer.
+_remembered: dict[int, tuple] = {}
+
+
+def remember(mask: torch.Tensor, key, build):
+    """``build()`` once per state of ``mask`` (rebuilt after an in-place write or a new allocation) and ``key``.
+
+    Unbounded in the number of masks but weak on each: unlike :func:`get`'s bounded cache, a model with many
+    masked layers never rebuilds (and host syncs) on every call."""
+    version = _version(mask)
+    if version is None:
+        return build()
+    ident, state = id(mask), (version, mask.data_ptr())
+    slot = _remembered.get(ident)
+    if slot is None or slot[0]() is not mask or slot[1] != state:
+        ref = weakref.ref(mask, lambda _, ident=ident: _remembered.pop(ident, None))
+        slot = _remembered[ident] = (ref, state, {})
+    values = slot[2]
+    if key not in values:
+        values[key] = build()
+    return values[key]
+
+
 def clear() -> None:
     """Drops every cached entry (after writing a mask through ``.data``, which does not bump its version)."""
     with _lock:
         _cache.clear()
+    _remembered.clear()

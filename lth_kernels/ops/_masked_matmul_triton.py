@@ -383,6 +383,7 @@ def masked_linear_grad_input_triton(grad_out, weight, mask, weight_is_masked):
     return dx.reshape(*grad_out.shape[:-1], k)
 
 
+@_registry.register("masked_linear_grad_weight_and_scores", "triton")
 def masked_linear_grad_weight_and_scores(grad_out, x, weight, mask):
     """Masked dW and score gradient from one pass over dY and X (lottery jackpots / edge-popup backward)."""
     if x.dtype == torch.float64:

@@ -4,6 +4,10 @@ Every op has a plain-PyTorch ``reference`` backend (any device, the test oracle)
 (compiled C++/OpenMP), ``cuda`` (compiled CUDA) and ``triton`` backends. Selection, in order: the
 per-call ``backend=`` argument, the ``LTH_KERNELS_BACKEND`` environment variable (a backend name, or
 ``op=backend,op=backend``), then the first live backend in the op's preference order for the device.
+
+An op may instead have a per-call *rule* on a device type (:func:`set_rule`): when more than one of the rule's
+candidate backends is live, :func:`resolve` returns ``"auto"`` and the op itself picks, call by call, from the
+data (e.g. the mask's tile occupancy), so a compiled graph keeps one opaque call.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from lth_kernels import _ext
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
+AUTO = "auto"  # resolved backend name of a call whose op chooses from its data (see set_rule)
 
 # Default preference per device type; an op may override it (e.g. when Triton beats the CUDA kernel).
 DEFAULT_PREFERENCE = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
@@ -56,6 +61,15 @@ def backend_status(backend: str, device: torch.device | str, needs: str | None =
     raise ValueError(f"backend: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A per-call choice among ``candidates`` (backend names) that the op makes from its data; ``text`` says how
+    (printed by ``lth info``)."""
+
+    candidates: tuple[str, ...]
+    text: str
+
+
 @dataclass
 class OpBackends:
     """The implementations of one public op, keyed by backend name."""
@@ -64,6 +78,7 @@ class OpBackends:
     impls: dict[str, Callable] = field(default_factory=dict)
     needs: dict[str, str] = field(default_factory=dict)  # backend -> compiled op it calls
     preference: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_PREFERENCE))
+    rules: dict[str, Rule] = field(default_factory=dict)  # device type -> per-call rule
 
     def status(self, backend: str, device: torch.device | str) -> tuple[bool, str]:
         if backend not in self.impls:
@@ -94,6 +109,11 @@ def set_preference(op: str, device_type: str, order: tuple[str, ...]) -> None:
     _OPS.setdefault(op, OpBackends(op)).preference[device_type] = tuple(order)
 
 
+def set_rule(op: str, device_type: str, candidates: tuple[str, ...], text: str) -> None:
+    """On ``device_type``, let ``op`` choose among ``candidates`` per call (``resolve`` answers ``"auto"``)."""
+    _OPS.setdefault(op, OpBackends(op)).rules[device_type] = Rule(tuple(candidates), text)
+
+
 def ops() -> dict[str, OpBackends]:
     return dict(_OPS)
 
@@ -112,17 +132,22 @@ def _env_choice(op: str) -> str | None:
 
 
 def resolve(op: str, device: torch.device | str, backend: str | None = None) -> str:
-    """The backend name a call of ``op`` on ``device`` runs with."""
+    """The backend name a call of ``op`` on ``device`` runs with, or ``"auto"`` where the op's rule chooses per call."""
     entry = _OPS[op]
     device = torch.device(device)
     choice = backend or _env_choice(op)
-    if choice and choice != "auto":
+    if choice and choice != AUTO:
         if choice not in BACKENDS:
             raise ValueError(f"backend: unknown backend {choice!r} for {op}; valid: {', '.join(BACKENDS)}")
         live, why = entry.status(choice, device)
         if not live:
             raise RuntimeError(f"backend: {choice!r} is not available for {op} on {device}: {why}")
         return choice
+    rule = entry.rules.get(device.type)
+    if rule is not None:
+        live = [name for name in rule.candidates if entry.status(name, device)[0]]
+        if len(live) > 1:
+            return AUTO
     for name in entry.preference.get(device.type, ("reference",)):
         if entry.status(name, device)[0]:
             return name

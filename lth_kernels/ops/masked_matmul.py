@@ -19,6 +19,11 @@ is masked either way. Fast kernels apply the mask while loading the weight tile,
 Backends: each of the ops below is a registry entry (``masked_linear``, ``masked_linear_grad_input``, ...). A
 backend module registers any subset of them under its name and is imported at the end of this file; a backward
 op the chosen backend lacks runs on the reference. Every ``lth_kernels::`` op takes the resolved backend name.
+The reference is torch's own GEMM/convolution (cuBLAS, cuDNN, MKL) on the weight as given: with
+``weight_is_masked=True`` it is the vendor library on the pre-masked weight, with dW masked in place. On CUDA the
+linear ops resolve to ``"auto"``: each call picks ``triton`` (tile skipping) or ``reference`` from the mask's
+tile occupancy and a measured crossover (:mod:`lth_kernels.ops._masked_matmul_dispatch`). Plain eager calls run
+the same functions and autograd formulas without the custom-op dispatch (:mod:`lth_kernels.ops._eager_op`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lth_kernels.ops import _registry
+from lth_kernels.ops import _eager_op, _mask_cache, _registry
 from lth_kernels.ops.mask_meta import _check_mask
 
 # --------------------------------------------------------------------------------------------- reference
@@ -39,6 +44,23 @@ from lth_kernels.ops.mask_meta import _check_mask
 def _masked(weight: torch.Tensor, mask: torch.Tensor, weight_is_masked: bool) -> torch.Tensor:
     # torch.where, not weight * mask: a pruned entry must contribute 0 even if it holds inf/nan.
     return weight if weight_is_masked else torch.where(mask, weight, 0)
+
+
+_INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _mask_grad_(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``grad`` set to +0.0 where ``mask`` is False, in place, whatever it holds there (inf/nan included).
+
+    On CPU, ``masked_fill_`` with a bool mask runs a slow scalar loop (measured at 16x the time of the integer AND
+    below on a 300 x 784 fp32 gradient); an AND of the float bits with a remembered all-ones / all-zeros integer
+    mask of the same width gives the same result bit for bit. On CUDA ``masked_fill_`` is already memory-bound."""
+    if grad.device.type == "cpu" and grad.element_size() in _INT_OF_SIZE and grad.shape == mask.shape:
+        int_dtype = _INT_OF_SIZE[grad.element_size()]
+        keep = _mask_cache.remember(mask, ("keep_bits", int_dtype), lambda: mask.to(int_dtype).neg_())
+        grad.view(int_dtype).bitwise_and_(keep)
+        return grad
+    return grad.masked_fill_(~mask, 0)
 
 
 @_registry.register("masked_linear", "reference")
@@ -61,12 +83,20 @@ def _weight_grad_dense(grad_out, x):
 
 @_registry.register("masked_linear_grad_weight", "reference")
 def masked_linear_grad_weight_reference(grad_out, x, mask):
-    return _weight_grad_dense(grad_out, x).masked_fill_(~mask, 0)
+    return _mask_grad_(_weight_grad_dense(grad_out, x), mask)
 
 
 @_registry.register("masked_linear_grad_scores", "reference")
 def masked_linear_grad_scores_reference(grad_out, x, weight):
     return _weight_grad_dense(grad_out, x).mul_(weight)
+
+
+@_registry.register("masked_linear_grad_weight_and_scores", "reference")
+def masked_linear_grad_weight_and_scores_reference(grad_out, x, weight, mask):
+    # One dYᵀX GEMM for both: the score gradient first, then the same buffer masked in place is dW.
+    full = _weight_grad_dense(grad_out, x)
+    scores = full * weight
+    return _mask_grad_(full, mask), scores
 
 
 @_registry.register("masked_conv2d", "reference")
@@ -86,7 +116,7 @@ def masked_conv2d_grad_input_reference(grad_out, x_shape, weight, mask, stride, 
 @_registry.register("masked_conv2d_grad_weight", "reference")
 def masked_conv2d_grad_weight_reference(grad_out, x, mask, stride, padding, dilation, groups):
     dw = torch.nn.grad.conv2d_weight(x, mask.shape, grad_out, stride, padding, dilation, groups)
-    return dw.contiguous().masked_fill_(~mask, 0)
+    return _mask_grad_(dw.contiguous(), mask)
 
 
 def _impl(op: str, backend: str):
@@ -95,13 +125,24 @@ def _impl(op: str, backend: str):
     return impls.get(backend, impls["reference"])
 
 
+def _linear_impl(op: str, backend: str, mask: torch.Tensor, tokens: int, dtype: torch.dtype):
+    """As :func:`_impl`; ``"auto"`` is decided here, at run time, from the mask (see the dispatch module)."""
+    if backend == _registry.AUTO:
+        backend = _masked_matmul_dispatch.choose(mask, tokens, dtype)
+    return _impl(op, backend)
+
+
+def _tokens(t: torch.Tensor) -> int:
+    return t.numel() // t.shape[-1] if t.shape[-1] else 0
+
+
 # --------------------------------------------------------------------------------------------- ops: linear
 
 
-@torch.library.custom_op("lth_kernels::masked_linear", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear")
 def _masked_linear_op(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
                       weight_is_masked: bool, backend: str) -> torch.Tensor:
-    return _impl("masked_linear", backend)(x, weight, mask, bias, weight_is_masked)
+    return _linear_impl("masked_linear", backend, mask, _tokens(x), x.dtype)(x, weight, mask, bias, weight_is_masked)
 
 
 @_masked_linear_op.register_fake
@@ -109,10 +150,11 @@ def _(x, weight, mask, bias, weight_is_masked, backend):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.custom_op("lth_kernels::masked_linear_grad_input", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear_grad_input")
 def _grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, weight_is_masked: bool,
                    backend: str) -> torch.Tensor:
-    return _impl("masked_linear_grad_input", backend)(grad_out, weight, mask, weight_is_masked)
+    impl = _linear_impl("masked_linear_grad_input", backend, mask, _tokens(grad_out), weight.dtype)
+    return impl(grad_out, weight, mask, weight_is_masked)
 
 
 @_grad_input_op.register_fake
@@ -120,9 +162,9 @@ def _(grad_out, weight, mask, weight_is_masked, backend):
     return grad_out.new_empty((*grad_out.shape[:-1], weight.shape[1]))
 
 
-@torch.library.custom_op("lth_kernels::masked_linear_grad_weight", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear_grad_weight")
 def _grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, backend: str) -> torch.Tensor:
-    return _impl("masked_linear_grad_weight", backend)(grad_out, x, mask)
+    return _linear_impl("masked_linear_grad_weight", backend, mask, _tokens(x), x.dtype)(grad_out, x, mask)
 
 
 @_grad_weight_op.register_fake
@@ -130,14 +172,28 @@ def _(grad_out, x, mask, backend):
     return x.new_empty(mask.shape)
 
 
-@torch.library.custom_op("lth_kernels::masked_linear_grad_scores", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear_grad_scores")
 def _grad_scores_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:
-    return _impl("masked_linear_grad_scores", backend)(grad_out, x, weight)
+    # "auto": the score gradient covers every entry, so no tile can be skipped: the library GEMM.
+    return _impl("masked_linear_grad_scores", "reference" if backend == _registry.AUTO else backend)(grad_out, x,
+                                                                                                     weight)
 
 
 @_grad_scores_op.register_fake
 def _(grad_out, x, weight, backend):
     return x.new_empty(weight.shape)
+
+
+@_eager_op.custom_op("lth_kernels::masked_linear_grad_weight_and_scores")
+def _grad_weight_and_scores_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
+                               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    impl = _linear_impl("masked_linear_grad_weight_and_scores", backend, mask, _tokens(x), x.dtype)
+    return tuple(impl(grad_out, x, weight, mask))
+
+
+@_grad_weight_and_scores_op.register_fake
+def _(grad_out, x, weight, mask, backend):
+    return x.new_empty(weight.shape), x.new_empty(weight.shape)
 
 
 def _setup_linear(ctx, inputs, output):
@@ -149,20 +205,21 @@ def _setup_linear(ctx, inputs, output):
 def _backward_linear(ctx, grad):
     x, weight, mask = ctx.saved_tensors
     need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
-    dx = _grad_input_op(grad, weight, mask, ctx.weight_is_masked, ctx.backend) if need_x else None
-    dw = _grad_weight_op(grad, x, mask, ctx.backend) if need_w else None
+    call = _eager_op.call
+    dx = call(ctx, _grad_input_op, grad, weight, mask, ctx.weight_is_masked, ctx.backend) if need_x else None
+    dw = call(ctx, _grad_weight_op, grad, x, mask, ctx.backend) if need_w else None
     db = grad.reshape(-1, grad.shape[-1]).sum(0) if need_b else None
     return dx, dw, None, db, None, None
 
 
-_masked_linear_op.register_autograd(_backward_linear, setup_context=_setup_linear)
+_eager_op.register_autograd(_masked_linear_op, _backward_linear, _setup_linear)
 
 
-@torch.library.custom_op("lth_kernels::masked_linear_scores", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_linear_scores")
 def _masked_linear_scores_op(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor,
                              bias: torch.Tensor | None, backend: str) -> torch.Tensor:
     # scores do not enter the forward: they only receive the straight-through gradient
-    return _impl("masked_linear", backend)(x, weight, mask, bias, False)
+    return _linear_impl("masked_linear", backend, mask, _tokens(x), x.dtype)(x, weight, mask, bias, False)
 
 
 @_masked_linear_scores_op.register_fake
@@ -179,14 +236,21 @@ def _setup_scores(ctx, inputs, output):
 def _backward_scores(ctx, grad):
     x, weight, mask = ctx.saved_tensors
     need_x, need_w, _, need_s, need_b = ctx.needs_input_grad[:5]
-    dx = _grad_input_op(grad, weight, mask, False, ctx.backend) if need_x else None
-    dw = _grad_weight_op(grad, x, mask, ctx.backend) if need_w else None
-    ds = _grad_scores_op(grad, x, weight, ctx.backend).to(ctx.scores_dtype) if need_s else None
+    call = _eager_op.call
+    dx = call(ctx, _grad_input_op, grad, weight, mask, False, ctx.backend) if need_x else None
+    dw = ds = None
+    if need_w and need_s:  # one pass over dY and X for both (fused kernel on Triton, one GEMM on the library)
+        dw, ds = call(ctx, _grad_weight_and_scores_op, grad, x, weight, mask, ctx.backend)
+    elif need_w:
+        dw = call(ctx, _grad_weight_op, grad, x, mask, ctx.backend)
+    elif need_s:
+        ds = call(ctx, _grad_scores_op, grad, x, weight, ctx.backend)
+    ds = ds.to(ctx.scores_dtype) if ds is not None else None
     db = grad.reshape(-1, grad.shape[-1]).sum(0) if need_b else None
     return dx, dw, None, ds, db, None
 
 
-_masked_linear_scores_op.register_autograd(_backward_scores, setup_context=_setup_scores)
+_eager_op.register_autograd(_masked_linear_scores_op, _backward_scores, _setup_scores)
 
 # --------------------------------------------------------------------------------------------- ops: conv2d
 
@@ -195,7 +259,7 @@ def _conv_out(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-@torch.library.custom_op("lth_kernels::masked_conv2d", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_conv2d")
 def _masked_conv2d_op(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
                       stride: list[int], padding: list[int], dilation: list[int], groups: int, weight_is_masked: bool,
                       backend: str) -> torch.Tensor:
@@ -208,7 +272,7 @@ def _(x, weight, mask, bias, stride, padding, dilation, groups, weight_is_masked
     return x.new_empty((x.shape[0], weight.shape[0], *hw))
 
 
-@torch.library.custom_op("lth_kernels::masked_conv2d_grad_input", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_conv2d_grad_input")
 def _conv_grad_input_op(grad_out: torch.Tensor, x_shape: list[int], weight: torch.Tensor, mask: torch.Tensor,
                         stride: list[int], padding: list[int], dilation: list[int], groups: int,
                         weight_is_masked: bool, backend: str) -> torch.Tensor:
@@ -221,7 +285,7 @@ def _(grad_out, x_shape, weight, mask, stride, padding, dilation, groups, weight
     return grad_out.new_empty(x_shape)
 
 
-@torch.library.custom_op("lth_kernels::masked_conv2d_grad_weight", mutates_args=())
+@_eager_op.custom_op("lth_kernels::masked_conv2d_grad_weight")
 def _conv_grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, stride: list[int],
                          padding: list[int], dilation: list[int], groups: int, backend: str) -> torch.Tensor:
     return _impl("masked_conv2d_grad_weight", backend)(grad_out, x, mask, stride, padding, dilation, groups)
@@ -244,15 +308,16 @@ def _backward_conv(ctx, grad):
     need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
     dx = dw = db = None
     if need_x:
-        dx = _conv_grad_input_op(grad, list(x.shape), weight, mask, *ctx.conv, ctx.weight_is_masked, ctx.backend)
+        dx = _eager_op.call(ctx, _conv_grad_input_op, grad, list(x.shape), weight, mask, *ctx.conv,
+                            ctx.weight_is_masked, ctx.backend)
     if need_w:
-        dw = _conv_grad_weight_op(grad, x, mask, *ctx.conv, ctx.backend)
+        dw = _eager_op.call(ctx, _conv_grad_weight_op, grad, x, mask, *ctx.conv, ctx.backend)
     if need_b:
         db = grad.sum((0, 2, 3))
     return dx, dw, None, db, None, None, None, None, None, None
 
 
-_masked_conv2d_op.register_autograd(_backward_conv, setup_context=_setup_conv)
+_eager_op.register_autograd(_masked_conv2d_op, _backward_conv, _setup_conv)
 
 # --------------------------------------------------------------------------------------------- public
 
@@ -313,8 +378,8 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
     _check_weight_mask_bias(x, weight, mask, bias, 2)
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x: expected last dim {weight.shape[1]} (weight.shape[1]), got shape {tuple(x.shape)}")
-    return _masked_linear_op(x, weight, mask, bias, bool(weight_is_masked),
-                             _registry.resolve("masked_linear", x.device, backend))
+    return _eager_op.apply(_masked_linear_op, x, weight, mask, bias, bool(weight_is_masked),
+                           _registry.resolve("masked_linear", x.device, backend))
 
 
 def masked_linear_scores(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor,
@@ -336,8 +401,8 @@ def masked_linear_scores(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tens
     if scores.shape != weight.shape or scores.device != weight.device:
         raise ValueError(f"scores: expected shape {tuple(weight.shape)} on {weight.device} (as weight), got "
                          f"{_describe(scores)}")
-    return _masked_linear_scores_op(x, weight, mask, scores, bias,
-                                    _registry.resolve("masked_linear", x.device, backend))
+    return _eager_op.apply(_masked_linear_scores_op, x, weight, mask, scores, bias,
+                           _registry.resolve("masked_linear", x.device, backend))
 
 
 def _pair(name: str, v) -> list[int]:
@@ -387,8 +452,8 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
         if x.shape[2 + i] + 2 * padding[i] < dilation[i] * (weight.shape[2 + i] - 1) + 1:
             raise ValueError(f"x: spatial size {tuple(x.shape[2:])} (padded by {padding}) is smaller than the "
                              f"dilated kernel {tuple(weight.shape[2:])} (dilation {dilation})")
-    y = _masked_conv2d_op(x, weight, mask, bias, stride, padding, dilation, groups, bool(weight_is_masked),
-                          _registry.resolve("masked_conv2d", x.device, backend))
+    y = _eager_op.apply(_masked_conv2d_op, x, weight, mask, bias, stride, padding, dilation, groups,
+                        bool(weight_is_masked), _registry.resolve("masked_conv2d", x.device, backend))
     return y.squeeze(0) if unbatched else y
 
 
@@ -398,3 +463,12 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
 for _module in ("lth_kernels.ops._masked_matmul_triton",):
     if importlib.util.find_spec(_module) is not None:
         importlib.import_module(_module)
+
+from lth_kernels.ops import _masked_matmul_dispatch  # noqa: E402 - after the backends it chooses among
+
+# On CUDA the linear ops choose per call between the Triton kernels and the library (see the dispatch module);
+# the score-only gradient always takes the library (nothing to skip), which lth info then shows.
+for _op in ("masked_linear", "masked_linear_grad_input", "masked_linear_grad_weight",
+            "masked_linear_grad_weight_and_scores"):
+    _registry.set_rule(_op, "cuda", _masked_matmul_dispatch.CANDIDATES, _masked_matmul_dispatch.rule_text())
+_registry.set_preference("masked_linear_grad_scores", "cuda", ("reference",))

@@ -222,6 +222,12 @@ def _use_sparse(x2d, weight, mask, bias, backend: str) -> bool:
     return ok and (backend == "cusparselt" or sparse_is_faster(x2d.shape[0], weight, mask, bias))
 
 
+def sparse_applies(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`semi_structured_linear` with the automatic backend runs this call on the 2:4 tensor cores
+    (supported operands, a 2:4 mask, measured faster); host syncs the first time per mask and shape."""
+    return x.numel() > 0 and _use_sparse(x.reshape(-1, x.shape[-1]), weight, mask, bias, "auto")
+
+
 # The path is chosen inside the op, at run time, so that compiled graphs keep one opaque call and the
 # mask check and the one-time measurement never run under tracing.
 @torch.library.custom_op("lth_kernels::semi_structured_linear", mutates_args=())

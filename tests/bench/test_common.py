@@ -23,7 +23,34 @@ def test_write_results_one_row_per_line(tmp_path):
 
 
 @pytest.mark.parametrize("script", [block_sparse, masked_matmul])
-def test_gpu_scripts_smoke_on_cpu(script, capsys):
-    assert script.main(["--smoke", "--no-write"]) == 0
+def test_gpu_scripts_smoke_on_cpu(script, capsys, tmp_path):
+    table = tmp_path / "table.json"
+    extra = ["--table", str(table)] if script is masked_matmul else []
+    assert script.main(["--smoke", "--no-write", *extra]) == 0
     out = capsys.readouterr().out
     assert "'ours_ms'" in out and "smoke" in out
+    if extra:  # the regeneration path of the dispatch table runs end to end (interpreter timings: meaningless)
+        entries = json.loads(table.read_text())["entries"]
+        assert [(e["shape"], e["batch"], e["in_features"], e["out_features"]) for e in entries] == [
+            ("smoke.tiny", 64, 96, 64)]
+
+
+def test_masked_matmul_table_from_rows(tmp_path):
+    import torch
+
+    from lth_kernels.ops import _masked_matmul_dispatch as D
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"entries": [{"dtype": "float16", "batch": 1, "in_features": 2, "out_features": 3,
+                                             "crossover": 0.1}]}))
+    base = {"model": "vit", "layer": "fc1", "M": 4096, "K": 768, "N": 3072, "mode": "fwd+bwd"}
+    rows = [{**base, "occupied": occ, "library_ms": 1.0, "ours_ms": 1.0 / ratio}
+            for occ, ratio in ((1.0, 0.8), (0.5, 1.2), (0.1, 3.0))]
+    rows.append({**base, "mode": "fwd", "occupied": 1.0, "library_ms": 1.0, "ours_ms": 0.1})  # fwd rows: ignored
+    table = masked_matmul.write_table(str(path), rows, {"device": "GPU X", "date": "d"}, "bfloat16", 0.5)
+    assert json.loads(path.read_text()) == table and table["machine"]["device"] == "GPU X"
+    fp16, bf16 = table["entries"]  # the other dtype's entry is kept
+    assert fp16["crossover"] == 0.1 and bf16["shape"] == "vit.fc1" and bf16["batch"] == 4096
+    # wins from 50 % skipped on, loses at 0 %: the crossover lies between, in log(speed-up)
+    assert 0.0 < bf16["crossover"] < 0.5
+    assert D.crossover(4096, 768, 3072, torch.bfloat16, table) == bf16["crossover"]

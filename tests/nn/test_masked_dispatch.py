@@ -67,3 +67,30 @@ def test_dense_or_unstructured_masks_never_take_the_block_path(monkeypatch):
     assert layer._block_layout(torch.device("cpu")) is None  # full mask: density 1 > the cut-off
     layer.set_mask(torch.rand(64, 64) > 0.9)
     assert layer._block_layout(torch.device("cpu")) is None
+
+
+def test_two_four_mask_runs_on_the_sparse_tensor_cores_only_without_gradients(monkeypatch):
+    from lth_kernels.ops import mask_2to4, semi_structured
+
+    layer = MaskedLinear(64, 32)
+    layer.set_mask(mask_2to4(layer.weight))
+    x = torch.randn(4, 64)
+    assert not semi_structured.sparse_applies(x, layer.weight, layer.mask, layer.bias)  # needs CUDA fp16/bf16
+    assert not layer._semi_structured_applies(x)
+    # As on a GPU where the one-time timing found 2:4 faster: the layer must use it, in inference only.
+    monkeypatch.setattr(masked_mod, "SEMI_STRUCTURED_DEVICES", ("cpu",))
+    monkeypatch.setattr(semi_structured, "sparse_applies", lambda *a: True)
+    calls = []
+
+    def spy(x, weight, mask, bias, backend):
+        calls.append(backend)
+        return semi_structured.semi_structured_linear(x, weight, mask, bias, backend="reference")
+
+    monkeypatch.setattr(masked_mod, "semi_structured_linear", spy)
+    with torch.no_grad():
+        y = layer(x)
+    assert calls == ["cusparselt"]
+    torch.testing.assert_close(y.double(), _oracle(layer, x), atol=1e-4, rtol=1e-4)
+    layer(x).sum().backward()  # training: the masked op (masked dW), never the 2:4 forward
+    assert calls == ["cusparselt"]
+    assert torch.all(layer.weight.grad[~layer.mask] == 0)

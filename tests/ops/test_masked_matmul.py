@@ -229,6 +229,7 @@ def test_opcheck():
         (lk.masked_linear_grad_input.default, (gy, w.detach(), m, False, "reference")),
         (lk.masked_linear_grad_weight.default, (gy, x.detach(), m, "reference")),
         (lk.masked_linear_grad_scores.default, (gy, x.detach(), w.detach(), "reference")),
+        (lk.masked_linear_grad_weight_and_scores.default, (gy, x.detach(), w.detach(), m, "reference")),
     ]
     xc = torch.randn(2, 4, 7, 6, requires_grad=True)
     wc = torch.randn(6, 2, 3, 3, requires_grad=True)
@@ -374,3 +375,17 @@ def test_compile_fullgraph_gpu_masked_linear_model():
     for layer, dense in ((model[0], ref[0]), (model[2], ref[2])):
         torch.testing.assert_close(layer.weight.grad, dense.weight.grad * layer.mask)
         assert torch.all(layer.weight.grad[~layer.mask] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_mask_grad_is_exact_where_semantics(dtype):
+    from lth_kernels.ops.masked_matmul import _mask_grad_
+
+    mask = _mask("0.5", (37, 29), "cpu")
+    g = torch.randn(37, 29, dtype=dtype)
+    g[0, :4] = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0])
+    want = g.masked_fill(~mask, 0)
+    got = _mask_grad_(g.clone(), mask)
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))  # bit for bit: +0.0 at pruned, kept untouched
+    mask.fill_(True)  # an in-place write: the remembered integer mask must follow
+    assert torch.equal(_mask_grad_(g.clone(), mask).view(torch.uint8), g.view(torch.uint8))
