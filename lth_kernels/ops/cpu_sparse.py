@@ -1,15 +1,20 @@
 """CPU sparse inference: a masked weight compressed once per mask, then ``Y = X . W^T + bias`` for every call.
 
-Format: CSR of the kept entries of a (N, K) weight, ``row_ptr`` int64 (N+1), ``col_idx`` int32 (ascending in a
-row), ``values`` fp32. An entry is stored where the mask is True (a kept weight that happens to be 0 is stored).
+Formats (both held by :class:`SparseWeight`): CSR of the kept entries of a (N, K) weight, ``row_ptr`` int64 (N+1),
+``col_idx`` int32 (ascending in a row), ``values`` fp32, the interchange format (``to_dense``, the reference); and
+the compiled kernel's own SELL-8 layout (sliced ELLPACK: rows sorted by length within windows of 64, slices of
+8 rows padded to their longest row, 16-bit column indices when K <= 65,536). An entry is stored where the mask
+is True (a kept weight that happens to be 0 is stored).
 
 Backends: ``reference`` (torch CSR ``@``, MKL on CPU) and ``cpu`` (compiled, fp32, OpenMP; AVX2+FMA with a
-portable fallback chosen at run time). The kernel packs X transposed in blocks of up to 64 batch rows so that
-each non-zero does one broadcast and up to 8 vector FMAs; batches of 1-2 gather X per non-zero instead.
+portable fallback chosen at run time). Batches of 1-2 rows gather X with the slice's 8 rows as vector lanes; larger
+batches pack X transposed in blocks of up to 64 rows (fewer when K is large, so the packed panel stays in L2) so
+that each entry does one broadcast and up to 8 vector FMAs.
 
 Whether the compressed kernel beats dense ``F.linear`` depends on sparsity, batch and shape: the crossover
 sparsities measured by ``bench/cpu_sparse.py`` are stored in ``cpu_sparse_table.json`` next to this file and
-consulted by :func:`use_sparse_cpu`. :func:`eval_forward` is the inference path of a masked linear layer.
+consulted by :func:`use_sparse_cpu`. :func:`eval_forward` is the inference path of a masked linear or 1x1
+convolution layer.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -39,7 +44,8 @@ def csr_from_dense_reference(weight: torch.Tensor, mask: torch.Tensor):
 
 
 @_registry.register("cpu_sparse_linear", "reference")
-def cpu_sparse_linear_reference(x, row_ptr, col_idx, values, in_features, out_features, bias):
+def cpu_sparse_linear_reference(x, arrays, in_features, out_features, bias):
+    row_ptr, col_idx, values = arrays
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         w = torch.sparse_csr_tensor(row_ptr, col_idx.to(torch.int64), values, (out_features, in_features))
@@ -59,8 +65,13 @@ def csr_from_dense_cpu(weight, mask):
 
 
 @_registry.register("cpu_sparse_linear", "cpu", needs="cpu_sparse_linear")
-def cpu_sparse_linear_cpu(x, row_ptr, col_idx, values, in_features, out_features, bias):
-    return torch.ops.lth_kernels_C.cpu_sparse_linear(x, row_ptr, col_idx, values, in_features, out_features, bias)
+def cpu_sparse_linear_cpu(x, arrays, in_features, out_features, bias):
+    perm, slice_ptr, idx, val = arrays
+    return torch.ops.lth_kernels_C.cpu_sparse_linear(x, perm, slice_ptr, idx, val, in_features, out_features, bias)
+
+
+def _sell_from_csr(row_ptr, col_idx, values, in_features):
+    return torch.ops.lth_kernels_C.sell_from_csr(row_ptr, col_idx, values, in_features)
 
 
 # --------------------------------------------------------------------------------------------- ops
@@ -80,15 +91,13 @@ def _(weight, mask, backend):
 
 
 @torch.library.custom_op("lth_kernels::cpu_sparse_linear", mutates_args=())
-def _cpu_sparse_linear_op(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
-                          in_features: int, out_features: int, bias: torch.Tensor | None,
-                          backend: str) -> torch.Tensor:
-    return _registry.implementation("cpu_sparse_linear", backend)(x, row_ptr, col_idx, values, in_features,
-                                                                   out_features, bias)
+def _cpu_sparse_linear_op(x: torch.Tensor, arrays: list[torch.Tensor], in_features: int, out_features: int,
+                          bias: torch.Tensor | None, backend: str) -> torch.Tensor:
+    return _registry.implementation("cpu_sparse_linear", backend)(x, arrays, in_features, out_features, bias)
 
 
 @_cpu_sparse_linear_op.register_fake
-def _(x, row_ptr, col_idx, values, in_features, out_features, bias, backend):
+def _(x, arrays, in_features, out_features, bias, backend):
     return x.new_empty((*x.shape[:-1], out_features))
 
 
@@ -97,12 +106,16 @@ def _(x, row_ptr, col_idx, values, in_features, out_features, bias, backend):
 
 @dataclass(frozen=True)
 class SparseWeight:
-    """A (out_features, in_features) fp32 weight in CSR, built once per mask and reused by every call."""
+    """A (out_features, in_features) fp32 weight in CSR, built once per mask and reused by every call.
+
+    ``kernel`` holds the compiled kernel's SELL-8 arrays (``perm``, ``slice_ptr``, ``idx``, ``val``), built with the
+    CSR when the extension is available (else on first use by the ``cpu`` backend); callers never need them."""
 
     row_ptr: torch.Tensor  # int64 (out_features + 1)
     col_idx: torch.Tensor  # int32 (nnz)
     values: torch.Tensor  # fp32 (nnz)
     shape: tuple[int, int]
+    kernel: tuple[torch.Tensor, ...] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, mask: torch.Tensor | None = None, *, backend: str | None = None):
@@ -122,7 +135,17 @@ class SparseWeight:
         weight = weight.detach()
         row_ptr, col_idx, values = _csr_from_dense_op(weight, mask,
                                                       _registry.resolve("csr_from_dense", weight.device, backend))
-        return cls(row_ptr, col_idx, values, (int(weight.shape[0]), int(weight.shape[1])))
+        sw = cls(row_ptr, col_idx, values, (int(weight.shape[0]), int(weight.shape[1])))
+        if _registry.ops()["cpu_sparse_linear"].status("cpu", weight.device)[0]:
+            sw.kernel_arrays()
+        return sw
+
+    def kernel_arrays(self) -> tuple[torch.Tensor, ...]:
+        """The SELL-8 arrays of the compiled kernel, built from the CSR on first use (needs the extension)."""
+        if self.kernel is None:
+            object.__setattr__(self, "kernel", tuple(_sell_from_csr(self.row_ptr, self.col_idx, self.values,
+                                                                    self.shape[1])))
+        return self.kernel
 
     @property
     def out_features(self) -> int:
@@ -174,11 +197,12 @@ def cpu_sparse_linear(x: torch.Tensor, sparse_weight: SparseWeight, bias: torch.
         bias = bias.detach()
     sw = sparse_weight
     chosen = _registry.resolve("cpu_sparse_linear", x.device, backend)
+    arrays = [sw.row_ptr, sw.col_idx, sw.values] if chosen == "reference" else list(sw.kernel_arrays())
     if torch.compiler.is_compiling():
-        return _cpu_sparse_linear_op(x, sw.row_ptr, sw.col_idx, sw.values, k, n, bias, chosen)
+        return _cpu_sparse_linear_op(x, arrays, k, n, bias, chosen)
     # Eager: the custom op's dispatch costs ~18 us a call, more than the whole kernel for small layers at high
     # sparsity; it only matters to tracing, so call the implementation directly (no autograd either way).
-    return _registry.implementation("cpu_sparse_linear", chosen)(x, sw.row_ptr, sw.col_idx, sw.values, k, n, bias)
+    return _registry.implementation("cpu_sparse_linear", chosen)(x, arrays, k, n, bias)
 
 
 # --------------------------------------------------------------------------------------------- dispatch
