@@ -172,6 +172,8 @@ class MaskedConv2d(_Masked, nn.Conv2d):
                 "padding_mode": module.padding_mode}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and not torch.compiler.is_compiling() and cpu_sparse.eval_forward_applies(self, x):
+            return cpu_sparse.eval_forward(self, x)  # 1x1 conv as CSR x dense inference above the crossover
         padding = self.padding
         if self.padding_mode != "zeros":  # as nn.Conv2d: pad explicitly, then convolve unpadded
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)

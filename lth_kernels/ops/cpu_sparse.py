@@ -189,12 +189,13 @@ def cpu_sparse_linear(x: torch.Tensor, sparse_weight: SparseWeight, bias: torch.
     if x.device != sparse_weight.device:
         raise ValueError(f"x: expected device {sparse_weight.device} (sparse_weight's), got {x.device}")
     if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
+        if not isinstance(bias, torch.Tensor) or bias.dtype != torch.float32 or bias.shape != (n,):
             got = f"{bias.dtype} shape {tuple(bias.shape)}" if isinstance(bias, torch.Tensor) else type(bias)
             raise ValueError(f"bias: expected a torch.float32 tensor of shape ({n},), got {got}")
         if bias.device != x.device:
             raise ValueError(f"bias: expected device {x.device} (x's), got {bias.device}")
-        bias = bias.detach()
+        if bias.requires_grad:  # no autograd here; detach() costs ~1 us a call, so only when needed
+            bias = bias.detach()
     sw = sparse_weight
     chosen = _registry.resolve("cpu_sparse_linear", x.device, backend)
     arrays = [sw.row_ptr, sw.col_idx, sw.values] if chosen == "reference" else list(sw.kernel_arrays())
@@ -254,9 +255,16 @@ def _layer_sparsity(layer) -> float:
     return cached[1]
 
 
+def _pointwise(layer) -> bool:
+    """A 1x1 convolution without padding or groups: a GEMM over the (strided) pixels."""
+    return (tuple(layer.kernel_size) == (1, 1) and layer.groups == 1
+            and (layer.padding in ("valid", "same") or tuple(layer.padding) == (0, 0)))
+
+
 def eval_forward_applies(layer, x: torch.Tensor) -> bool:
-    """Whether :func:`eval_forward` should serve this call of a masked linear layer: inference (eval mode, no
-    gradient needed), fp32 on CPU, and a layer sparse enough for its batch and shape (:func:`use_sparse_cpu`)."""
+    """Whether :func:`eval_forward` should serve this call of a masked linear or 1x1 conv layer: inference (eval
+    mode, no gradient needed), fp32 on CPU, and a layer sparse enough for its rows and shape (:func:`use_sparse_cpu`;
+    a conv's rows are its output pixels)."""
     w = layer.weight
     if layer.training or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
         return False
@@ -265,21 +273,34 @@ def eval_forward_applies(layer, x: torch.Tensor) -> bool:
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or
                                     (layer.bias is not None and layer.bias.requires_grad)):
         return False
-    batch = x.numel() // max(x.shape[-1], 1)
-    return use_sparse_cpu(_layer_sparsity(layer), batch, w.shape[1], w.shape[0])
+    if w.dim() == 4:
+        if x.dim() != 4 or not _pointwise(layer):
+            return False
+        sh, sw = layer.stride
+        rows = x.shape[0] * -(-x.shape[2] // sh) * -(-x.shape[3] // sw)
+    else:
+        rows = x.numel() // max(x.shape[-1], 1)
+    return use_sparse_cpu(_layer_sparsity(layer), rows, w.shape[1], w.shape[0])
 
 
 def eval_forward(layer, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` through the layer's cached :class:`SparseWeight` (rebuilt when the mask or the weight changed).
 
-    ``layer`` has ``weight`` (N, K), ``bias``, a bool ``mask`` and an int ``mask_version`` bumped by ``set_mask``;
-    the cache key also holds ``weight._version`` (bumped by in-place updates: optimizer steps, ``load_state_dict``)
-    and the weight's identity, so a stale CSR is never used."""
+    ``layer`` has ``weight`` (N, K) or, for a 1x1 conv, (N, C, 1, 1), ``bias``, a bool ``mask`` and an int
+    ``mask_version`` bumped by ``set_mask``; the cache key also holds ``weight._version`` (bumped by in-place
+    updates: optimizer steps, ``load_state_dict``) and the weight's identity, so a stale CSR is never used. A conv
+    output has the input's memory format (channels_last input: no copy on either side)."""
     w = layer.weight
     key = (layer.mask_version, id(w), w._version, w.data_ptr())
     cached = layer.__dict__.get("_cpu_sparse_weight")
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            cached = (key, SparseWeight.from_dense(w.detach(), layer.mask))
+            n = w.shape[0]
+            cached = (key, SparseWeight.from_dense(w.detach().reshape(n, -1), layer.mask.reshape(n, -1)))
         layer.__dict__["_cpu_sparse_weight"] = cached
-    return cpu_sparse_linear(x, cached[1], layer.bias)
+    if w.dim() == 2:
+        return cpu_sparse_linear(x, cached[1], layer.bias)
+    sh, sw = layer.stride
+    xs = x if (sh, sw) == (1, 1) else x[:, :, ::sh, ::sw]
+    y = cpu_sparse_linear(xs.permute(0, 2, 3, 1), cached[1], layer.bias).permute(0, 3, 1, 2)
+    return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
