@@ -131,7 +131,7 @@ class MaskedLinear(_Masked, nn.Linear):
         # version; a compiled graph keeps the one masked op instead.
         if not torch.compiler.is_compiling():
             if not self.training and cpu_sparse.eval_forward_applies(self, x):
-                return cpu_sparse.eval_forward(self, x)  # CSR x dense inference above the measured crossover
+                return cpu_sparse.eval_forward(self, x)  # CPU inference: CSR kernel above the crossover, else dense
             layout = self._block_layout(x.device)
             if layout is not None:
                 return block_sparse_linear(x, self.weight, layout, self.bias)
@@ -173,7 +173,7 @@ class MaskedConv2d(_Masked, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and not torch.compiler.is_compiling() and cpu_sparse.eval_forward_applies(self, x):
-            return cpu_sparse.eval_forward(self, x)  # 1x1 conv as CSR x dense inference above the crossover
+            return cpu_sparse.eval_forward(self, x)  # CPU inference: 1x1 as CSR kernel above the crossover, else dense
         padding = self.padding
         if self.padding_mode != "zeros":  # as nn.Conv2d: pad explicitly, then convolve unpadded
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)

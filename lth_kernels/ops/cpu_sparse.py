@@ -13,8 +13,8 @@ that each entry does one broadcast and up to 8 vector FMAs.
 
 Whether the compressed kernel beats dense ``F.linear`` depends on sparsity, batch and shape: the crossover
 sparsities measured by ``bench/cpu_sparse.py`` are stored in ``cpu_sparse_table.json`` next to this file and
-consulted by :func:`use_sparse_cpu`. :func:`eval_forward` is the inference path of a masked linear or 1x1
-convolution layer.
+consulted by :func:`use_sparse_cpu`. :func:`eval_forward` is the CPU inference path of the masked layers: the
+kernel for a linear or 1x1 conv layer sparse enough, the dense op otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from lth_kernels.ops import _registry
 
@@ -262,19 +263,24 @@ def _pointwise(layer) -> bool:
 
 
 def eval_forward_applies(layer, x: torch.Tensor) -> bool:
-    """Whether :func:`eval_forward` should serve this call of a masked linear or 1x1 conv layer: inference (eval
-    mode, no gradient needed), fp32 on CPU, and a layer sparse enough for its rows and shape (:func:`use_sparse_cpu`;
-    a conv's rows are its output pixels)."""
+    """Whether :func:`eval_forward` should serve this call of a masked linear or conv layer: fp32 inference on CPU
+    (eval mode, no gradient needed; a conv input of 4 dims). There the masked op's only job, the masked weight
+    gradient, is void, and the weight already holds zeros where it is pruned."""
     w = layer.weight
     if layer.training or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
         return False
-    if w.device.type != "cpu" or x.dim() == 0:
+    if w.device.type != "cpu" or x.dim() == 0 or (w.dim() == 4 and x.dim() != 4):
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or
-                                    (layer.bias is not None and layer.bias.requires_grad)):
-        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or
+                                             (layer.bias is not None and layer.bias.requires_grad)))
+
+
+def uses_kernel(layer, x: torch.Tensor) -> bool:
+    """Whether :func:`eval_forward` runs the CSR kernel (else the dense op): a linear or 1x1 conv layer sparse enough
+    for its rows and shape (:func:`use_sparse_cpu`; a conv's rows are its output pixels)."""
+    w = layer.weight
     if w.dim() == 4:
-        if x.dim() != 4 or not _pointwise(layer):
+        if not _pointwise(layer):
             return False
         sh, sw = layer.stride
         rows = x.shape[0] * -(-x.shape[2] // sh) * -(-x.shape[3] // sw)
@@ -284,13 +290,16 @@ def eval_forward_applies(layer, x: torch.Tensor) -> bool:
 
 
 def eval_forward(layer, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` through the layer's cached :class:`SparseWeight` (rebuilt when the mask or the weight changed).
+    """``layer(x)`` for an inference call (:func:`eval_forward_applies`): through the layer's cached
+    :class:`SparseWeight` where :func:`uses_kernel`, else the plain dense op (``F.linear`` / the conv).
 
-    ``layer`` has ``weight`` (N, K) or, for a 1x1 conv, (N, C, 1, 1), ``bias``, a bool ``mask`` and an int
+    ``layer`` has ``weight`` (N, K) or, for a conv, (N, C, kh, kw), ``bias``, a bool ``mask`` and an int
     ``mask_version`` bumped by ``set_mask``; the cache key also holds ``weight._version`` (bumped by in-place
-    updates: optimizer steps, ``load_state_dict``) and the weight's identity, so a stale CSR is never used. A conv
-    output has the input's memory format (channels_last input: no copy on either side)."""
+    updates: optimizer steps, ``load_state_dict``) and the weight's identity, so a stale CSR is never used. A 1x1
+    conv output has the input's memory format (channels_last input: no copy on either side)."""
     w = layer.weight
+    if not uses_kernel(layer, x):
+        return F.linear(x, w, layer.bias) if w.dim() == 2 else layer._conv_forward(x, w, layer.bias)
     key = (layer.mask_version, id(w), w._version, w.data_ptr())
     cached = layer.__dict__.get("_cpu_sparse_weight")
     if cached is None or cached[0] != key:

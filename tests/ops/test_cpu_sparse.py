@@ -277,7 +277,8 @@ class _TinyMasked(torch.nn.Linear):
         self.mask_version += 1
 
 
-def test_eval_forward_cache_follows_mask_and_weight():
+def test_eval_forward_cache_follows_mask_and_weight(monkeypatch):
+    monkeypatch.setattr(cs, "use_sparse_cpu", lambda *a, **k: True)  # the kernel, whatever the table says
     layer = _TinyMasked(129, 97, torch.rand(97, 129) > 0.9)
     x = torch.randn(5, 3, 129)
     with torch.no_grad():
@@ -307,5 +308,6 @@ def test_eval_forward_applies_only_to_inference():
     assert not cs.eval_forward_applies(layer, x)  # grad enabled and the weight requires grad
     with torch.no_grad():
         assert not cs.eval_forward_applies(layer, x.double())
+        assert cs.eval_forward_applies(layer, x)
         expected = cs.use_sparse_cpu(1 - layer.mask.float().mean().item(), 8, 768, 768)
-        assert cs.eval_forward_applies(layer, x) == expected
+        assert cs.uses_kernel(layer, x) == expected
