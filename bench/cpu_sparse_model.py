@@ -49,12 +49,13 @@ def run_models(args, env: dict) -> int:
     reps = max(3, args.reps // 5)
     models = MODELS[1:2] if args.quick else MODELS
     batches = BATCHES[:1] if args.quick else BATCHES
+    sparsities = SPARSITIES[1:2] if args.smoke else SPARSITIES
     print({**env, "reps": reps})
     cells = {}
     built = {}
     for rnd in range(args.rounds):
         for label, name, classes, chans, size, channels_last in models:
-            for s in SPARSITIES:
+            for s in sparsities:
                 if (label, s) not in built:  # one ticket per model and sparsity, reused by every round
                     torch.manual_seed(0)
                     model = create_model(name, num_classes=classes, in_chans=chans, img_size=size)

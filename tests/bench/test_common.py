@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import block_sparse, masked_matmul
+from bench import block_sparse, cpu_sparse, masked_matmul
 from bench.common import rows_json, write_results
+from lth_kernels.ops import _registry
 
 
 def test_write_results_one_row_per_line(tmp_path):
@@ -27,3 +28,13 @@ def test_gpu_scripts_smoke_on_cpu(script, capsys):
     assert script.main(["--smoke", "--no-write"]) == 0
     out = capsys.readouterr().out
     assert "'ours_ms'" in out and "smoke" in out
+
+
+@pytest.mark.skipif(not _registry.ops()["cpu_sparse_linear"].status("cpu", "cpu")[0],
+                    reason="needs the compiled kernel")
+@pytest.mark.parametrize("mode", [[], ["--model"]])
+def test_cpu_sparse_smoke(mode, capsys):
+    # Layers (every installed library baseline checked against F.linear) and whole models (outputs checked).
+    assert cpu_sparse.main(["--smoke", "--no-write", "--threads", "1", *mode]) == 0
+    out = capsys.readouterr().out
+    assert ("lenet_300_100 B=1" if mode else "deits.fc2 B=8") in out
