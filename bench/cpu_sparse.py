@@ -49,6 +49,7 @@ def parse(argv=None):
     p.add_argument("--quick", action="store_true", help="3 shapes (with --model: LeNet only)")
     p.add_argument("--smoke", action="store_true", help="one shape, 90 %%, B = 1 and 8, 2 reps, 1 round (tests)")
     p.add_argument("--model", action="store_true", help="whole-model images/s instead of layers")
+    p.add_argument("--models", default="", help="with --model: comma-separated labels (deit_s,lenet_300_100,resnet50)")
     p.add_argument("--no-write", action="store_true", help="print only (no result files, no table)")
     return p.parse_args(argv)
 

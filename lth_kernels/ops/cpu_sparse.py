@@ -239,11 +239,20 @@ def crossover(batch: int, in_features: int, out_features: int, table: dict | Non
     return float(near["crossover"])
 
 
+@functools.lru_cache(maxsize=1)
+def _kernel_live() -> bool:
+    return _registry.ops()["cpu_sparse_linear"].status("cpu", "cpu")[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _shipped_crossover(batch: int, in_features: int, out_features: int) -> float:
+    return crossover(batch, in_features, out_features)
+
+
 def use_sparse_cpu(sparsity: float, batch: int, in_features: int, out_features: int) -> bool:
-    """Whether the compiled CSR kernel is expected to beat dense fp32 ``F.linear`` on this machine kind."""
-    if not _registry.ops()["cpu_sparse_linear"].status("cpu", "cpu")[0]:
-        return False
-    return sparsity >= crossover(batch, in_features, out_features)
+    """Whether the compiled kernel is expected to beat dense fp32 ``F.linear`` on this machine kind. Asked once per
+    layer call: the liveness check and the table lookup (~20 us together) are cached per shape."""
+    return _kernel_live() and sparsity >= _shipped_crossover(batch, in_features, out_features)
 
 
 def _layer_sparsity(layer) -> float:
