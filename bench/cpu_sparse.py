@@ -48,6 +48,7 @@ def parse(argv=None):
     p.add_argument("--no-table", action="store_true", help="do not rewrite lth_kernels/ops/cpu_sparse_table.json")
     p.add_argument("--quick", action="store_true", help="3 shapes (with --model: LeNet only)")
     p.add_argument("--smoke", action="store_true", help="one shape, 90 %%, B = 1 and 8, 2 reps, 1 round (tests)")
+    p.add_argument("--shapes", default="", help="comma-separated shape name prefixes (e.g. vitb,deits)")
     p.add_argument("--model", action="store_true", help="whole-model images/s instead of layers")
     p.add_argument("--models", default="", help="with --model: comma-separated labels (deit_s,lenet_300_100,resnet50)")
     p.add_argument("--no-write", action="store_true", help="print only (no result files, no table)")
@@ -185,6 +186,8 @@ def run_layers(args, env: dict, machine: dict) -> int:
 
     shapes = SHAPES[:1] + SHAPES[3:4] + SHAPES[6:7] if args.quick else SHAPES
     sparsities, batches = SPARSITIES, BATCHES
+    if args.shapes:
+        shapes = [sh for sh in shapes if sh[0].startswith(tuple(args.shapes.split(",")))]
     if args.smoke:
         shapes, sparsities, batches = SHAPES[5:6], [0.9], [1, 8]
     print(json.dumps(env))
@@ -225,9 +228,10 @@ def run_layers(args, env: dict, machine: dict) -> int:
     if args.no_write:
         return 0
     suffix = "cpu_sparse" + ("-quick" if args.quick else "") + ("-mklavx2" if args.mkl_avx2 else "")
+    suffix += f"-{args.shapes.replace(',', '-')}" if args.shapes else ""
     suffix += f"-t{args.threads}" if args.threads != 2 else ""
     print(f"wrote {write_results(suffix, rows, env, columns)} (+ .md)")
-    if args.mkl_avx2 or args.no_table or args.quick:
+    if args.mkl_avx2 or args.no_table or args.quick or args.shapes:
         return 0
     entries = []
     for name, k, n in shapes:
