@@ -3,7 +3,8 @@
 # isolation (the extension must compile against this torch), then rebuilds the extension incrementally.
 #   make demo    the main job on the embedded default data set (digits)
 #   make test    lint + the test suite (what CI runs)
-#   make bench   the benchmarks (GPU ones say so and exit when no GPU is present)
+#   make bench   the benchmarks (GPU ones say so and exit when no GPU is present), with the library
+#                baselines of the `bench` extra
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -41,7 +42,11 @@ demo: build
 test: build lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: build
+$(VENV)/.bench-stamp: $(VENV)/.deps-stamp
+	LTH_KERNELS_SKIP_BUILD=1 $(PY) -m pip install -q --no-build-isolation -e ".[dev,bench]" $(TORCH_PINS)
+	touch $@
+
+bench: build $(VENV)/.bench-stamp
 	$(PY) -m bench.run
 
 clean:

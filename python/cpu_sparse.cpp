@@ -1,4 +1,4 @@
-// Binding of csrc/cpu/cpu_sparse: lth_kernels_C::csr_from_dense / cpu_sparse_linear (CPU only, fp32).
+// Binding of csrc/cpu/cpu_sparse: lth_kernels_C::csr_from_dense / sell_from_csr / cpu_sparse_linear (CPU, fp32).
 // The public API (SparseWeight, cpu_sparse_linear, the dispatch table) lives in lth_kernels/ops/cpu_sparse.py.
 #include <ATen/Parallel.h>
 
@@ -37,27 +37,73 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_from_dense_impl(const at::Ten
   return {row_ptr, col_idx, values};
 }
 
-at::Tensor cpu_sparse_linear_impl(const at::Tensor& x_in, const at::Tensor& row_ptr_in, const at::Tensor& col_idx_in,
-                                  const at::Tensor& values_in, int64_t in_features, int64_t out_features,
-                                  const std::optional<at::Tensor>& bias_in) {
-  check_cpu(x_in, "x");
-  check_dtype(x_in, "x", at::kFloat);
+// The SELL-8 arrays of a CSR weight (see csrc/cpu/cpu_sparse.h): perm (int32), slice_ptr (int64), idx (int16
+// holding uint16 columns when in_features <= 65,536, else int32), val (fp32).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sell_from_csr_impl(const at::Tensor& row_ptr_in,
+                                                                              const at::Tensor& col_idx_in,
+                                                                              const at::Tensor& values_in,
+                                                                              int64_t in_features) {
+  check_cpu(row_ptr_in, "row_ptr");
+  check_cpu(col_idx_in, "col_idx");
+  check_cpu(values_in, "values");
   check_dtype(row_ptr_in, "row_ptr", at::kLong);
   check_dtype(col_idx_in, "col_idx", at::kInt);
   check_dtype(values_in, "values", at::kFloat);
-  LTH_CHECK_ARG(x_in.dim() >= 1 && x_in.size(-1) == in_features, "x", "expected shape (..., ", in_features,
-                "), got ", x_in.sizes());
-  LTH_CHECK_ARG(row_ptr_in.dim() == 1 && row_ptr_in.numel() == out_features + 1, "row_ptr",
-                "expected ", out_features + 1, " entries, got shape ", row_ptr_in.sizes());
+  LTH_CHECK_ARG(row_ptr_in.dim() == 1 && row_ptr_in.numel() >= 1, "row_ptr", "expected a 1-D tensor of N + 1 entries, got shape ",
+                row_ptr_in.sizes());
   LTH_CHECK_ARG(col_idx_in.dim() == 1 && values_in.dim() == 1 && col_idx_in.numel() == values_in.numel(), "values",
-                "expected 1-D col_idx and values of one length, got ", col_idx_in.sizes(), " and ",
-                values_in.sizes());
+                "expected 1-D col_idx and values of one length, got ", col_idx_in.sizes(), " and ", values_in.sizes());
+  LTH_CHECK_ARG(in_features >= 0 && in_features <= INT32_MAX, "in_features", "expected 0..", INT32_MAX, ", got ",
+                in_features);
   const at::Tensor row_ptr = row_ptr_in.contiguous(), col_idx = col_idx_in.contiguous();
   const at::Tensor values = values_in.contiguous();
-  const int64_t nnz = values.numel();
+  const int64_t n = row_ptr.numel() - 1;
   const int64_t* rp = row_ptr.data_ptr<int64_t>();
-  LTH_CHECK_ARG(rp[0] == 0 && rp[out_features] == nnz, "row_ptr", "must run from 0 to nnz=", nnz, ", got ", rp[0],
-                "..", rp[out_features]);
+  LTH_CHECK_ARG(rp[0] == 0 && rp[n] == values.numel(), "row_ptr", "must run from 0 to nnz=", values.numel(), ", got ",
+                rp[0], "..", rp[n]);
+  const auto opts = values.options();
+  const int64_t ns = (n + cpu::kSliceRows - 1) / cpu::kSliceRows;
+  at::Tensor perm = at::empty({ns * cpu::kSliceRows}, opts.dtype(at::kInt));
+  at::Tensor slice_ptr = at::empty({ns + 1}, opts.dtype(at::kLong));
+  const int64_t entries = cpu::sell_layout(rp, n, perm.data_ptr<int32_t>(), slice_ptr.data_ptr<int64_t>());
+  const bool narrow = in_features <= 65536;
+  at::Tensor idx = at::empty({entries}, opts.dtype(narrow ? at::kShort : at::kInt));
+  at::Tensor val = at::empty({entries}, opts);
+  const int threads = at::get_num_threads();
+  if (narrow)
+    cpu::sell_fill(rp, col_idx.data_ptr<int32_t>(), values.data_ptr<float>(), n, perm.data_ptr<int32_t>(),
+                   slice_ptr.data_ptr<int64_t>(), reinterpret_cast<uint16_t*>(idx.data_ptr<int16_t>()),
+                   val.data_ptr<float>(), threads);
+  else
+    cpu::sell_fill(rp, col_idx.data_ptr<int32_t>(), values.data_ptr<float>(), n, perm.data_ptr<int32_t>(),
+                   slice_ptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<float>(), threads);
+  return {perm, slice_ptr, idx, val};
+}
+
+at::Tensor cpu_sparse_linear_impl(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& slice_ptr_in,
+                                  const at::Tensor& idx_in, const at::Tensor& val_in, int64_t in_features,
+                                  int64_t out_features, const std::optional<at::Tensor>& bias_in) {
+  check_cpu(x_in, "x");
+  check_dtype(x_in, "x", at::kFloat);
+  check_dtype(perm_in, "perm", at::kInt);
+  check_dtype(slice_ptr_in, "slice_ptr", at::kLong);
+  check_dtype(val_in, "val", at::kFloat);
+  const bool narrow = in_features <= 65536;
+  check_dtype(idx_in, "idx", narrow ? at::kShort : at::kInt);
+  LTH_CHECK_ARG(x_in.dim() >= 1 && x_in.size(-1) == in_features, "x", "expected shape (..., ", in_features,
+                "), got ", x_in.sizes());
+  const int64_t ns = (out_features + cpu::kSliceRows - 1) / cpu::kSliceRows;
+  LTH_CHECK_ARG(perm_in.dim() == 1 && perm_in.numel() == ns * cpu::kSliceRows, "perm", "expected ",
+                ns * cpu::kSliceRows, " entries, got shape ", perm_in.sizes());
+  LTH_CHECK_ARG(slice_ptr_in.dim() == 1 && slice_ptr_in.numel() == ns + 1, "slice_ptr", "expected ", ns + 1,
+                " entries, got shape ", slice_ptr_in.sizes());
+  LTH_CHECK_ARG(idx_in.dim() == 1 && val_in.dim() == 1 && idx_in.numel() == val_in.numel(), "val",
+                "expected 1-D idx and val of one length, got ", idx_in.sizes(), " and ", val_in.sizes());
+  const at::Tensor perm = perm_in.contiguous(), slice_ptr = slice_ptr_in.contiguous();
+  const at::Tensor idx = idx_in.contiguous(), val = val_in.contiguous();
+  const int64_t* sp = slice_ptr.data_ptr<int64_t>();
+  LTH_CHECK_ARG(sp[0] == 0 && sp[ns] == val.numel(), "slice_ptr", "must run from 0 to ", val.numel(), " entries, got ",
+                sp[0], "..", sp[ns]);
   const float* bias_ptr = nullptr;
   at::Tensor bias;
   if (bias_in.has_value() && bias_in->defined()) {
@@ -79,25 +125,34 @@ at::Tensor cpu_sparse_linear_impl(const at::Tensor& x_in, const at::Tensor& row_
   at::Tensor y = at::empty(out_shape, x_in.options().memory_format(at::MemoryFormat::Contiguous));
   if (batch == 0 || out_features == 0) return y;
   if (in_features == 0) return bias_ptr ? y.copy_(bias.expand_as(y)) : y.zero_();
-  cpu::csr_linear(x.data_ptr<float>(), x.size(0) > 1 ? x.stride(0) : in_features, batch, in_features,
-                  row_ptr.data_ptr<int64_t>(), col_idx.data_ptr<int32_t>(), values.data_ptr<float>(), out_features,
-                  bias_ptr, y.data_ptr<float>(), at::get_num_threads());
+  const int64_t ldx = x.size(0) > 1 ? x.stride(0) : in_features;
+  const int threads = at::get_num_threads();
+  if (narrow)
+    cpu::sell_linear(x.data_ptr<float>(), ldx, batch, in_features, out_features, perm.data_ptr<int32_t>(), sp,
+                     reinterpret_cast<const uint16_t*>(idx.data_ptr<int16_t>()), val.data_ptr<float>(), bias_ptr,
+                     y.data_ptr<float>(), threads);
+  else
+    cpu::sell_linear(x.data_ptr<float>(), ldx, batch, in_features, out_features, perm.data_ptr<int32_t>(), sp,
+                     idx.data_ptr<int32_t>(), val.data_ptr<float>(), bias_ptr, y.data_ptr<float>(), threads);
   return y;
 }
 
-std::string cpu_sparse_isa_impl() { return cpu::csr_linear_isa(); }
+std::string cpu_sparse_isa_impl() { return cpu::sell_linear_isa(); }
 
 }  // namespace
 }  // namespace lth
 
 TORCH_LIBRARY_FRAGMENT(lth_kernels_C, m) {
   m.def("csr_from_dense(Tensor weight, Tensor mask) -> (Tensor, Tensor, Tensor)");
-  m.def("cpu_sparse_linear(Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, int in_features, "
+  m.def("sell_from_csr(Tensor row_ptr, Tensor col_idx, Tensor values, int in_features) -> (Tensor, Tensor, Tensor, "
+        "Tensor)");
+  m.def("cpu_sparse_linear(Tensor x, Tensor perm, Tensor slice_ptr, Tensor idx, Tensor val, int in_features, "
         "int out_features, Tensor? bias) -> Tensor");
   m.def("cpu_sparse_isa() -> str", &lth::cpu_sparse_isa_impl);
 }
 
 TORCH_LIBRARY_IMPL(lth_kernels_C, CPU, m) {
   m.impl("csr_from_dense", &lth::csr_from_dense_impl);
+  m.impl("sell_from_csr", &lth::sell_from_csr_impl);
   m.impl("cpu_sparse_linear", &lth::cpu_sparse_linear_impl);
 }

@@ -1,29 +1,47 @@
-// Sparse x dense inference on the CPU: Y (B, N) = X (B, K) . W^T + bias with W (N, K) stored as CSR.
+// Sparse x dense inference on the CPU: Y (B, N) = X (B, K) . W^T + bias with W (N, K) sparse.
 // Raw pointers and sizes only (no ATen): the binding layer in python/ owns checks and allocation.
 //
-// CSR of a masked weight: row_ptr[N + 1] (int64), col_idx[nnz] (int32, ascending within a row),
-// values[nnz] (fp32). An entry is stored iff mask[n, k] != 0 (its value may still be 0).
+// Two formats of a masked weight. An entry is stored iff mask[n, k] != 0 (its value may still be 0).
+//   CSR (the interchange format): row_ptr[N + 1] (int64), col_idx[nnz] (int32, ascending within a row),
+//     values[nnz] (fp32).
+//   SELL-8 (what the kernel reads; sliced ELLPACK): rows reordered by length, longest first, within windows of
+//     kSortWindow rows, then cut into slices of kSliceRows rows; slice s holds len_s columns of 8 entries
+//     (entry c of the row in lane l at slice_ptr[s] + 8 c + l), len_s being its longest row, shorter rows padded
+//     with value 0 at their last column (or column 0). perm[8 s + l] is the original row of lane l (-1: none).
+//     Column indices are uint16 when K <= 65,536 (2 bytes less per entry to stream), else int32.
 #pragma once
 #include <cstdint>
 
 namespace lth {
 namespace cpu {
 
-// Pass 1: row_ptr[0..N] (exclusive prefix sum of kept entries per row); returns nnz.
+constexpr int64_t kSliceRows = 8;
+constexpr int64_t kSortWindow = 64;
+
+// CSR pass 1: row_ptr[0..N] (exclusive prefix sum of kept entries per row); returns nnz.
 int64_t csr_row_ptr(const uint8_t* mask, int64_t n, int64_t k, int64_t* row_ptr, int threads);
 
-// Pass 2: col_idx / values of the kept entries of `weight` (row-major N x K), positions from row_ptr.
+// CSR pass 2: col_idx / values of the kept entries of `weight` (row-major N x K), positions from row_ptr.
 void csr_fill(const float* weight, const uint8_t* mask, int64_t n, int64_t k, const int64_t* row_ptr,
               int32_t* col_idx, float* values, int threads);
 
-// y[b * n + j] = bias[j] + sum_p values[p] * x[b * ldx + col_idx[p]], p in row j. bias may be null.
-// x rows have stride ldx (elements), columns are contiguous; y is row-major (B, N) and fully written.
-// `threads` OpenMP threads at most (the caller passes torch's setting; small problems run on one).
-void csr_linear(const float* x, int64_t ldx, int64_t batch, int64_t k, const int64_t* row_ptr,
-                const int32_t* col_idx, const float* values, int64_t n, const float* bias, float* y, int threads);
+// SELL pass 1 from CSR: perm[ceil(N/8) * 8], slice_ptr[ceil(N/8) + 1]; returns the padded entry count.
+int64_t sell_layout(const int64_t* row_ptr, int64_t n, int32_t* perm, int64_t* slice_ptr);
 
-// Which instruction path csr_linear takes on this CPU ("avx2" or "generic").
-const char* csr_linear_isa();
+// SELL pass 2: idx / val (padded entry count each). I is uint16_t (K <= 65,536) or int32_t.
+template <typename I>
+void sell_fill(const int64_t* row_ptr, const int32_t* col_idx, const float* values, int64_t n, const int32_t* perm,
+               const int64_t* slice_ptr, I* idx, float* val, int threads);
+
+// y[b * n + j] = bias[j] + sum over row j of W of w * x[b * ldx + col]. bias may be null; x rows have stride ldx
+// (elements), columns are contiguous; y is row-major (B, N) and fully written. K >= 1.
+// `threads` OpenMP threads at most (the caller passes torch's setting; small problems run on one).
+template <typename I>
+void sell_linear(const float* x, int64_t ldx, int64_t batch, int64_t k, int64_t n, const int32_t* perm,
+                 const int64_t* slice_ptr, const I* idx, const float* val, const float* bias, float* y, int threads);
+
+// Which instruction path sell_linear takes on this CPU ("avx2" or "generic").
+const char* sell_linear_isa();
 
 }  // namespace cpu
 }  // namespace lth

@@ -137,7 +137,7 @@ class MaskedLinear(_Masked, nn.Linear):
         # tile-skipping kernels per call (ops/_masked_matmul_dispatch.py).
         if not torch.compiler.is_compiling():
             if not self.training and cpu_sparse.eval_forward_applies(self, x):
-                return cpu_sparse.eval_forward(self, x)  # CSR x dense inference above the measured crossover
+                return cpu_sparse.eval_forward(self, x)  # CPU inference: CSR kernel above the crossover, else dense
             layout = self._block_layout(x.device)
             if layout is not None:
                 return block_sparse_linear(x, self.weight, layout, self.bias)
@@ -188,6 +188,8 @@ class MaskedConv2d(_Masked, nn.Conv2d):
                 "padding_mode": module.padding_mode}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and not torch.compiler.is_compiling() and cpu_sparse.eval_forward_applies(self, x):
+            return cpu_sparse.eval_forward(self, x)  # CPU inference: 1x1 as CSR kernel above the crossover, else dense
         padding = self.padding
         if self.padding_mode != "zeros":  # as nn.Conv2d: pad explicitly, then convolve unpadded
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)

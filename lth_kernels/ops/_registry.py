@@ -95,6 +95,7 @@ def register(op: str, backend: str, *, needs: str | None = None) -> Callable[[Ca
         raise ValueError(f"backend: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
 
     def deco(fn: Callable) -> Callable:
+        _RESOLVED.clear()
         entry = _OPS.setdefault(op, OpBackends(op))
         entry.impls[backend] = fn
         if needs is not None:
@@ -106,12 +107,14 @@ def register(op: str, backend: str, *, needs: str | None = None) -> Callable[[Ca
 
 def set_preference(op: str, device_type: str, order: tuple[str, ...]) -> None:
     """Override the automatic backend order of ``op`` on ``device_type`` (from measured dispatch tables)."""
+    _RESOLVED.clear()
     _OPS.setdefault(op, OpBackends(op)).preference[device_type] = tuple(order)
 
 
 def set_rule(op: str, device_type: str, candidates: tuple[str, ...], text: str) -> None:
     """On ``device_type``, let ``op`` choose among ``candidates`` per call (``resolve`` answers ``"auto"``)."""
     _OPS.setdefault(op, OpBackends(op)).rules[device_type] = Rule(tuple(candidates), text)
+    _RESOLVED.clear()
 
 
 def ops() -> dict[str, OpBackends]:
@@ -131,10 +134,22 @@ def _env_choice(op: str) -> str | None:
     return None
 
 
+# resolve() answers per (op, device, backend, LTH_KERNELS_BACKEND): the liveness checks behind it cost ~10 us, more
+# than a small CPU kernel. Registering or re-ordering backends clears it.
+_RESOLVED: dict[tuple, str] = {}
+
+
 def resolve(op: str, device: torch.device | str, backend: str | None = None) -> str:
     """The backend name a call of ``op`` on ``device`` runs with, or ``"auto"`` where the op's rule chooses per call."""
+    key = (op, device, backend, os.environ.get("LTH_KERNELS_BACKEND", ""))
+    chosen = _RESOLVED.get(key)
+    if chosen is None:
+        chosen = _RESOLVED[key] = _resolve(op, torch.device(device), backend)
+    return chosen
+
+
+def _resolve(op: str, device: torch.device, backend: str | None) -> str:
     entry = _OPS[op]
-    device = torch.device(device)
     choice = backend or _env_choice(op)
     if choice and choice != AUTO:
         if choice not in BACKENDS:

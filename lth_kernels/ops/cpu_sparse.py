@@ -1,15 +1,20 @@
 """CPU sparse inference: a masked weight compressed once per mask, then ``Y = X . W^T + bias`` for every call.
 
-Format: CSR of the kept entries of a (N, K) weight, ``row_ptr`` int64 (N+1), ``col_idx`` int32 (ascending in a
-row), ``values`` fp32. An entry is stored where the mask is True (a kept weight that happens to be 0 is stored).
+Formats (both held by :class:`SparseWeight`): CSR of the kept entries of a (N, K) weight, ``row_ptr`` int64 (N+1),
+``col_idx`` int32 (ascending in a row), ``values`` fp32, the interchange format (``to_dense``, the reference); and
+the compiled kernel's own SELL-8 layout (sliced ELLPACK: rows sorted by length within windows of 64, slices of
+8 rows padded to their longest row, 16-bit column indices when K <= 65,536). An entry is stored where the mask
+is True (a kept weight that happens to be 0 is stored).
 
 Backends: ``reference`` (torch CSR ``@``, MKL on CPU) and ``cpu`` (compiled, fp32, OpenMP; AVX2+FMA with a
-portable fallback chosen at run time). The kernel packs X transposed in blocks of up to 64 batch rows so that
-each non-zero does one broadcast and up to 8 vector FMAs; batches of 1-2 gather X per non-zero instead.
+portable fallback chosen at run time). Batches of 1-2 rows gather X with the slice's 8 rows as vector lanes; larger
+batches pack X transposed in blocks of up to 64 rows (fewer when K is large, so the packed panel stays in L2) so
+that each entry does one broadcast and up to 8 vector FMAs.
 
 Whether the compressed kernel beats dense ``F.linear`` depends on sparsity, batch and shape: the crossover
 sparsities measured by ``bench/cpu_sparse.py`` are stored in ``cpu_sparse_table.json`` next to this file and
-consulted by :func:`use_sparse_cpu`. :func:`eval_forward` is the inference path of a masked linear layer.
+consulted by :func:`use_sparse_cpu`. :func:`eval_forward` is the CPU inference path of the masked layers: the
+kernel for a linear or 1x1 conv layer sparse enough, the dense op otherwise.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from lth_kernels.ops import _registry
 
@@ -39,7 +45,8 @@ def csr_from_dense_reference(weight: torch.Tensor, mask: torch.Tensor):
 
 
 @_registry.register("cpu_sparse_linear", "reference")
-def cpu_sparse_linear_reference(x, row_ptr, col_idx, values, in_features, out_features, bias):
+def cpu_sparse_linear_reference(x, arrays, in_features, out_features, bias):
+    row_ptr, col_idx, values = arrays
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         w = torch.sparse_csr_tensor(row_ptr, col_idx.to(torch.int64), values, (out_features, in_features))
@@ -59,8 +66,13 @@ def csr_from_dense_cpu(weight, mask):
 
 
 @_registry.register("cpu_sparse_linear", "cpu", needs="cpu_sparse_linear")
-def cpu_sparse_linear_cpu(x, row_ptr, col_idx, values, in_features, out_features, bias):
-    return torch.ops.lth_kernels_C.cpu_sparse_linear(x, row_ptr, col_idx, values, in_features, out_features, bias)
+def cpu_sparse_linear_cpu(x, arrays, in_features, out_features, bias):
+    perm, slice_ptr, idx, val = arrays
+    return torch.ops.lth_kernels_C.cpu_sparse_linear(x, perm, slice_ptr, idx, val, in_features, out_features, bias)
+
+
+def _sell_from_csr(row_ptr, col_idx, values, in_features):
+    return torch.ops.lth_kernels_C.sell_from_csr(row_ptr, col_idx, values, in_features)
 
 
 # --------------------------------------------------------------------------------------------- ops
@@ -80,15 +92,13 @@ def _(weight, mask, backend):
 
 
 @torch.library.custom_op("lth_kernels::cpu_sparse_linear", mutates_args=())
-def _cpu_sparse_linear_op(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
-                          in_features: int, out_features: int, bias: torch.Tensor | None,
-                          backend: str) -> torch.Tensor:
-    return _registry.implementation("cpu_sparse_linear", backend)(x, row_ptr, col_idx, values, in_features,
-                                                                   out_features, bias)
+def _cpu_sparse_linear_op(x: torch.Tensor, arrays: list[torch.Tensor], in_features: int, out_features: int,
+                          bias: torch.Tensor | None, backend: str) -> torch.Tensor:
+    return _registry.implementation("cpu_sparse_linear", backend)(x, arrays, in_features, out_features, bias)
 
 
 @_cpu_sparse_linear_op.register_fake
-def _(x, row_ptr, col_idx, values, in_features, out_features, bias, backend):
+def _(x, arrays, in_features, out_features, bias, backend):
     return x.new_empty((*x.shape[:-1], out_features))
 
 
@@ -97,12 +107,16 @@ def _(x, row_ptr, col_idx, values, in_features, out_features, bias, backend):
 
 @dataclass(frozen=True)
 class SparseWeight:
-    """A (out_features, in_features) fp32 weight in CSR, built once per mask and reused by every call."""
+    """A (out_features, in_features) fp32 weight in CSR, built once per mask and reused by every call.
+
+    ``kernel`` holds the compiled kernel's SELL-8 arrays (``perm``, ``slice_ptr``, ``idx``, ``val``), built with the
+    CSR when the extension is available (else on first use by the ``cpu`` backend); callers never need them."""
 
     row_ptr: torch.Tensor  # int64 (out_features + 1)
     col_idx: torch.Tensor  # int32 (nnz)
     values: torch.Tensor  # fp32 (nnz)
     shape: tuple[int, int]
+    kernel: tuple[torch.Tensor, ...] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, mask: torch.Tensor | None = None, *, backend: str | None = None):
@@ -122,7 +136,17 @@ class SparseWeight:
         weight = weight.detach()
         row_ptr, col_idx, values = _csr_from_dense_op(weight, mask,
                                                       _registry.resolve("csr_from_dense", weight.device, backend))
-        return cls(row_ptr, col_idx, values, (int(weight.shape[0]), int(weight.shape[1])))
+        sw = cls(row_ptr, col_idx, values, (int(weight.shape[0]), int(weight.shape[1])))
+        if _registry.ops()["cpu_sparse_linear"].status("cpu", weight.device)[0]:
+            sw.kernel_arrays()
+        return sw
+
+    def kernel_arrays(self) -> tuple[torch.Tensor, ...]:
+        """The SELL-8 arrays of the compiled kernel, built from the CSR on first use (needs the extension)."""
+        if self.kernel is None:
+            object.__setattr__(self, "kernel", tuple(_sell_from_csr(self.row_ptr, self.col_idx, self.values,
+                                                                    self.shape[1])))
+        return self.kernel
 
     @property
     def out_features(self) -> int:
@@ -166,19 +190,21 @@ def cpu_sparse_linear(x: torch.Tensor, sparse_weight: SparseWeight, bias: torch.
     if x.device != sparse_weight.device:
         raise ValueError(f"x: expected device {sparse_weight.device} (sparse_weight's), got {x.device}")
     if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
+        if not isinstance(bias, torch.Tensor) or bias.dtype != torch.float32 or bias.shape != (n,):
             got = f"{bias.dtype} shape {tuple(bias.shape)}" if isinstance(bias, torch.Tensor) else type(bias)
             raise ValueError(f"bias: expected a torch.float32 tensor of shape ({n},), got {got}")
         if bias.device != x.device:
             raise ValueError(f"bias: expected device {x.device} (x's), got {bias.device}")
-        bias = bias.detach()
+        if bias.requires_grad:  # no autograd here; detach() costs ~1 us a call, so only when needed
+            bias = bias.detach()
     sw = sparse_weight
     chosen = _registry.resolve("cpu_sparse_linear", x.device, backend)
+    arrays = [sw.row_ptr, sw.col_idx, sw.values] if chosen == "reference" else list(sw.kernel_arrays())
     if torch.compiler.is_compiling():
-        return _cpu_sparse_linear_op(x, sw.row_ptr, sw.col_idx, sw.values, k, n, bias, chosen)
+        return _cpu_sparse_linear_op(x, arrays, k, n, bias, chosen)
     # Eager: the custom op's dispatch costs ~18 us a call, more than the whole kernel for small layers at high
     # sparsity; it only matters to tracing, so call the implementation directly (no autograd either way).
-    return _registry.implementation("cpu_sparse_linear", chosen)(x, sw.row_ptr, sw.col_idx, sw.values, k, n, bias)
+    return _registry.implementation("cpu_sparse_linear", chosen)(x, arrays, k, n, bias)
 
 
 # --------------------------------------------------------------------------------------------- dispatch
@@ -213,11 +239,20 @@ def crossover(batch: int, in_features: int, out_features: int, table: dict | Non
     return float(near["crossover"])
 
 
+@functools.lru_cache(maxsize=1)
+def _kernel_live() -> bool:
+    return _registry.ops()["cpu_sparse_linear"].status("cpu", "cpu")[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _shipped_crossover(batch: int, in_features: int, out_features: int) -> float:
+    return crossover(batch, in_features, out_features)
+
+
 def use_sparse_cpu(sparsity: float, batch: int, in_features: int, out_features: int) -> bool:
-    """Whether the compiled CSR kernel is expected to beat dense fp32 ``F.linear`` on this machine kind."""
-    if not _registry.ops()["cpu_sparse_linear"].status("cpu", "cpu")[0]:
-        return False
-    return sparsity >= crossover(batch, in_features, out_features)
+    """Whether the compiled kernel is expected to beat dense fp32 ``F.linear`` on this machine kind. Asked once per
+    layer call: the liveness check and the table lookup (~20 us together) are cached per shape."""
+    return _kernel_live() and sparsity >= _shipped_crossover(batch, in_features, out_features)
 
 
 def _layer_sparsity(layer) -> float:
@@ -230,32 +265,60 @@ def _layer_sparsity(layer) -> float:
     return cached[1]
 
 
+def _pointwise(layer) -> bool:
+    """A 1x1 convolution without padding or groups: a GEMM over the (strided) pixels."""
+    return (tuple(layer.kernel_size) == (1, 1) and layer.groups == 1
+            and (layer.padding in ("valid", "same") or tuple(layer.padding) == (0, 0)))
+
+
 def eval_forward_applies(layer, x: torch.Tensor) -> bool:
-    """Whether :func:`eval_forward` should serve this call of a masked linear layer: inference (eval mode, no
-    gradient needed), fp32 on CPU, and a layer sparse enough for its batch and shape (:func:`use_sparse_cpu`)."""
+    """Whether :func:`eval_forward` should serve this call of a masked linear or conv layer: fp32 inference on CPU
+    (eval mode, no gradient needed; a conv input of 4 dims). There the masked op's only job, the masked weight
+    gradient, is void, and the weight already holds zeros where it is pruned."""
     w = layer.weight
     if layer.training or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
         return False
-    if w.device.type != "cpu" or x.dim() == 0:
+    if w.device.type != "cpu" or x.dim() == 0 or (w.dim() == 4 and x.dim() != 4):
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or
-                                    (layer.bias is not None and layer.bias.requires_grad)):
-        return False
-    batch = x.numel() // max(x.shape[-1], 1)
-    return use_sparse_cpu(_layer_sparsity(layer), batch, w.shape[1], w.shape[0])
+    return not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or
+                                             (layer.bias is not None and layer.bias.requires_grad)))
+
+
+def uses_kernel(layer, x: torch.Tensor) -> bool:
+    """Whether :func:`eval_forward` runs the CSR kernel (else the dense op): a linear or 1x1 conv layer sparse enough
+    for its rows and shape (:func:`use_sparse_cpu`; a conv's rows are its output pixels)."""
+    w = layer.weight
+    if w.dim() == 4:
+        if not _pointwise(layer):
+            return False
+        sh, sw = layer.stride
+        rows = x.shape[0] * -(-x.shape[2] // sh) * -(-x.shape[3] // sw)
+    else:
+        rows = x.numel() // max(x.shape[-1], 1)
+    return use_sparse_cpu(_layer_sparsity(layer), rows, w.shape[1], w.shape[0])
 
 
 def eval_forward(layer, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` through the layer's cached :class:`SparseWeight` (rebuilt when the mask or the weight changed).
+    """``layer(x)`` for an inference call (:func:`eval_forward_applies`): through the layer's cached
+    :class:`SparseWeight` where :func:`uses_kernel`, else the plain dense op (``F.linear`` / the conv).
 
-    ``layer`` has ``weight`` (N, K), ``bias``, a bool ``mask`` and an int ``mask_version`` bumped by ``set_mask``;
-    the cache key also holds ``weight._version`` (bumped by in-place updates: optimizer steps, ``load_state_dict``)
-    and the weight's identity, so a stale CSR is never used."""
+    ``layer`` has ``weight`` (N, K) or, for a conv, (N, C, kh, kw), ``bias``, a bool ``mask`` and an int
+    ``mask_version`` bumped by ``set_mask``; the cache key also holds ``weight._version`` (bumped by in-place
+    updates: optimizer steps, ``load_state_dict``) and the weight's identity, so a stale CSR is never used. A 1x1
+    conv output has the input's memory format (channels_last input: no copy on either side)."""
     w = layer.weight
+    if not uses_kernel(layer, x):
+        return F.linear(x, w, layer.bias) if w.dim() == 2 else layer._conv_forward(x, w, layer.bias)
     key = (layer.mask_version, id(w), w._version, w.data_ptr())
     cached = layer.__dict__.get("_cpu_sparse_weight")
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            cached = (key, SparseWeight.from_dense(w.detach(), layer.mask))
+            n = w.shape[0]
+            cached = (key, SparseWeight.from_dense(w.detach().reshape(n, -1), layer.mask.reshape(n, -1)))
         layer.__dict__["_cpu_sparse_weight"] = cached
-    return cpu_sparse_linear(x, cached[1], layer.bias)
+    if w.dim() == 2:
+        return cpu_sparse_linear(x, cached[1], layer.bias)
+    sh, sw = layer.stride
+    xs = x if (sh, sw) == (1, 1) else x[:, :, ::sh, ::sw]
+    y = cpu_sparse_linear(xs.permute(0, 2, 3, 1), cached[1], layer.bias).permute(0, 3, 1, 2)
+    return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()

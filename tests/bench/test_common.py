@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import block_sparse, masked_matmul
+from bench import block_sparse, cpu_sparse, masked_matmul
 from bench.common import rows_json, write_results
+from lth_kernels.ops import _registry
 
 
 def test_write_results_one_row_per_line(tmp_path):
@@ -54,3 +55,13 @@ def test_masked_matmul_table_from_rows(tmp_path):
     # wins from 50 % skipped on, loses at 0 %: the crossover lies between, in log(speed-up)
     assert 0.0 < bf16["crossover"] < 0.5
     assert D.crossover(4096, 768, 3072, torch.bfloat16, table) == bf16["crossover"]
+
+
+@pytest.mark.skipif(not _registry.ops()["cpu_sparse_linear"].status("cpu", "cpu")[0],
+                    reason="needs the compiled kernel")
+@pytest.mark.parametrize("mode", [[], ["--model"]])
+def test_cpu_sparse_smoke(mode, capsys):
+    # Layers (every installed library baseline checked against F.linear) and whole models (outputs checked).
+    assert cpu_sparse.main(["--smoke", "--no-write", "--threads", "1", *mode]) == 0
+    out = capsys.readouterr().out
+    assert ("lenet_300_100 B=1" if mode else "deits.fc2 B=8") in out

@@ -31,10 +31,52 @@ def test_eval_uses_cpu_sparse_above_crossover_and_follows_the_mask(monkeypatch):
         torch.testing.assert_close(y.double(), _oracle(layer, x), atol=1e-4, rtol=1e-4)
         layer.set_mask(torch.rand(3072, 768) > 0.99)
         torch.testing.assert_close(layer(x).double(), _oracle(layer, x), atol=1e-4, rtol=1e-4)
+        # Below the crossover: the dense F.linear of the masked weight (no CSR built).
+        monkeypatch.setattr(cpu_sparse, "use_sparse_cpu", lambda *a, **k: False)
+        dense_layer = MaskedLinear(64, 48).eval()
+        dense_layer.set_mask(torch.rand(48, 64) > 0.5)
+        torch.testing.assert_close(dense_layer(x[:, :64]).double(), _oracle(dense_layer, x[:, :64]), atol=1e-4,
+                                   rtol=1e-4)
+        assert "_cpu_sparse_weight" not in dense_layer.__dict__
     layer.train()
     calls.clear()
     layer(x).sum().backward()
     assert not calls, "training mode must run the masked op (masked weight gradient)"
+
+
+@pytest.mark.skipif(C is None, reason="needs the compiled CPU kernels")
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eval_pointwise_conv_uses_cpu_sparse(monkeypatch, stride, channels_last):
+    from lth_kernels.nn import MaskedConv2d
+
+    layer = MaskedConv2d(37, 29, 1, stride=stride).eval()
+    layer.set_mask(torch.rand(29, 37, 1, 1) > 0.8)
+    x = torch.randn(3, 37, 9, 11)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(cpu_sparse, "use_sparse_cpu", lambda *a, **k: True)
+    calls = []
+    real = cpu_sparse.eval_forward
+    monkeypatch.setattr(cpu_sparse, "eval_forward", lambda lay, inp: calls.append(1) or real(lay, inp))
+    with torch.no_grad():
+        y = layer(x)
+        want = torch.nn.functional.conv2d(x.double(), (layer.weight * layer.mask).double(), layer.bias.double(),
+                                          stride)
+        assert calls and y.shape == want.shape
+        torch.testing.assert_close(y.double(), want, atol=1e-4, rtol=1e-4)
+        assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        layer.set_mask(torch.zeros(29, 37, 1, 1, dtype=torch.bool))  # all pruned: the bias everywhere
+        torch.testing.assert_close(layer(x), layer.bias.view(1, -1, 1, 1).expand_as(y))
+        # Not a GEMM (3x3, groups, padding): the dense conv of the masked weight, never the kernel.
+        for conv in (MaskedConv2d(37, 29, 3), MaskedConv2d(37, 37, 1, groups=37),
+                     MaskedConv2d(37, 29, 1, padding=1, padding_mode="reflect")):
+            conv.set_mask(torch.rand(conv.weight.shape) > 0.5).eval()
+            torch.testing.assert_close(conv(x), conv.to_dense()(x))
+            assert "_cpu_sparse_weight" not in conv.__dict__
+    calls.clear()
+    layer.train()(x)
+    assert not calls  # training: the masked op (masked weight gradient)
 
 
 def test_block_structured_mask_routes_to_block_sparse(monkeypatch):

@@ -82,6 +82,7 @@ def test_linear_full_size_and_empty_rows(backend):
     weight, bias = torch.randn(n, k), torch.randn(n)
     mask = torch.rand(n, k) > 0.9
     mask[:, 5] = True
+    mask[:, 100:300] = False  # empty columns
     mask[::7] = False  # empty rows: the output is the bias
     sw = SparseWeight.from_dense(weight, mask, backend=backend)
     for batch in (1, 2, 3, 17, 64, 130):
@@ -89,6 +90,73 @@ def test_linear_full_size_and_empty_rows(backend):
         y = cpu_sparse_linear(x, sw, bias, backend=backend)
         assert_close(y, _oracle(x, weight, mask, bias), torch.float32)
         assert torch.equal(y[:, ::7], bias[::7].expand(batch, -1))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_linear_thread_counts(threads):
+    # Big enough for the kernel to go parallel (gather and packed paths); 3 threads: uneven work splits.
+    _live("cpu")
+    n, k = 389, 1031
+    weight, bias = torch.randn(n, k), torch.randn(n)
+    mask = torch.rand(n, k) > 0.6
+    mask[:, ::5] = False  # empty columns
+    mask[3::11] = False  # empty rows
+    sw = SparseWeight.from_dense(weight, mask)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch in (1, 2, 9, 70):
+            x = torch.randn(batch, k)
+            assert_close(cpu_sparse_linear(x, sw, bias, backend="cpu"), _oracle(x, weight, mask, bias), torch.float32)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_sell_layout():
+    # Rows sorted longest first within windows of 64, slices of 8 padded to their longest row (value 0).
+    _live("cpu")
+    n, k = 150, 40
+    mask = torch.rand(n, k) < torch.linspace(0.02, 0.9, n).unsqueeze(1)
+    mask[7] = False
+    weight = torch.randn(n, k)
+    sw = SparseWeight.from_dense(weight, mask)
+    perm, slice_ptr, idx, val = sw.kernel_arrays()
+    assert idx.dtype == torch.int16 and perm.numel() == 152 and slice_ptr.numel() == 20
+    assert sorted(perm[:n].tolist()) == list(range(n)) and perm[n:].tolist() == [-1, -1]
+    lengths = mask.sum(1)
+    for w0 in range(0, n, 64):
+        window = lengths[perm[w0:min(n, w0 + 64)].long()]
+        assert torch.equal(window, window.sort(descending=True, stable=True).values)
+    dense = torch.zeros(n, k)
+    for s in range(19):
+        lanes = perm[8 * s:8 * s + 8]
+        rows = lanes[lanes >= 0].long()
+        width = int(lengths[rows].max()) if rows.numel() else 0
+        assert slice_ptr[s + 1] - slice_ptr[s] == 8 * width
+        block_idx = idx[slice_ptr[s]:slice_ptr[s + 1]].view(width, 8).long()
+        block_val = val[slice_ptr[s]:slice_ptr[s + 1]].view(width, 8)
+        for lane, row in enumerate(lanes.tolist()):
+            if row >= 0:
+                dense[row].index_put_((block_idx[:, lane],), block_val[:, lane], accumulate=True)
+    assert torch.equal(dense, weight * mask)  # every kept entry once, padding adds exact zeros
+    assert sw.kernel_arrays() is sw.kernel  # built once
+
+
+@pytest.mark.parametrize("k", [65535, 65536, 65537])
+def test_linear_index_width_boundary(k):
+    # 16-bit column indices up to K = 65,536 (largest column 65,535), 32-bit above.
+    _live("cpu")
+    n = 11
+    mask = torch.rand(n, k) > 0.999
+    mask[:, k - 1] = True  # the largest column index of each width
+    mask[:, 0] = True
+    mask[4] = False
+    weight, bias = torch.randn(n, k), torch.randn(n)
+    sw = SparseWeight.from_dense(weight, mask)
+    assert sw.kernel_arrays()[2].dtype == (torch.int16 if k <= 65536 else torch.int32)
+    for batch in (1, 3, 9):
+        x = torch.randn(batch, k)
+        assert_close(cpu_sparse_linear(x, sw, bias), _oracle(x, weight, mask, bias), torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -140,10 +208,15 @@ def test_compiled_op_checks():
     _live("cpu")
     sw = SparseWeight.from_dense(torch.randn(6, 5), backend="cpu")
     C = torch.ops.lth_kernels_C
+    perm, slice_ptr, idx, val = sw.kernel_arrays()
     with pytest.raises(RuntimeError, match="x: expected dtype Float"):
-        C.cpu_sparse_linear(torch.randn(2, 5).double(), sw.row_ptr, sw.col_idx, sw.values, 5, 6, None)
-    with pytest.raises(RuntimeError, match="row_ptr: expected 8 entries"):
-        C.cpu_sparse_linear(torch.randn(2, 5), sw.row_ptr, sw.col_idx, sw.values, 5, 7, None)
+        C.cpu_sparse_linear(torch.randn(2, 5).double(), perm, slice_ptr, idx, val, 5, 6, None)
+    with pytest.raises(RuntimeError, match="perm: expected 24 entries"):
+        C.cpu_sparse_linear(torch.randn(2, 5), perm, slice_ptr, idx, val, 5, 17, None)
+    with pytest.raises(RuntimeError, match="idx: expected dtype Int"):
+        C.cpu_sparse_linear(torch.randn(2, 70000), perm, slice_ptr, idx, val, 70000, 6, None)
+    with pytest.raises(RuntimeError, match="row_ptr: must run from 0 to nnz"):
+        C.sell_from_csr(sw.row_ptr + 1, sw.col_idx, sw.values, 5)
     with pytest.raises(RuntimeError, match=r"mask: expected the weight's shape"):
         C.csr_from_dense(torch.randn(6, 5), torch.ones(5, 6, dtype=torch.bool))
 
@@ -154,7 +227,8 @@ def test_opcheck(backend):
     weight = torch.randn(7, 9)
     sw = SparseWeight.from_dense(weight, torch.rand(7, 9) > 0.5, backend=backend)
     x, bias = torch.randn(3, 9), torch.randn(7)
-    torch.library.opcheck(cs._cpu_sparse_linear_op, (x, sw.row_ptr, sw.col_idx, sw.values, 9, 7, bias, backend),
+    arrays = [sw.row_ptr, sw.col_idx, sw.values] if backend == "reference" else list(sw.kernel_arrays())
+    torch.library.opcheck(cs._cpu_sparse_linear_op, (x, arrays, 9, 7, bias, backend),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -203,7 +277,8 @@ class _TinyMasked(torch.nn.Linear):
         self.mask_version += 1
 
 
-def test_eval_forward_cache_follows_mask_and_weight():
+def test_eval_forward_cache_follows_mask_and_weight(monkeypatch):
+    monkeypatch.setattr(cs, "use_sparse_cpu", lambda *a, **k: True)  # the kernel, whatever the table says
     layer = _TinyMasked(129, 97, torch.rand(97, 129) > 0.9)
     x = torch.randn(5, 3, 129)
     with torch.no_grad():
@@ -233,5 +308,6 @@ def test_eval_forward_applies_only_to_inference():
     assert not cs.eval_forward_applies(layer, x)  # grad enabled and the weight requires grad
     with torch.no_grad():
         assert not cs.eval_forward_applies(layer, x.double())
+        assert cs.eval_forward_applies(layer, x)
         expected = cs.use_sparse_cpu(1 - layer.mask.float().mean().item(), 8, 768, 768)
-        assert cs.eval_forward_applies(layer, x) == expected
+        assert cs.uses_kernel(layer, x) == expected
