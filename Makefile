@@ -2,7 +2,7 @@
 # pinned torch first (so nothing later can swap it), installs the package editable without build
 # isolation (the extension must compile against this torch), then rebuilds the extension incrementally.
 #   make demo    the main job on the embedded default data set (digits)
-#   make test    lint + static GPU proof + gpu-check dry run + the test suite (what CI runs)
+#   make test    lint + static GPU proof (pinned configs) + gpu-check dry run + the test suite (what CI runs)
 #   make bench   the benchmarks (GPU ones say so and exit when no GPU is present)
 #   make gpu-proof   every Triton kernel compiled for sm_90a and sm_80 without a GPU -> bench/results/ tables
 #   make gpu-check   on a lent GPU machine, with its own python3 (no venv, no pip): build, live ops, gpu tests,
@@ -46,7 +46,7 @@ demo: build
 	$(VENV)/bin/lth imp --preset lenet_300_100-digits --levels 5 --branches random_reinit
 
 test: build lint
-	$(PY) -m bench.gpu_proof --out-dir build/gpu-proof/results
+	$(PY) -m bench.gpu_proof --pinned --out-dir build/gpu-proof/results
 	$(MAKE) --no-print-directory gpu-check DRY_RUN=1 GPU_PY=$(PY)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -7,8 +7,11 @@ ViT attention (N = 197, d = 64 and 128, block masks 16-128), block-sparse blocks
 with TF32 and without. Kernel variants differ by constexprs and by the alignment Triton sees (sizes divisible by
 16 or not), not by the sizes themselves, so many shapes compile to the same variant; the proof counts each once.
 
-Flags that only add or drop epilogue work (no bias, mask already applied, score gradient) run at bf16 for every
-config; fp16 and fp32 run the main path of each op (the one training takes) at every config.
+Every dtype runs the training path of each op at every config (masked linear: forward with bias and dX on a
+weight stored masked, dW; block-sparse: forward with bias, dX, dW); bf16 also runs the other flag variants
+(mask applied in the kernel, no bias, score gradients), which add or drop load and epilogue work around the same
+main loop, and all four block sizes, where the other dtypes run the extremes 16 and 128. This keeps a fresh CI
+run near its time budget; every kernel and every config is still compiled at every dtype it accepts.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def masked_matmul(dtype_name: str):
             x, w, gy = torch.empty(m, k, dtype=dtype), torch.empty(n, k, dtype=dtype), torch.empty(m, n, dtype=dtype)
             bias = torch.empty(n, dtype=dtype)
             meta = mm.mask_meta(_mask(n, k))
-            for apply_mask in (True, False):
+            for apply_mask in (False, True) if full else (False,):  # MaskedLinear stores W masked
                 mm.masked_matmul_forward(x, w, meta, bias, apply_mask=apply_mask)
                 mm.masked_matmul_forward(gy, w, meta, apply_mask=apply_mask, grad_input=True)
             if full:
@@ -76,7 +79,7 @@ def block_sparse(dtype_name: str):
     m, k, n = 64 * 197, 768, 3072  # ViT-B fc1 at batch 64: every block size divides both dims
     x, w, gy = torch.empty(m, k, dtype=dtype), torch.empty(n, k, dtype=dtype), torch.empty(m, n, dtype=dtype)
     with tf32(allow):
-        for b in BLOCKS:
+        for b in BLOCKS if dtype_name == "bf16" else (BLOCKS[0], BLOCKS[-1]):
             gen = torch.Generator().manual_seed(0)
             meta = bs.BlockSparseLayout.from_block_map(torch.rand(n // b, k // b, generator=gen) < 0.3, (n, k),
                                                        (b, b)).meta()
@@ -87,7 +90,7 @@ def block_sparse(dtype_name: str):
             bs.sdd_triton(gy.t(), x, meta, b, b)  # dW = dY^T X at the kept blocks
 
 
-def attention(dtype_name: str, head_dim: int):
+def attention(dtype_name: str, head_dim: int, blocks=BLOCKS):
     from lth_kernels.ops import _sparse_attention_triton as sat
     from lth_kernels.ops._sparse_attention_mask import local_window_block_mask
 
@@ -103,7 +106,7 @@ def attention(dtype_name: str, head_dim: int):
                                compact)
 
     run(q, k, v)  # dense
-    for blk in BLOCKS:
+    for blk in blocks:
         run(q, k, v, bm=local_window_block_mask(n, 48, block=blk))
     if dtype_name == "bf16" and head_dim == 64:  # the other row layouts, at the default tiles
         keep = torch.arange(0, n, 2, dtype=torch.int32).repeat(b, 1)
@@ -139,15 +142,17 @@ def mask_kernels():
             mask_meta.tile_occupancy_triton(m, tile, tile)
 
 
-def cases() -> dict:
-    """name -> callable; each call is one unit of work for a compile process."""
+def cases(pinned: bool = False) -> dict:
+    """name -> callable; each call is one unit of work for a compile process. ``pinned`` (the CI tier: tuned
+    kernels compile their pinned config only) also keeps attention to the extreme block sizes 16 and 128."""
+    attn_blocks = (BLOCKS[0], BLOCKS[-1]) if pinned else BLOCKS
     out = {}
     for d in DTYPES:
         out[f"masked_matmul/{d}"] = lambda d=d: masked_matmul(d)
         out[f"block_sparse/{d}"] = lambda d=d: block_sparse(d)
     for d in ATTN_DTYPES:
         for hd in (64, 128):
-            out[f"attention/{d}/d{hd}"] = lambda d=d, hd=hd: attention(d, hd)
+            out[f"attention/{d}/d{hd}"] = lambda d=d, hd=hd: attention(d, hd, attn_blocks)
         out[f"tokens/{d}"] = lambda d=d: tokens(d)
     out["mask_meta"] = mask_kernels
     return out

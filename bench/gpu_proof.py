@@ -3,6 +3,7 @@
     python -m bench.gpu_proof                        # both targets -> bench/results/<date>-static-sm{90,80}.{md,json}
     python -m bench.gpu_proof --targets sm_80 --out-dir /tmp/proof
     python -m bench.gpu_proof --list                 # the cases (one unit of work each)
+    python -m bench.gpu_proof --pinned               # CI tier: only the configs LTH_KERNELS_AUTOTUNE=0 runs
 
 Each case (``bench/_proof_cases.py``) calls a launcher on CPU tensors at the benchmark shapes under
 ``lth_kernels.ops._triton.compile_only(target)``: the launcher picks its GPU configs, every config its autotuner may
@@ -90,16 +91,16 @@ def _analysis(compiled, cache_dir: str) -> dict:
     return info
 
 
-def run_case(target: str, case: str, cache_dir: str) -> tuple[list[dict], str | None, float]:
+def run_case(target: str, case: str, cache_dir: str, pinned: bool = False) -> tuple[list[dict], str | None, float]:
     """Compiles one case for one target; returns (rows, error, CPU seconds of this process and its ptxas runs)."""
     t0 = _cpu_seconds()
     from bench._proof_cases import cases
     from lth_kernels.ops._triton import compile_only
 
     rows, error = [], None
-    with compile_only(target) as records:
+    with compile_only(target, pinned_only=pinned) as records:
         try:
-            cases()[case]()
+            cases(pinned)[case]()
         except Exception as e:  # noqa: BLE001 - a compile error is a proof failure, reported with its case
             error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
             traceback.print_exc()
@@ -131,16 +132,18 @@ def package_functions() -> dict[str, str]:
     import inspect
     import pkgutil
 
-    from triton.runtime.jit import JITFunction
-
     import lth_kernels.ops as ops
 
     out = {}
     for info in pkgutil.iter_modules(ops.__path__):
         module = importlib.import_module(f"lth_kernels.ops.{info.name}")
         for name, obj in vars(module).items():
-            if isinstance(obj, JITFunction) and obj.fn.__module__ == module.__name__:
-                out[name] = inspect.getsource(obj.fn)
+            # JITFunction, or InterpretedFunction under TRITON_INTERPRET=1: both wrap the Python function as .fn
+            # (an autotuner's .fn is the JITFunction, not a function)
+            fn = getattr(obj, "fn", None)
+            if type(obj).__module__.startswith("triton.") and inspect.isfunction(fn) \
+                    and fn.__module__ == module.__name__:
+                out[name] = inspect.getsource(fn)
     return out
 
 
@@ -276,14 +279,16 @@ def write_tables(target: str, report: dict, out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     md = [f"# Static GPU proof, {target} ({env['limits']})", "",
           " | ".join(f"{k}: {v}" for k, v in env.items() if k != "limits"), "",
-          "Compiled without a GPU by `python -m bench.gpu_proof` (see its docstring): every Triton kernel of "
-          "`lth_kernels.ops` at every config its launcher or autotuner can pick for the benchmark shapes and dtypes. "
-          "Registers, spills and shared memory are the compiler's numbers, not a run; `pinned` marks the configs "
-          "`LTH_KERNELS_AUTOTUNE=0` runs. Nothing here was measured on a GPU.", "",
+          "Compiled without a GPU by `python -m bench.gpu_proof` (see its docstring): the Triton kernels of "
+          f"`lth_kernels.ops` at the benchmark shapes and dtypes; tier: {env['tier']}. Registers, spills and shared "
+          "memory are the compiler's numbers, not a run; `pinned` marks the configs `LTH_KERNELS_AUTOTUNE=0` runs. "
+          "Nothing here was measured on a GPU.", "",
           f"Verdict: **{'PASS' if not report['failures'] else 'FAIL'}**, {len(report['variants'])} Triton variants, "
-          f"{len(report['cuda'])} CUDA kernels.", ""]
+          f"{len(report['cuda'])} CUDA kernels, cases {env['cases']}.", ""]
     for f in report["failures"]:
         md.append(f"- FAIL: {f}")
+    if report["partial"] and report["not_covered"]:
+        md.append(f"- Partial run: not covered by the selected cases: {', '.join(report['not_covered'])}")
     md += ["", "## Per kernel", ""]
     md += _md_table(report["summary"], ["kernel", "variants", "pinned", "dtypes", "max_regs", "max_spill_bytes",
                                         "max_smem", "min_tensor_ops_16bit", "max_tensor_ops", "failures"])
@@ -317,14 +322,17 @@ def _env(target: str, key: str) -> dict:
             "commit": _commit(), "date": datetime.date.today().isoformat(), "source_key": key}
 
 
-def compile_all(targets, jobs: int, cache_dir: str, key: str, force: bool) -> dict[str, tuple[list, list, dict]]:
+def compile_all(targets, jobs: int, cache_dir: str, key: str, force: bool, pinned: bool = False,
+                names: list | None = None) -> dict[str, tuple[list, list, dict]]:
     """target -> (rows, errors, case seconds); rows of an unchanged source key come from the cache."""
     from bench._proof_cases import cases
 
-    names = list(cases())
+    names = names or list(cases())
+    if names != list(cases()):
+        key = hashlib.sha256((key + " ".join(names)).encode()).hexdigest()[:16]
     done, todo = {}, []
     for target in targets:
-        path = os.path.join(cache_dir, f"{target}-{key}.json")
+        path = os.path.join(cache_dir, f"{target}-{'pinned-' if pinned else ''}{key}.json")
         if not force and os.path.exists(path):
             with open(path) as f:
                 done[target] = tuple(json.load(f))
@@ -337,7 +345,7 @@ def compile_all(targets, jobs: int, cache_dir: str, key: str, force: bool) -> di
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                                     initargs=(cache_dir,)) as pool:
-            futures = {pool.submit(run_case, t, n, cache_dir): (t, n) for t, n in todo}
+            futures = {pool.submit(run_case, t, n, cache_dir, pinned): (t, n) for t, n in todo}
             for fut in cf.as_completed(futures):
                 t, n = futures[fut]
                 try:
@@ -353,23 +361,26 @@ def compile_all(targets, jobs: int, cache_dir: str, key: str, force: bool) -> di
         for t, res in results.items():
             done[t] = res
             if not res[1]:  # only clean runs are reused
-                tmp = os.path.join(cache_dir, f"{t}-{key}.json.tmp")
-                with open(tmp, "w") as f:
+                final = os.path.join(cache_dir, f"{t}-{'pinned-' if pinned else ''}{key}.json")
+                with open(final + ".tmp", "w") as f:
                     json.dump(res, f)
-                os.replace(tmp, os.path.join(cache_dir, f"{t}-{key}.json"))
+                os.replace(final + ".tmp", final)
     return done
 
 
-def build_report(target: str, rows: list, errors: list, seconds: dict, key: str, functions: dict) -> dict:
+def build_report(target: str, rows: list, errors: list, seconds: dict, key: str, functions: dict,
+                 partial: bool = False) -> dict:
     variants = variant_rows(rows, target)
     cuda, note = cuda_rows(target)
     failures = list(errors)
     failures += [f"{v['kernel']} {v['dtype']} {v['flags']} {v['config']}: {v['status']}"
                  for v in variants if v["status"] != "ok"]
     failures += [f"CUDA {c['kernel']}: {c['status']}" for c in cuda if c["status"] != "ok"]
-    failures += [f"{f}: no compiled variant covers it" for f in uncovered(functions, {v["kernel"] for v in variants})]
+    missing = uncovered(functions, {v["kernel"] for v in variants})
+    if not partial:  # a run over selected cases (--cases) leaves the others out on purpose
+        failures += [f"{f}: no compiled variant covers it" for f in missing]
     env = {**_env(target, key), "compile_cpu_s": round(sum(seconds.values()))}
-    return {"env": env, "variants": variants, "summary": kernel_summary(variants), "cuda": cuda,
+    return {"env": env, "partial": partial, "not_covered": missing, "variants": variants, "summary": kernel_summary(variants), "cuda": cuda,
             "cuda_note": note, "failures": failures}
 
 
@@ -383,6 +394,10 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="compile again even if the sources are unchanged")
     p.add_argument("--no-write", action="store_true", help="check only, write no tables")
     p.add_argument("--list", action="store_true", help="print the cases and exit")
+    p.add_argument("--cases", nargs="+", help="only these cases (see --list); coverage is then not checked")
+    p.add_argument("--pinned", action="store_true",
+                   help="CI tier: tuned kernels compile only their pinned config (what gpu-check runs), every "
+                        "kernel and dtype still covered; the default compiles every config the autotuner may pick")
     args = p.parse_args(argv)
     sys.path.insert(0, ROOT)
     from bench._proof_cases import cases
@@ -395,12 +410,19 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     os.makedirs(args.cache_dir, exist_ok=True)
     key = source_key()
-    results = compile_all(args.targets, args.jobs, args.cache_dir, key, args.force)
+    known = list(cases(args.pinned))
+    if args.cases and (unknown := sorted(set(args.cases) - set(known))):
+        p.error(f"--cases: unknown case(s) {unknown}; see --list")
+    names = [n for n in known if not args.cases or n in args.cases]
+    results = compile_all(args.targets, args.jobs, args.cache_dir, key, args.force, args.pinned, names)
     functions = package_functions()
     status = 0
     for target in args.targets:
         rows, errors, seconds = results[target]
-        report = build_report(target, rows, errors, seconds, key, functions)
+        report = build_report(target, rows, errors, seconds, key, functions, partial=len(names) < len(known))
+        report["env"]["cases"] = f"{len(names)} of {len(known)}"
+        report["env"]["tier"] = ("pinned configs only (--pinned)" if args.pinned
+                                 else "every config the launcher or autotuner may pick")
         where = "" if args.no_write else f" -> {write_tables(target, report, args.out_dir)}"
         print(f"{target}: {len(report['variants'])} Triton variants of {len(report['summary'])} kernels, "
               f"{len(report['cuda'])} CUDA kernels, {len(report['failures'])} failures{where}")

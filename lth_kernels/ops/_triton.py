@@ -46,6 +46,7 @@ TARGETS = {"sm_90a": Target("sm_90a", 90, 232448, 132, "H100 SXM"),
 
 _target: Target | None = None  # set by compile_only()
 _records: list | None = None
+_pinned_only = False
 
 
 def compile_target() -> Target | None:
@@ -148,7 +149,7 @@ class Tuned:
         named = {**dict(zip(self.kernel.arg_names, args)), **kwargs}
         if _target is not None:
             pin = self.pinned_config(args, kwargs)
-            for c in self.pruned(args, kwargs):
+            for c in [pin] if _pinned_only else self.pruned(args, kwargs):
                 ck = _config_kwargs(c)
                 _compile(self.kernel, grid({**named, **c.kwargs}), args, {**kwargs, **ck}, pinned=c is pin)
         elif pinned_configs():
@@ -195,13 +196,14 @@ class _StandInDriver:
 
 
 @contextlib.contextmanager
-def compile_only(target: str):
+def compile_only(target: str, pinned_only: bool = False):
     """Within: Triton kernels of the package compile for ``target`` ("sm_90a", "sm_80") with their GPU configs and
     are not launched; yields the list of records (kernel name, meta-parameters, pinned, CompiledKernel).
+    ``pinned_only``: tuned kernels compile only the config ``LTH_KERNELS_AUTOTUNE=0`` would run, not every one.
 
     Outputs of ops called in this mode hold no results. One target per process: Triton's in-process caches key
     compiled kernels by device id, which is the capability here, so switching is safe but not needed."""
-    global _target, _records
+    global _target, _records, _pinned_only
     if not HAS_TRITON:
         raise RuntimeError("compile_only: Triton is not installed")
     if INTERPRET:
@@ -217,11 +219,11 @@ def compile_only(target: str):
     lazy = isinstance(getattr(type(driver), "active", None), property) and hasattr(driver, "_active")
     previous = driver._active if lazy else driver.active
     driver.set_active(_StandInDriver(TARGETS[target]))
-    _target, _records = TARGETS[target], []
+    _target, _records, _pinned_only = TARGETS[target], [], pinned_only
     try:
         yield _records
     finally:
-        _target, _records = None, None
+        _target, _records, _pinned_only = None, None, False
         if lazy:
             driver._active = previous  # None: created on the next use, as before
         else:
