@@ -380,8 +380,8 @@ def build_report(target: str, rows: list, errors: list, seconds: dict, key: str,
     if not partial:  # a run over selected cases (--cases) leaves the others out on purpose
         failures += [f"{f}: no compiled variant covers it" for f in missing]
     env = {**_env(target, key), "compile_cpu_s": round(sum(seconds.values()))}
-    return {"env": env, "partial": partial, "not_covered": missing, "variants": variants, "summary": kernel_summary(variants), "cuda": cuda,
-            "cuda_note": note, "failures": failures}
+    return {"env": env, "partial": partial, "not_covered": missing, "variants": variants,
+            "summary": kernel_summary(variants), "cuda": cuda, "cuda_note": note, "failures": failures}
 
 
 def main(argv=None) -> int:
