@@ -29,7 +29,8 @@ if HAS_TRITON:
         if MODE == 2:
             start = tl.load(CU + b).to(tl.int64)
             return b, (bh % H).to(tl.int64), bh, start, (tl.load(CU + b + 1).to(tl.int64) - start).to(tl.int32)
-        return b, (bh % H).to(tl.int64), bh, tl.zeros((), dtype=tl.int64), SEQ
+        # SEQ as an int32 tensor even when Triton specializes the argument to a constant
+        return b, (bh % H).to(tl.int64), bh, tl.zeros((), dtype=tl.int64), tl.zeros((), dtype=tl.int32) + SEQ
 
     @triton.jit
     def _meta_offsets(b, h, pid, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh):
@@ -325,7 +326,9 @@ class _Plan:
             self.block_m, self.block_n = block_size
             self.warps = 8 if self.block_m * self.block_n >= 128 * 128 else 4
         else:
-            self.bm = [q] * 8
+            # never read; int32 like real lists, since the compiler checks the return types of _block_list's
+            # branches against each other even where the branch is not taken
+            self.bm = [torch.zeros(1, dtype=torch.int32, device=q.device)] * 8
             self.meta_strides = self.meta_strides_t = (0, 0, 0, 0, 0)
             self.em, self.em_strides = q, (0, 0, 0)
             if not gpu_configs(q.device):  # the interpreter: few, wide tiles
