@@ -2,9 +2,12 @@
 # pinned torch first (so nothing later can swap it), installs the package editable without build
 # isolation (the extension must compile against this torch), then rebuilds the extension incrementally.
 #   make demo    the main job on the embedded default data set (digits)
-#   make test    lint + the test suite (what CI runs)
+#   make test    lint + static GPU proof (pinned configs) + gpu-check dry run + the test suite (what CI runs)
 #   make bench   the benchmarks (GPU ones say so and exit when no GPU is present), with the library
 #                baselines of the `bench` extra
+#   make gpu-proof   every Triton kernel compiled for sm_90a and sm_80 without a GPU -> bench/results/ tables
+#   make gpu-check   on a lent GPU machine, with its own python3 (no venv, no pip): build, live ops, gpu tests,
+#                    quick benchmarks in a 480 s budget; DRY_RUN=1 prints the plan and runs the GPU-free parts
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -17,8 +20,12 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0a
 export MAX_JOBS ?= 2
 PYTEST_ARGS ?=
+# gpu-check runs on the GPU machine's own Python (torch, Triton and a toolkit come with it; nothing is installed)
+GPU_PY ?= python3
+DRY_RUN ?=
+GPU_PROOF_ARGS ?=
 
-.PHONY: venv build demo test lint bench clean
+.PHONY: venv build demo test lint bench clean gpu-proof gpu-check
 
 $(VENV)/.deps-stamp: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,11 +47,19 @@ demo: build
 	$(VENV)/bin/lth imp --preset lenet_300_100-digits --levels 5 --branches random_reinit
 
 test: build lint
+	$(PY) -m bench.gpu_proof --pinned --out-dir build/gpu-proof/results
+	$(MAKE) --no-print-directory gpu-check DRY_RUN=1 GPU_PY=$(PY)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 $(VENV)/.bench-stamp: $(VENV)/.deps-stamp
 	LTH_KERNELS_SKIP_BUILD=1 $(PY) -m pip install -q --no-build-isolation -e ".[dev,bench]" $(TORCH_PINS)
 	touch $@
+
+gpu-proof: build
+	$(PY) -m bench.gpu_proof $(GPU_PROOF_ARGS)
+
+gpu-check:
+	$(GPU_PY) -m bench.gpu_check $(if $(filter 1,$(DRY_RUN)),--dry-run,)
 
 bench: build $(VENV)/.bench-stamp
 	$(PY) -m bench.run

@@ -2,16 +2,17 @@
 
     python bench/block_sparse.py                       # ViT-B + ResNet-50 shapes, bf16, writes bench/results/
     python bench/block_sparse.py --blocks 64 --densities 0.1 --dtype fp16 --no-write
+    python bench/block_sparse.py --quick --out-dir /tmp/r   # ViT-B fc1/fc2, blocks 32/128, densities 0.1/0.5
     python bench/block_sparse.py --smoke               # CPU: tiny shape, reference vs Triton interpreter
 
-Per row: median ms (CUDA events, >= 20 interleaved repetitions after warm-up), useful TFLOP/s (the FLOPs of the
+Per row: median ms per call (CUDA events over back-to-back calls, >= 20 interleaved repetitions after warm-up;
+ours_cold_ms: the first call, compile and autotuning included), useful TFLOP/s (the FLOPs of the
 kept blocks only), % of cuBLAS per useful FLOP, speed-up vs dense and the roofline cap of section 1 of the
 kernel reference (activations are streamed in full whatever the density).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -28,7 +29,7 @@ SHAPES = [
     ("resnet50", "fc", 64, 2048, 1000),
 ]
 COLUMNS = ["model", "layer", "M", "K", "N", "block", "density", "mode", "dense_ms", "ours_ms", "masked_dense_ms",
-           "torch_bsr_ms", "stk_ms", "useful_tflops", "pct_cublas_per_useful_flop", "speedup_vs_dense",
+           "torch_bsr_ms", "stk_ms", "ours_cold_ms", "useful_tflops", "pct_cublas_per_useful_flop", "speedup_vs_dense",
            "speedup_cap"]
 
 
@@ -52,32 +53,28 @@ def _baselines(F, stk, x, wm, b) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench._cli import finish, parser, start
+
+    p = parser(__doc__, smoke=True)
     p.add_argument("--blocks", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.2621, 0.5])
     p.add_argument("--dtype", choices=DTYPES, default="bf16")
     p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--no-write", action="store_true")
-    p.add_argument("--smoke", action="store_true", help="tiny CPU run of the script itself (Triton interpreter)")
     args = p.parse_args(argv)
-    if args.smoke:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    import torch
-
-    if not torch.cuda.is_available() and not args.smoke:
-        print("bench/block_sparse.py needs a CUDA device (use --smoke for a tiny CPU run); nothing measured.")
+    if not start(args, "block_sparse"):
         return 0
+    import torch
     import torch.nn.functional as F
 
-    from bench.common import environment, gemm_cap, time_interleaved, write_results
+    from bench.common import environment, gemm_cap, percent, ratio, show, tflops, time_interleaved
     from lth_kernels.ops.block_sparse import BlockSparseLayout, block_sparse_linear
 
     device = torch.device("cpu" if args.smoke else "cuda")
     dtype = getattr(torch, DTYPES[args.dtype]) if not args.smoke else torch.float32
     env = environment(device)
-    shapes = [("smoke", "tiny", 64, 128, 128)] if args.smoke else SHAPES
-    blocks = [32, 64] if args.smoke else args.blocks
-    densities = [0.25] if args.smoke else args.densities
+    shapes = [("smoke", "tiny", 64, 128, 128)] if args.smoke else SHAPES[2:4] if args.quick else SHAPES
+    blocks = [32, 64] if args.smoke else [32, 128] if args.quick else args.blocks
+    densities = [0.25] if args.smoke else [0.1, 0.5] if args.quick else args.densities
     reps = 2 if args.smoke else args.reps
     backend = "triton"
     try:
@@ -114,22 +111,19 @@ def main(argv=None) -> int:
                          "ours": fb(lambda: block_sparse_linear(xg, wmg, lay, backend=backend)),  # noqa: B023
                          "masked_dense": fb(lambda: F.linear(xg, wmg * lay.element_mask()))}  # noqa: B023
                 for mode, fns, flops_per in (("fwd", fwd, 1), ("fwd+bwd", train, 3)):
-                    t = time_interleaved(fns, device, reps=reps)
-                    useful = 2.0 * M * N * K * kept * flops_per
-                    dense_tflops = 2.0 * M * N * K * flops_per / (t["dense"] * 1e-3) / 1e12 if t["dense"] else None
-                    ours_tflops = useful / (t["ours"] * 1e-3) / 1e12 if t["ours"] else None
+                    cold = {}
+                    t = time_interleaved(fns, device, reps=reps, cold=cold)
+                    dense_tflops = tflops(2.0 * M * N * K * flops_per, t["dense"])
+                    ours_tflops = tflops(2.0 * M * N * K * kept * flops_per, t["ours"])  # useful FLOPs only
                     row = {"model": model, "layer": layer, "M": M, "K": K, "N": N, "block": b, "density": kept,
                            "mode": mode, "dense_ms": t["dense"], "ours_ms": t["ours"],
                            "masked_dense_ms": t.get("masked_dense"), "torch_bsr_ms": t.get("torch_bsr"),
-                           "stk_ms": t.get("stk"), "useful_tflops": ours_tflops,
-                           "pct_cublas_per_useful_flop": (100 * ours_tflops / dense_tflops
-                                                          if ours_tflops and dense_tflops else None),
-                           "speedup_vs_dense": t["dense"] / t["ours"] if t["dense"] and t["ours"] else None,
+                           "stk_ms": t.get("stk"), "ours_cold_ms": cold.get("ours"), "useful_tflops": ours_tflops,
+                           "pct_cublas_per_useful_flop": percent(ours_tflops, dense_tflops),
+                           "speedup_vs_dense": ratio(t["dense"], t["ours"]),
                            "speedup_cap": gemm_cap(M, N, K, kept, x.element_size(), env["device"])}
-                    rows.append(row)
-                    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-    if not args.no_write and not args.smoke:
-        print("wrote", write_results("block_sparse", rows, env, COLUMNS))
+                    rows.append(show(row))
+    finish(args, "block_sparse", rows, env, COLUMNS)
     return 0
 
 

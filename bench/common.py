@@ -1,5 +1,6 @@
-"""Shared benchmark helpers: timing (CUDA events, interleaved providers), device roofs, environment record,
-result files (``bench/results/<date>-<device>-<stem>.{json,md}``, written atomically)."""
+"""Shared benchmark helpers: timing (CUDA events over back-to-back calls, interleaved providers, the cold first
+call apart), device roofs, environment record, result files (``bench/results/<date>-<device>-<stem>.{json,md}``,
+written atomically)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 import torch
 
 from lth_kernels._io import atomic_write_text
-from lth_kernels._util import cuda_time_ms
+from lth_kernels._util import cuda_time_ms, inner_calls
 
 # Measured peaks (dense bf16 tensor core FLOP/s, HBM copy bytes/s); A100 from the datasheet.
 ROOFS = {"H100": (790e12, 3.0e12), "H200": (790e12, 4.3e12), "A100": (312e12, 2.0e12)}
@@ -36,39 +37,71 @@ def require_cuda(stem: str) -> None:
 
 def _timer(device: torch.device):
     if device.type == "cuda":
-        def run(fn):
+        def run(fn, inner=1):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(inner):
+                fn()
             end.record()
             end.synchronize()
-            return start.elapsed_time(end)
+            return start.elapsed_time(end) / inner
     else:
-        def run(fn):
+        def run(fn, inner=1):
             t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
+            for _ in range(inner):
+                fn()
+            return (time.perf_counter() - t0) * 1e3 / inner
     return run
 
 
-def time_interleaved(fns: dict, device, reps: int = 20, warmup: int = 3) -> dict[str, float]:
-    """Median ms of each callable; providers alternate inside every repetition so clock drift hits all alike.
+def time_interleaved(fns: dict, device, reps: int = 20, warmup: int = 3, cold: dict | None = None) -> dict:
+    """Median ms per call of each callable; providers alternate inside every repetition so clock drift hits all
+    alike, and each timing covers ``inner_calls`` back-to-back calls.
 
-    A callable that raises is reported as None (with the error printed once)."""
-    run = _timer(torch.device(device))
-    live = {}
+    ``cold``: a dict that receives each provider's first call in wall ms (compile / autotune included), kept
+    apart from the steady-state times. A callable that raises is reported as None (with the error printed once)."""
+    device = torch.device(device)
+    run = _timer(device)
+    live, inner = {}, {}
     for name, fn in fns.items():
         try:
-            for _ in range(warmup):
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if cold is not None:
+                cold[name] = (time.perf_counter() - t0) * 1e3
+            for _ in range(max(0, warmup - 1)):
                 fn()
+            inner[name] = inner_calls(run(fn))
             live[name] = fn
         except Exception as e:  # noqa: BLE001 - a failing baseline must not stop the sweep
             print(f"  {name}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
     times = {name: [] for name in live}
     for _ in range(reps):
         for name, fn in live.items():
-            times[name].append(run(fn))
+            times[name].append(run(fn, inner[name]))
     return {name: (statistics.median(times[name]) if name in times else None) for name in fns}
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    """num / den, None when either is missing (a provider that could not run) or zero."""
+    return num / den if num and den else None
+
+
+def percent(num: float | None, den: float | None) -> float | None:
+    r = ratio(num, den)
+    return None if r is None else 100 * r
+
+
+def tflops(flops: float, ms: float | None) -> float | None:
+    return flops / (ms * 1e-3) / 1e12 if ms else None
+
+
+def show(row: dict) -> dict:
+    """Prints a result row (floats rounded) and returns it."""
+    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    return row
 
 
 def gemm_cap(m: int, n: int, k: int, density: float, elt_bytes: int, device_name: str) -> float | None:

@@ -1,11 +1,12 @@
 """Masked linear (Triton, design A1) vs dense cuBLAS, F.linear(x, W*M) and torch CSR (cuSPARSE): fwd and fwd+bwd.
 
     python bench/masked_matmul.py                      # ViT-B, DeiT-S, ResNet-50 1x1 shapes, bf16 -> bench/results/
-    python bench/masked_matmul.py --quick --no-write   # batch 64 ViT-B only, three sparsities
+    python bench/masked_matmul.py --quick --out-dir /tmp/r   # batch 64 ViT-B only, three sparsities
     python bench/masked_matmul.py --smoke              # CPU: tiny shape through the Triton interpreter
     python bench/masked_matmul.py --table PATH         # write the dispatch table elsewhere (or from a --quick run)
 
-Per row: median ms (CUDA events, >= 20 interleaved repetitions after warm-up) of each provider, TFLOP/s at the
+Per row: median ms per call (CUDA events over back-to-back calls, >= 20 interleaved repetitions after warm-up) of
+each provider (ours_cold_ms: the first call of ours, compile and autotuning included), TFLOP/s at the
 dense FLOP count (2MNK per GEMM: 1 GEMM forward, 3 for fwd+bwd), % of the device's bf16 roof measured in the same
 run (an 8192^3 cuBLAS matmul), ratios against dense and against F.linear(x, W*M) (what users run today: the
 masking pass in forward and, through autograd, on dW), and the roofline cap of the kernel reference, section 1.
@@ -25,7 +26,6 @@ table are kept.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -44,8 +44,8 @@ SHAPES = ([("vit_b_bs64", layer, 64 * 197, k, n) for layer, k, n in VIT]
                                      ("l4_conv3", 7, 512, 2048)]])
 SPARSITIES = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99]
 COLUMNS = ["model", "layer", "M", "K", "N", "pattern", "sparsity", "occupied", "mode", "dense_ms", "masked_dense_ms",
-           "library_ms", "auto_ms", "auto_backend", "ours_ms", "ours_mask_ms", "csr_ms", "meta_ms", "ours_tflops",
-           "ours_pct_roof", "vs_dense", "vs_masked_dense", "vs_library", "speedup_cap"]
+           "library_ms", "auto_ms", "auto_backend", "ours_ms", "ours_mask_ms", "csr_ms", "meta_ms", "ours_cold_ms",
+           "ours_tflops", "ours_pct_roof", "vs_dense", "vs_masked_dense", "vs_library", "speedup_cap"]
 
 
 def _mask(torch, pattern: str, sparsity: float, n: int, k: int, device):
@@ -66,29 +66,24 @@ def _measure_roof(torch, time_interleaved, device, dtype) -> float | None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench._cli import finish, parser, start
+
+    p = parser(__doc__, smoke=True)
     p.add_argument("--dtype", choices=DTYPES, default="bf16")
     p.add_argument("--sparsities", type=float, nargs="+", default=SPARSITIES)
     p.add_argument("--patterns", nargs="+", choices=["unstructured", "block64"], default=["unstructured", "block64"])
     p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--quick", action="store_true", help="ViT-B batch 64 shapes, sparsities 0 / 0.9 / 0.99")
-    p.add_argument("--no-write", action="store_true")
-    p.add_argument("--smoke", action="store_true", help="tiny CPU run of the script itself (Triton interpreter)")
     p.add_argument("--table", nargs="?", const="", default=None, metavar="PATH",
                    help="write the dispatch crossover table from this run (default path: "
                         "lth_kernels/ops/masked_matmul_table.json)")
     p.add_argument("--no-table", action="store_true", help="do not rewrite the dispatch table after a full run")
-    args = p.parse_args(argv)
-    if args.smoke:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    import torch
-
-    if not torch.cuda.is_available() and not args.smoke:
-        print("bench/masked_matmul.py needs a CUDA device (use --smoke for a tiny CPU run); nothing measured.")
+    args = p.parse_args(argv)  # --quick: ViT-B batch 64 shapes, sparsities 0 / 0.9 / 0.99
+    if not start(args, "masked_matmul"):
         return 0
+    import torch
     import torch.nn.functional as F
 
-    from bench.common import env_info, gemm_cap, time_interleaved, write_results
+    from bench.common import env_info, gemm_cap, percent, ratio, show, tflops, time_interleaved
     from lth_kernels.ops import _mask_cache, _masked_matmul_dispatch, _masked_matmul_triton, masked_matmul
 
     masked_linear, MaskMeta = masked_matmul.masked_linear, _mask_cache.MaskMeta
@@ -154,25 +149,22 @@ def main(argv=None) -> int:
                          "ours_mask": fb(lambda: masked_linear(xg, wg, m, bg, backend="triton"),  # noqa: B023
                                          (xg, wg, bg))}  # noqa: B023
                 for mode, fns, gemms in (("fwd", fwd, 1), ("fwd+bwd", train, 3)):
-                    t = time_interleaved(fns, device, reps=reps, warmup=warmup)
-                    flops = 2.0 * M * N * K * gemms
-                    ours_tflops = flops / (t["ours"] * 1e-3) / 1e12 if t["ours"] else None
+                    cold = {}
+                    t = time_interleaved(fns, device, reps=reps, warmup=warmup, cold=cold)
+                    ours_tflops = tflops(2.0 * M * N * K * gemms, t["ours"])
                     row = {"model": model, "layer": layer, "M": M, "K": K, "N": N, "pattern": pattern,
                            "sparsity": round(1 - density, 4), "occupied": round(occupied, 4), "mode": mode,
                            "dense_ms": t["dense"], "masked_dense_ms": t["masked_dense"], "library_ms": t["library"],
                            "auto_ms": t["auto"], "auto_backend": auto_backend, "ours_ms": t["ours"],
-                           "ours_mask_ms": t["ours_mask"],
-                           "csr_ms": t.get("csr"), "meta_ms": meta_ms, "ours_tflops": ours_tflops,
-                           "ours_pct_roof": 100 * ours_tflops * 1e12 / roof if ours_tflops and roof else None,
-                           "vs_dense": t["dense"] / t["ours"] if t["dense"] and t["ours"] else None,
-                           "vs_masked_dense": (t["masked_dense"] / t["ours"]
-                                               if t["masked_dense"] and t["ours"] else None),
-                           "vs_library": t["library"] / t["ours"] if t["library"] and t["ours"] else None,
+                           "ours_mask_ms": t["ours_mask"], "csr_ms": t.get("csr"), "meta_ms": meta_ms,
+                           "ours_cold_ms": cold.get("ours"), "ours_tflops": ours_tflops,
+                           "ours_pct_roof": percent(ours_tflops and ours_tflops * 1e12, roof),
+                           "vs_dense": ratio(t["dense"], t["ours"]),
+                           "vs_masked_dense": ratio(t["masked_dense"], t["ours"]),
+                           "vs_library": ratio(t["library"], t["ours"]),
                            "speedup_cap": gemm_cap(M, N, K, density, x.element_size(), env["device"])}
-                    rows.append(row)
-                    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-    if not args.no_write and not args.smoke:
-        print("wrote", write_results("masked_matmul", rows, env, COLUMNS))
+                    rows.append(show(row))
+    finish(args, "masked_matmul", rows, env, COLUMNS)
     if args.table is not None or not (args.quick or args.smoke or args.no_write or args.no_table):
         path = args.table or _masked_matmul_dispatch.TABLE_PATH
         write_table(path, rows, env, str(dtype).removeprefix("torch."), _masked_matmul_dispatch.DEFAULT_CROSSOVER)

@@ -2,6 +2,7 @@
 
     python bench/semi_structured.py            # ViT-B + ResNet-50 shapes, bf16 and fp16, writes bench/results/
     python bench/semi_structured.py --no-write
+    python bench/semi_structured.py --quick --out-dir /tmp/r   # ViT-B fc1/fc2, bf16
 
 Providers: dense ``F.linear``; raw ``to_sparse_semi_structured`` weight (compressed once, inference);
 ``semi_structured_linear`` with the measured dispatch (auto) and forced 2:4 (cusparselt), which in training
@@ -10,7 +11,6 @@ compresses the weight every step and runs the backward dense. Median of >= 20 in
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -23,27 +23,26 @@ COLUMNS = ["model", "layer", "M", "K", "N", "dtype", "mode", "dense_ms", "cuspar
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench._cli import finish, parser, start
+
+    p = parser(__doc__)
     p.add_argument("--dtypes", nargs="+", choices=["bf16", "fp16"], default=["bf16", "fp16"])
     p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    import torch
-
-    if not torch.cuda.is_available():
-        print("bench/semi_structured.py needs a CUDA device (sm80+); on CPU the op is the masked dense reference.")
+    if not start(args, "semi_structured"):  # (sm80+; on CPU the op is the masked dense reference)
         return 0
+    import torch
     import torch.nn.functional as F
 
-    from bench.common import environment, gemm_cap, time_interleaved, write_results
+    from bench.common import environment, gemm_cap, ratio, show, tflops, time_interleaved
     from lth_kernels.ops.semi_structured import mask_2to4, semi_structured_linear, sparse_supported
 
     env = environment("cuda")
     print(env)
     rows = []
-    for dname in args.dtypes:
+    for dname in ["bf16"] if args.quick else args.dtypes:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dname]
-        for model, layer, M, K, N in SHAPES:
+        for model, layer, M, K, N in SHAPES[2:4] if args.quick else SHAPES:
             x = torch.randn(M, K, device="cuda", dtype=dtype)
             w = torch.randn(N, K, device="cuda", dtype=dtype) / K**0.5
             mask = mask_2to4(w)
@@ -67,20 +66,16 @@ def main(argv=None) -> int:
                 with torch.no_grad() if mode == "fwd" else torch.enable_grad():
                     t = time_interleaved(fns, "cuda", reps=args.reps)
 
-                def sp(name, t=t):
-                    return t["dense"] / t[name] if t.get(name) and t["dense"] else None
-
                 row = {"model": model, "layer": layer, "M": M, "K": K, "N": N, "dtype": dname, "mode": mode,
                        "dense_ms": t["dense"], "cusparselt_raw_ms": t.get("cusparselt_raw"),
                        "ours_auto_ms": t["ours_auto"], "ours_2to4_ms": t["ours_2to4"],
-                       "speedup_raw": sp("cusparselt_raw"), "speedup_auto": sp("ours_auto"),
-                       "speedup_2to4": sp("ours_2to4"),
-                       "dense_tflops": 2.0 * M * N * K * flops_per / (t["dense"] * 1e-3) / 1e12 if t["dense"] else None,
+                       "speedup_raw": ratio(t["dense"], t.get("cusparselt_raw")),
+                       "speedup_auto": ratio(t["dense"], t["ours_auto"]),
+                       "speedup_2to4": ratio(t["dense"], t["ours_2to4"]),
+                       "dense_tflops": tflops(2.0 * M * N * K * flops_per, t["dense"]),
                        "speedup_cap": gemm_cap(M, N, K, 0.5, x.element_size(), env["device"])}
-                rows.append(row)
-                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-    if not args.no_write:
-        print("wrote", write_results("semi_structured", rows, env, COLUMNS))
+                rows.append(show(row))
+    finish(args, "semi_structured", rows, env, COLUMNS)
     return 0
 
 

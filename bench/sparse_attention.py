@@ -1,6 +1,7 @@
 """sparse_attention vs SDPA on the full sequence, SDPA on pre-gathered tokens and FlexAttention (same mask).
 
-Usage: python bench/sparse_attention.py   (needs CUDA; writes bench/results/<date>-<device>-sparse_attention.*)
+Usage: python bench/sparse_attention.py [--quick] [--out-dir DIR]   (needs CUDA; writes
+<date>-<device>-sparse_attention.* under bench/results/ or DIR; --quick: ViT-B at batch 64 only)
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import cuda_time, require_cuda, write_results  # noqa: E402
+from bench._cli import finish, parser, start  # noqa: E402
+from bench.common import cuda_time, env_info  # noqa: E402
 
 
 def _fb(fn, leaves):
@@ -22,8 +24,10 @@ def _fb(fn, leaves):
     return run
 
 
-def main() -> None:
-    require_cuda("sparse_attention")
+def main(argv=None) -> int:
+    args = parser(__doc__).parse_args(argv)
+    if not start(args, "sparse_attention"):
+        return 0
     from lth_kernels.ops.sparse_attention import local_window_block_mask, sparse_attention, swin_window_block_mask
 
     try:
@@ -33,7 +37,8 @@ def main() -> None:
         flex = None
     rows = []
     dt = torch.bfloat16
-    for b, h, n, d in ((256, 6, 197, 64), (64, 12, 197, 64), (16, 16, 577, 64), (4, 16, 1025, 64)):
+    shapes = ((256, 6, 197, 64), (64, 12, 197, 64), (16, 16, 577, 64), (4, 16, 1025, 64))
+    for b, h, n, d in shapes[1:2] if args.quick else shapes:
         qkv = [torch.randn(b, h, n, d, device="cuda", dtype=dt, requires_grad=True) for _ in range(3)]
         flops = 4 * b * h * n * n * d
         cases = {"sdpa_full": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
@@ -57,7 +62,8 @@ def main() -> None:
                 fbm = bm.to_flex()
                 cases[f"flex_block_{mname}"] = lambda q, k, v, fbm=fbm: flex(q, k, v, block_mask=fbm)
         rows += _run_cases(cases, qkv, dict(B=b, H=h, N=n, d=d), flops)
-    print(write_results("sparse_attention", rows))
+    finish(args, "sparse_attention", rows, env_info())
+    return 0
 
 
 def _run_cases(cases, qkv, tag, flops) -> list[dict]:
@@ -74,4 +80,4 @@ def _run_cases(cases, qkv, tag, flops) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """Token gather/scatter vs torch.gather (expanded index), flattened index_select and x[idx], fwd and fwd+bwd.
 
-Usage: python bench/token_gather.py   (needs CUDA; writes bench/results/<date>-<device>-token_gather.*)
+Usage: python bench/token_gather.py [--quick] [--out-dir DIR]   (needs CUDA; writes
+<date>-<device>-token_gather.* under bench/results/ or DIR; --quick: bf16, two shapes, keep 0.7)
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import copy_bandwidth_gbs, cuda_time, env_info, require_cuda, write_results  # noqa: E402
+from bench._cli import finish, parser, start  # noqa: E402
+from bench.common import copy_bandwidth_gbs, cuda_time, env_info  # noqa: E402
 
 
 def baselines(x, index):
@@ -61,18 +63,22 @@ def bench_shape(b, n, c, k, dtype, roof) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    require_cuda("token_gather")
+def main(argv=None) -> int:
+    args = parser(__doc__).parse_args(argv)
+    if not start(args, "token_gather"):
+        return 0
     roof = copy_bandwidth_gbs()
     rows = []
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for b, n, c in ((256, 197, 384), (256, 197, 768), (64, 577, 1024), (256, 197, 7)):
-            for keep in (0.5, 0.7, 0.9):
+    shapes = ((256, 197, 384), (256, 197, 768), (64, 577, 1024), (256, 197, 7))
+    for dtype in (torch.bfloat16,) if args.quick else (torch.bfloat16, torch.float16, torch.float32):
+        for b, n, c in shapes[:2] if args.quick else shapes:
+            for keep in (0.7,) if args.quick else (0.5, 0.7, 0.9):
                 rows += bench_shape(b, n, c, int(n * keep), dtype, roof)
     env = env_info()
     env["copy_GBs"] = roof
-    print(write_results("token_gather", rows, env))
+    finish(args, "token_gather", rows, env)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

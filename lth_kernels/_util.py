@@ -31,22 +31,34 @@ def canonical_name(name: str) -> str:
     return ".".join(parts)
 
 
-def cuda_time_ms(fn: Callable[[], object], warmup: int = 10, reps: int = 30) -> float:
-    """Median milliseconds of ``fn()`` over ``reps`` CUDA-event timings after ``warmup`` calls (the 2:4
-    dispatch measurement and the benchmarks share it)."""
+def inner_calls(ms_per_call: float, pair_ms: float = 1.0, most: int = 100) -> int:
+    """Back-to-back calls one timing should span for a callable taking ``ms_per_call``: about ``pair_ms`` in all,
+    so that a short kernel is timed rather than the Python launch and event overhead around it."""
+    import math
+
+    return max(1, min(most, math.ceil(pair_ms / max(ms_per_call, 1e-4))))
+
+
+def cuda_time_ms(fn: Callable[[], object], warmup: int = 10, reps: int = 30, inner: int | None = None) -> float:
+    """Median milliseconds per call of ``fn()`` over ``reps`` CUDA-event timings after ``warmup`` calls (the 2:4
+    dispatch measurement and the benchmarks share it). Each timing spans ``inner`` back-to-back calls (default:
+    enough for about 1 ms, at most 100), so a short kernel is timed rather than its Python launch."""
     import statistics
 
     import torch
 
+    def timed(n: int) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / n
+
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    if inner is None:
+        inner = inner_calls(timed(1))
+    return statistics.median(timed(inner) for _ in range(reps))

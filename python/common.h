@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #ifdef LTH_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif

@@ -25,6 +25,7 @@ at::Tensor pack_mask_impl(const at::Tensor& mask_in) {
 #ifdef LTH_WITH_CUDA
     c10::cuda::CUDAGuard guard(mask.device());
     cuda::pack_mask(src, rows, cols, packed.data_ptr<int32_t>(), stream_of(mask));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();  // a bad launch fails here, not at some later sync
 #endif
   } else {
     cpu::pack_mask(src, rows, cols, packed.data_ptr<int32_t>());
@@ -47,6 +48,7 @@ at::Tensor unpack_mask_impl(const at::Tensor& packed_in, int64_t cols) {
 #ifdef LTH_WITH_CUDA
     c10::cuda::CUDAGuard guard(packed.device());
     cuda::unpack_mask(packed.data_ptr<int32_t>(), rows, cols, dst, stream_of(packed));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
 #endif
   } else {
     cpu::unpack_mask(packed.data_ptr<int32_t>(), rows, cols, dst);
@@ -67,6 +69,7 @@ at::Tensor tile_occupancy_impl(const at::Tensor& mask_in, int64_t bm, int64_t bn
 #ifdef LTH_WITH_CUDA
     c10::cuda::CUDAGuard guard(mask.device());
     cuda::tile_occupancy(src, rows, cols, bm, bn, dst, stream_of(mask));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
 #endif
   } else {
     cpu::tile_occupancy(src, rows, cols, bm, bn, dst);

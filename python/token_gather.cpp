@@ -33,6 +33,7 @@ at::Tensor gather_tokens_impl(const at::Tensor& x, const at::Tensor& index) {
   cuda::gather_tokens(x.data_ptr(), x.stride(0) * elem, x.stride(1) * elem, index.data_ptr(),
                       index.scalar_type() == at::kLong, index.stride(0), out.data_ptr(), batch, kept,
                       x.size(2) * elem, stream_of(x));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();  // a bad launch fails here, not at some later sync
   return out;
 }
 
@@ -69,6 +70,7 @@ at::Tensor place_tokens_impl(const std::optional<at::Tensor>& base_in, const at:
   cuda::place_tokens(base.defined() ? base.data_ptr() : nullptr, inv.data_ptr<int32_t>(),
                      src.defined() ? src.data_ptr() : nullptr, out.data_ptr(), batch, tokens, kept,
                      channels * out.element_size(), stream_of(inverse));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 #endif

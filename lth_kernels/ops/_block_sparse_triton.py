@@ -11,29 +11,21 @@ transposed operand is only a stride swap:
   program per (block, sub-tile), a dense loop over L. Used for dW = dY^T . X at W's pattern.
 
 Both accumulate in fp32 and take any strides (int64 offsets: a 50k x 4k activation overflows int32).
-On the GPU the configs are autotuned per (sizes, block, dtype); under ``TRITON_INTERPRET=1`` (CPU tests)
-or ``LTH_KERNELS_AUTOTUNE=0`` a small fixed table is used instead, because autotuning needs CUDA timing.
+On the GPU the configs are autotuned per (sizes, block, dtype) (``LTH_KERNELS_AUTOTUNE=0``: one pinned config);
+under ``TRITON_INTERPRET=1`` (CPU tests) a small fixed table is used instead, because autotuning needs CUDA timing.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from lth_kernels.ops._triton import HAS_TRITON, tl, triton
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _autotune_enabled(device: torch.device) -> bool:
-    return device.type == "cuda" and not _INTERPRET and os.environ.get("LTH_KERNELS_AUTOTUNE", "1") != "0"
+from lth_kernels.ops._triton import HAS_TRITON, INTERPRET, Tuned, gpu_configs, launch, tl, triton
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
     # fp32 operands: TF32 tensor cores when torch allows them for matmuls, exact fp32 otherwise (and always
     # in the interpreter, which computes in numpy fp32 anyway). 16-bit operands ignore the setting.
-    if dtype == torch.float32 and device.type == "cuda" and not _INTERPRET and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and gpu_configs(device) and not INTERPRET and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
 
@@ -135,7 +127,8 @@ if HAS_TRITON:
         kept = [c for c in configs if c.kwargs["BR"] <= bm and c.kwargs["BC"] <= bn]
         return kept or configs[:1]
 
-    # BLOCK_M x BK x stages; num_stages >= 3 matters for these indirect loops (torchao measured ~1.2x).
+    # BLOCK_M x BK x stages; the first of each list is the pinned config; num_stages >= 3 matters for these
+    # indirect loops (torchao measured ~1.2x).
     _DDS_CONFIGS = [
         triton.Config({"BLOCK_M": bm, "BK": bk}, num_warps=w, num_stages=s)
         for bm, bk, w, s in [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (128, 64, 8, 3), (128, 32, 8, 4),
@@ -147,10 +140,11 @@ if HAS_TRITON:
         for br, bc, bl, w, s in [(64, 64, 32, 4, 3), (64, 64, 64, 4, 3), (128, 128, 32, 8, 3), (128, 64, 64, 8, 3),
                                  (64, 128, 64, 8, 3), (32, 32, 64, 4, 4), (16, 16, 64, 2, 4), (128, 128, 64, 8, 4)]
     ]
-    _dds_tuned = triton.autotune(_DDS_CONFIGS, key=["M", "P", "Q", "BP", "BQ", "HAS_BIAS"],
-                                 prune_configs_by={"early_config_prune": _prune_dds})(_dds_kernel)
-    _sdd_tuned = triton.autotune(_SDD_CONFIGS, key=["R", "C", "L", "BM", "BN"],
-                                 prune_configs_by={"early_config_prune": _prune_sdd})(_sdd_kernel)
+    # Shared memory: the A and S (or A and B) tiles of num_stages pipeline stages.
+    _dds_tuned = Tuned(_dds_kernel, _DDS_CONFIGS, key=["M", "P", "Q", "BP", "BQ", "HAS_BIAS", "PRECISION"],
+                       prune=_prune_dds, smem=("a_ptr", ("BLOCK_M", "BK", "BP")))
+    _sdd_tuned = Tuned(_sdd_kernel, _SDD_CONFIGS, key=["R", "C", "L", "BM", "BN", "PRECISION"],
+                       prune=_prune_sdd, smem=("a_ptr", ("BR", "BL", "BC")))
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -172,14 +166,14 @@ def dds(a: torch.Tensor, s: torch.Tensor, bias: torch.Tensor | None, offsets: to
     args = (a, s, bias_arg, out, offsets, q_idx, order)
     strides = (a.stride(0), a.stride(1), s.stride(0), s.stride(1), out.stride(0), out.stride(1))
     meta = dict(HAS_BIAS=bias is not None, BP=bp, BQ=bq, PRECISION=_precision(a.dtype, a.device))
-    if _autotune_enabled(a.device):
+    if gpu_configs(a.device):
         grid = lambda cfg: (n_p * triton.cdiv(M, cfg["BLOCK_M"]),)  # noqa: E731
-        _dds_tuned[grid](*args, M, P, Q, *strides, **meta)
+        _dds_tuned(grid, *args, M, P, Q, *strides, **meta)
     else:
         block_m = _fixed_block_m(M)
         bk = min(bq, 32 if a.dtype == torch.float32 else 64)
-        _dds_kernel[(n_p * triton.cdiv(M, block_m),)](*args, M, P, Q, *strides, BLOCK_M=block_m, BK=bk, num_warps=4,
-                                                      num_stages=3, **meta)
+        launch(_dds_kernel, (n_p * triton.cdiv(M, block_m),), *args, M, P, Q, *strides, BLOCK_M=block_m, BK=bk,
+               num_warps=4, num_stages=3, **meta)
     return out
 
 
@@ -196,12 +190,12 @@ def sdd(a: torch.Tensor, b: torch.Tensor, row_idx: torch.Tensor, col_idx: torch.
     args = (a, b, out, row_idx, col_idx, R, C, L,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1))
     prec = _precision(a.dtype, a.device)
-    if _autotune_enabled(a.device):
+    if gpu_configs(a.device):
         grid = lambda cfg: (nnz * (bm // cfg["BR"]) * (bn // cfg["BC"]),)  # noqa: E731
-        _sdd_tuned[grid](*args, BM=bm, BN=bn, PRECISION=prec)
+        _sdd_tuned(grid, *args, BM=bm, BN=bn, PRECISION=prec)
     else:
         br, bc = min(bm, 64), min(bn, 64)
         bl = 32 if a.dtype == torch.float32 else 64
-        _sdd_kernel[(nnz * (bm // br) * (bn // bc),)](*args, BM=bm, BN=bn, BR=br, BC=bc, BL=bl, PRECISION=prec,
-                                                      num_warps=4, num_stages=3)
+        launch(_sdd_kernel, (nnz * (bm // br) * (bn // bc),), *args, BM=bm, BN=bn, BR=br, BC=bc, BL=bl,
+               PRECISION=prec, num_warps=4, num_stages=3)
     return out

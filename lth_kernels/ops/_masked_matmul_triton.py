@@ -20,11 +20,30 @@ from __future__ import annotations
 import torch
 
 from lth_kernels.ops import _mask_cache, _registry
-from lth_kernels.ops._triton import HAS_TRITON, tl, triton
+from lth_kernels.ops._triton import HAS_TRITON, Tuned, gpu_configs, launch, sm_count, tl, triton
 
 if HAS_TRITON:
 
     @triton.jit
+    def _grouped_pid(pid, num_pid_a, num_pid_b, GROUP: tl.constexpr):
+        # Grouped ordering (Triton matmul tutorial): GROUP consecutive a-blocks share the b-blocks in L2.
+        num_pid_in_group = GROUP * num_pid_b
+        first_pid_a = (pid // num_pid_in_group) * GROUP
+        group_size = min(num_pid_a - first_pid_a, GROUP)
+        return first_pid_a + ((pid % num_pid_in_group) % group_size), (pid % num_pid_in_group) // group_size
+
+    @triton.jit
+    def _expand_bits(words, ROWS: tl.constexpr, COLS: tl.constexpr, ALONG_ROWS: tl.constexpr):
+        # (ROWS, COLS) 0/1 tile from packed int32 words: bit b of word w is row 32w + b of its column when the
+        # bits run along the rows (words (ROWS/32, COLS)), else column 32w + b of its row (words (ROWS, COLS/32)).
+        bit = tl.arange(0, 32)
+        if ALONG_ROWS:
+            return tl.reshape((words[:, None, :] >> bit[None, :, None]) & 1, (ROWS, COLS))
+        return tl.reshape((words[:, :, None] >> bit[None, None, :]) & 1, (ROWS, COLS))
+
+    # Integer arguments that only index the mask bits and tile table are not specialized on (divisibility by 16):
+    # that would compile each config again per layer width for no faster load.
+    @triton.jit(do_not_specialize=["n_words", "table_row2", "table_row4", "table_cols"])
     def _masked_mm_kernel(
         # pointers: activations (M, RED), weight (N, K), packed mask bits (N, n_words), tile table, bias, output
         a_ptr, w_ptr, bits_ptr, table_ptr, bias_ptr, c_ptr,
@@ -43,16 +62,7 @@ if HAS_TRITON:
         W tile are TILE·BLOCK_OUT/32 int32 words, expanded to a bool tile in registers (32x less traffic than a
         bool mask), and applied with ``where`` so a pruned entry contributes 0 even if it stores inf/nan.
         """
-        # Grouped ordering (Triton matmul tutorial): GROUP_SIZE_M row-blocks share the W column-blocks in L2.
-        pid = tl.program_id(0)
-        num_pid_m = tl.cdiv(M, BLOCK_M)
-        num_pid_o = tl.cdiv(OUT, BLOCK_OUT)
-        num_pid_in_group = GROUP_SIZE_M * num_pid_o
-        group_id = pid // num_pid_in_group
-        first_pid_m = group_id * GROUP_SIZE_M
-        group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-        pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-        pid_o = (pid % num_pid_in_group) // group_size_m
+        pid_m, pid_o = _grouped_pid(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(OUT, BLOCK_OUT), GROUP_SIZE_M)
 
         # The table row of this output-column group; the fan-out is a compile-time choice of the config.
         row = pid_o
@@ -66,13 +76,9 @@ if HAS_TRITON:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_o = pid_o * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
         offs_t = tl.arange(0, TILE)
-        bit = tl.arange(0, 32)
         a_rows = a_ptr + offs_m[:, None].to(tl.int64) * stride_am
         in_m = offs_m[:, None] < M
         in_o = offs_o[None, :] < OUT
-        if not W_RED_IS_K:
-            # dX: the output columns are K, so this program's mask words are the same columns at every step.
-            word_o = (pid_o * BLOCK_OUT) // 32 + tl.arange(0, BLOCK_OUT // 32)
 
         acc = tl.zeros((BLOCK_M, BLOCK_OUT), dtype=tl.float32)
         for i in range(0, count):
@@ -80,24 +86,18 @@ if HAS_TRITON:
             offs_r = r_tile * TILE + offs_t
             in_r = offs_r[:, None] < RED
             a = tl.load(a_rows + offs_r[None, :] * stride_ar, mask=in_m & (offs_r[None, :] < RED), other=0.0)
-            if W_RED_IS_K:  # B[r, o] = W[o, r]
-                b = tl.load(w_ptr + offs_o[None, :].to(tl.int64) * stride_wn + offs_r[:, None] * stride_wk,
-                            mask=in_r & in_o, other=0.0)
-                if APPLY_MASK:
-                    # words (TILE/32, BLOCK_OUT): word w of row o holds K-columns 32w..32w+31 of this tile
-                    word_r = r_tile * (TILE // 32) + tl.arange(0, TILE // 32)
-                    words = tl.load(bits_ptr + offs_o[None, :].to(tl.int64) * n_words + word_r[:, None],
-                                    mask=in_o & (word_r[:, None] < n_words), other=0)
-                    keep = tl.reshape((words[:, None, :] >> bit[None, :, None]) & 1, (TILE, BLOCK_OUT))
-                    b = tl.where(keep != 0, b, 0.0)
-            else:  # B[r, o] = W[r, o]
-                b = tl.load(w_ptr + offs_r[:, None].to(tl.int64) * stride_wn + offs_o[None, :] * stride_wk,
-                            mask=in_r & in_o, other=0.0)
-                if APPLY_MASK:
-                    words = tl.load(bits_ptr + offs_r[:, None].to(tl.int64) * n_words + word_o[None, :],
-                                    mask=in_r & (word_o[None, :] < n_words), other=0)
-                    keep = tl.reshape((words[:, :, None] >> bit[None, None, :]) & 1, (TILE, BLOCK_OUT))
-                    b = tl.where(keep != 0, b, 0.0)
+            # B[r, o] = W[n, k] with (n, k) = (o, r) forward, (r, o) for dX; the mask words of W row n hold its
+            # k-columns 32w..32w+31, so they run along r forward (words (TILE/32, BLOCK_OUT)) and along o for dX.
+            if W_RED_IS_K:
+                w_n, w_k, in_n = offs_o[None, :], offs_r[:, None], in_o
+                word = r_tile * (TILE // 32) + tl.arange(0, TILE // 32)[:, None]
+            else:
+                w_n, w_k, in_n = offs_r[:, None], offs_o[None, :], in_r
+                word = (pid_o * BLOCK_OUT) // 32 + tl.arange(0, BLOCK_OUT // 32)[None, :]
+            b = tl.load(w_ptr + w_n.to(tl.int64) * stride_wn + w_k * stride_wk, mask=in_r & in_o, other=0.0)
+            if APPLY_MASK:
+                words = tl.load(bits_ptr + w_n.to(tl.int64) * n_words + word, mask=in_n & (word < n_words), other=0)
+                b = tl.where(_expand_bits(words, TILE, BLOCK_OUT, W_RED_IS_K) != 0, b, 0.0)
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
         # Epilogue on the fp32 accumulator: bias, then one rounding to the output dtype.
@@ -106,33 +106,26 @@ if HAS_TRITON:
         c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_o[None, :] * stride_co
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=in_m & in_o)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_words", "m_per_split"])
     def _grad_weight_kernel(
         # pointers: dY (M, N), X (M, K), W (N, K), bits (N, n_words), outputs dW / G (N, K), fp32 split partials
         g_ptr, x_ptr, w_ptr, bits_ptr, dw_ptr, ds_ptr, ws_ptr,
-        # sizes; m_per_split: tokens per split (all M when SPLIT == 1)
+        # sizes; m_per_split: tokens per split (all M without PARTIALS)
         M, N, K, n_words, m_per_split,
         # strides (outputs and partials are contiguous (N, K))
         stride_gm, stride_gn, stride_xm, stride_xk, stride_wn, stride_wk,
         # meta
-        WANT_DW: tl.constexpr, WANT_SCORES: tl.constexpr, SPLIT: tl.constexpr,
+        # PARTIALS: the tokens are split (grid axis 1); write the fp32 partial, not the epilogue
+        WANT_DW: tl.constexpr, WANT_SCORES: tl.constexpr, PARTIALS: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, GROUP_SIZE_N: tl.constexpr,
         INPUT_PRECISION: tl.constexpr,
     ):
         """(dYᵀ · X) over tokens [split·m_per_split, ...) for one (BLOCK_N x BLOCK_K) tile; epilogue dW = acc ⊙ M,
-        G = acc ⊙ W (SPLIT == 1) or the fp32 partial (SPLIT > 1, finished by :func:`_split_reduce_kernel`).
+        G = acc ⊙ W, or the fp32 partial (PARTIALS, finished by :func:`_split_reduce_kernel`).
 
         A tile without a kept weight runs zero loop iterations unless G is wanted (G covers every entry)."""
-        pid = tl.program_id(0)
         split = tl.program_id(1)
-        num_pid_n = tl.cdiv(N, BLOCK_N)
-        num_pid_k = tl.cdiv(K, BLOCK_K)
-        num_pid_in_group = GROUP_SIZE_N * num_pid_k
-        group_id = pid // num_pid_in_group
-        first_pid_n = group_id * GROUP_SIZE_N
-        group_size_n = min(num_pid_n - first_pid_n, GROUP_SIZE_N)
-        pid_n = first_pid_n + ((pid % num_pid_in_group) % group_size_n)
-        pid_k = (pid % num_pid_in_group) // group_size_n
+        pid_n, pid_k = _grouped_pid(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(K, BLOCK_K), GROUP_SIZE_N)
 
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -162,11 +155,11 @@ if HAS_TRITON:
 
         out = offs_n[:, None].to(tl.int64) * K + offs_k[None, :]
         inside = in_n & in_k
-        if SPLIT > 1:
+        if PARTIALS:
             tl.store(ws_ptr + split.to(tl.int64) * N * K + out, acc, mask=inside)
         else:
             if WANT_DW:
-                keep = tl.reshape((words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1, (BLOCK_N, BLOCK_K))
+                keep = _expand_bits(words, BLOCK_N, BLOCK_K, False)
                 tl.store(dw_ptr + out, tl.where(keep != 0, acc, 0.0).to(dw_ptr.dtype.element_ty), mask=inside)
             if WANT_SCORES:
                 w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :] * stride_wk,
@@ -196,45 +189,32 @@ if HAS_TRITON:
 
     # ----------------------------------------------------------------------------------------- GPU configs
 
-    def _smem_limit() -> int:
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        return getattr(props, "shared_memory_per_block_optin", 0) or 166 * 1024
-
-    def _prune(configs, named_args, a_name: str, b_name: str, dims, **kwargs):
-        # Drop configs whose pipelined operand tiles cannot fit in shared memory (fp32 at 4-5 stages, A100).
-        elt = named_args[a_name].element_size()
-        limit = _smem_limit()
-        keep = []
-        for c in configs:
-            rows, red, cols = (c.kwargs.get(d, named_args.get(d, kwargs.get(d))) for d in dims)
-            if c.num_stages * (rows * red + red * cols) * elt <= limit:
-                keep.append(c)
-        return keep or configs[-1:]
-
     # (BLOCK_M, BLOCK_OUT, stages, warps), after the Hopper/Ampere list of the Triton matmul tutorial; BLOCK_OUT is
-    # 1, 2 or 4 base tiles (64), the reduction step is one base tile.
+    # 1, 2 or 4 base tiles (64), the reduction step is one base tile. Configs whose pipelined tiles do not fit in
+    # shared memory are dropped (fp32 at 4-5 stages, A100). PINNED_*: the config LTH_KERNELS_AUTOTUNE=0 runs, a
+    # middle-sized tile that fits every 16-bit dtype on both architectures.
     _MM_CONFIGS = [(128, 256, 3, 8), (256, 128, 3, 8), (128, 256, 4, 8), (128, 128, 3, 8), (128, 128, 4, 4),
                    (128, 128, 5, 4), (64, 256, 4, 4), (64, 128, 4, 4), (64, 128, 5, 4), (128, 64, 4, 4),
                    (64, 64, 4, 4)]
+    PINNED_MM = 3
     # (BLOCK_N, BLOCK_K, BLOCK_M, stages, warps) for dW: the reduction runs over tokens.
     _GW_CONFIGS = [(128, 128, 64, 3, 8), (128, 128, 64, 4, 4), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8),
                    (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 64, 4, 4), (128, 128, 32, 5, 4)]
+    PINNED_GW = 0
 
-    _masked_mm_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_M": m, "BLOCK_OUT": o, "GROUP_SIZE_M": 8}, num_stages=s, num_warps=w)
-                 for m, o, s, w in _MM_CONFIGS],
+    _masked_mm_tuned = Tuned(
+        _masked_mm_kernel,
+        [triton.Config({"BLOCK_M": m, "BLOCK_OUT": o, "GROUP_SIZE_M": 8}, num_stages=s, num_warps=w)
+         for m, o, s, w in _MM_CONFIGS],
         key=["M", "OUT", "RED", "W_RED_IS_K", "APPLY_MASK", "HAS_BIAS", "INPUT_PRECISION"],
-        prune_configs_by={"early_config_prune": lambda configs, named_args, **kw: _prune(
-            configs, named_args, "a_ptr", "w_ptr", ("BLOCK_M", "TILE", "BLOCK_OUT"), **kw)},
-    )(_masked_mm_kernel)
+        smem=("a_ptr", ("BLOCK_M", "TILE", "BLOCK_OUT")), pinned=PINNED_MM)
 
-    _grad_weight_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k, "BLOCK_M": m, "GROUP_SIZE_N": 8}, num_stages=s,
-                               num_warps=w) for n, k, m, s, w in _GW_CONFIGS],
-        key=["M", "N", "K", "m_per_split", "WANT_DW", "WANT_SCORES", "SPLIT", "INPUT_PRECISION"],
-        prune_configs_by={"early_config_prune": lambda configs, named_args, **kw: _prune(
-            configs, named_args, "g_ptr", "x_ptr", ("BLOCK_N", "BLOCK_M", "BLOCK_K"), **kw)},
-    )(_grad_weight_kernel)
+    _grad_weight_tuned = Tuned(
+        _grad_weight_kernel,
+        [triton.Config({"BLOCK_N": n, "BLOCK_K": k, "BLOCK_M": m, "GROUP_SIZE_N": 8}, num_stages=s, num_warps=w)
+         for n, k, m, s, w in _GW_CONFIGS],
+        key=["M", "N", "K", "m_per_split", "WANT_DW", "WANT_SCORES", "PARTIALS", "INPUT_PRECISION"],
+        smem=("g_ptr", ("BLOCK_N", "BLOCK_M", "BLOCK_K")), pinned=PINNED_GW)
 
 # Fixed configs for the interpreter (tiny shapes; a 32-wide base tile keeps the tile lists non-trivial).
 INTERPRETER_TILE = 32
@@ -244,11 +224,11 @@ INTERPRETER_GW = {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_M": 64, "GROUP_SIZE_N": 2
 
 
 def _tile(device: torch.device) -> int:
-    return GPU_TILE if device.type == "cuda" else INTERPRETER_TILE
+    return GPU_TILE if gpu_configs(device) else INTERPRETER_TILE
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
-    if device.type != "cuda" or (dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32):
+    if not gpu_configs(device) or (dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32):
         return "ieee"
     return "tf32"  # ignored for fp16/bf16 operands; TF32 for fp32 when the caller allows it
 
@@ -285,24 +265,24 @@ def masked_matmul_forward(a: torch.Tensor, weight: torch.Tensor, meta: _mask_cac
             a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), c.stride(0), c.stride(1))
     meta_args = {"W_RED_IS_K": not grad_input, "APPLY_MASK": bool(apply_mask), "HAS_BIAS": bias is not None,
                  "TILE": tile, "INPUT_PRECISION": _precision(a.dtype, a.device)}
-    if a.device.type == "cuda" and config is None:
+    if gpu_configs(a.device) and config is None:
         grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(out_dim, META["BLOCK_OUT"]),)
-        _masked_mm_tuned[grid](*args, **meta_args)
+        _masked_mm_tuned(grid, *args, **meta_args)
     else:
         cfg = {**INTERPRETER_MM, **(config or {})}
         if cfg["BLOCK_OUT"] not in [r * tile for r in _mask_cache.FANOUT]:
             raise ValueError(f"config: BLOCK_OUT must be 1, 2 or 4 x the tile {tile}, got {cfg['BLOCK_OUT']}")
         grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(out_dim, cfg["BLOCK_OUT"]),)
-        _masked_mm_kernel[grid](*args, **meta_args, **cfg)
+        launch(_masked_mm_kernel, grid, *args, **meta_args, **cfg)
     return c
 
 
 def _auto_split(m: int, n: int, k: int, device: torch.device) -> int:
     """Token splits for dW: enough (N, K) tiles x splits to fill the SMs, at least 1024 tokens per split, a power
     of two (fewer autotuner keys), and at most 256 MB of fp32 partials."""
-    if device.type != "cuda":
+    if not gpu_configs(device):
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = sm_count(device)
     tiles = triton.cdiv(n, 128) * triton.cdiv(k, 128)
     want = min(triton.cdiv(sms, tiles), m // 1024, 16, (256 << 20) // max(1, 4 * n * k))
     return 1 << (max(want, 1).bit_length() - 1)
@@ -328,7 +308,7 @@ def masked_matmul_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, *, bits: 
         return (None if dw is None else dw.zero_()), (None if ds is None else ds.zero_())
     split = _auto_split(m, n, k, dev) if split is None else split
     per = triton.cdiv(m, split)
-    if split > 1 and dev.type == "cuda":
+    if split > 1 and gpu_configs(dev):
         per = triton.cdiv(per, 128) * 128  # whole BLOCK_M steps per split
     split = triton.cdiv(m, per)
     ws = torch.empty(split, n, k, dtype=torch.float32, device=dev) if split > 1 else x
@@ -339,20 +319,19 @@ def masked_matmul_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, *, bits: 
     stride_wn, stride_wk = (0, 0) if weight is None else weight.stride()
     args = (grad_out, x, w_arg, bits_arg, dw_arg, ds_arg, ws, m, n, k, n_words, per,
             grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1), stride_wn, stride_wk)
-    meta_args = {"WANT_DW": want_dw, "WANT_SCORES": want_scores, "SPLIT": split,
+    meta_args = {"WANT_DW": want_dw, "WANT_SCORES": want_scores, "PARTIALS": split > 1,
                  "INPUT_PRECISION": _precision(x.dtype, dev)}
-    if dev.type == "cuda" and config is None:
+    if gpu_configs(dev) and config is None:
         grid = lambda META: (triton.cdiv(n, META["BLOCK_N"]) * triton.cdiv(k, META["BLOCK_K"]), split)
-        _grad_weight_tuned[grid](*args, **meta_args)
+        _grad_weight_tuned(grid, *args, **meta_args)
     else:
         cfg = {**INTERPRETER_GW, **(config or {})}
         grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(k, cfg["BLOCK_K"]), split)
-        _grad_weight_kernel[grid](*args, **meta_args, **cfg)
+        launch(_grad_weight_kernel, grid, *args, **meta_args, **cfg)
     if split > 1:
         block = 1024
-        _split_reduce_kernel[(triton.cdiv(n * k, block),)](
-            ws, w_arg, bits_arg, dw_arg, ds_arg, n, k, n_words, stride_wn, stride_wk,
-            SPLIT=split, WANT_DW=want_dw, WANT_SCORES=want_scores, BLOCK=block)
+        launch(_split_reduce_kernel, (triton.cdiv(n * k, block),), ws, w_arg, bits_arg, dw_arg, ds_arg, n, k,
+               n_words, stride_wn, stride_wk, SPLIT=split, WANT_DW=want_dw, WANT_SCORES=want_scores, BLOCK=block)
     return dw, ds
 
 
@@ -383,30 +362,30 @@ def masked_linear_grad_input_triton(grad_out, weight, mask, weight_is_masked):
     return dx.reshape(*grad_out.shape[:-1], k)
 
 
+def _grad_weight_2d(grad_out, x, **outputs):
+    # dY and X as (tokens, features) in x's dtype, then one dW / score-gradient pass
+    g = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
+    return masked_matmul_grad_weight(g, x.reshape(-1, x.shape[-1]), **outputs)
+
+
 @_registry.register("masked_linear_grad_weight_and_scores", "triton")
 def masked_linear_grad_weight_and_scores(grad_out, x, weight, mask):
     """Masked dW and score gradient from one pass over dY and X (lottery jackpots / edge-popup backward)."""
     if x.dtype == torch.float64:
         return (_reference("masked_linear_grad_weight")(grad_out, x, mask),
                 _reference("masked_linear_grad_scores")(grad_out, x, weight))
-    x2 = x.reshape(-1, x.shape[-1])
-    g = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
-    return masked_matmul_grad_weight(g, x2, bits=mask_meta(mask).bits, weight=weight)
+    return _grad_weight_2d(grad_out, x, bits=mask_meta(mask).bits, weight=weight)
 
 
 @_registry.register("masked_linear_grad_weight", "triton")
 def masked_linear_grad_weight_triton(grad_out, x, mask):
     if x.dtype == torch.float64:
         return _reference("masked_linear_grad_weight")(grad_out, x, mask)
-    x2 = x.reshape(-1, x.shape[-1])
-    g = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
-    return masked_matmul_grad_weight(g, x2, bits=mask_meta(mask).bits)[0]
+    return _grad_weight_2d(grad_out, x, bits=mask_meta(mask).bits)[0]
 
 
 @_registry.register("masked_linear_grad_scores", "triton")
 def masked_linear_grad_scores_triton(grad_out, x, weight):
     if x.dtype == torch.float64:
         return _reference("masked_linear_grad_scores")(grad_out, x, weight)
-    x2 = x.reshape(-1, x.shape[-1])
-    g = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
-    return masked_matmul_grad_weight(g, x2, weight=weight)[1]
+    return _grad_weight_2d(grad_out, x, weight=weight)[1]

@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import torch
 
-from lth_kernels.ops._triton import HAS_TRITON, tl, triton
+from lth_kernels.ops._triton import HAS_TRITON, gpu_configs, launch, tl, triton
 
 LOG2E = 1.4426950408889634
 
 if HAS_TRITON:
 
     @triton.jit
-    def _seq(CU, b, SEQ, MODE: tl.constexpr):
-        # (first packed row, length) of sequence b
+    def _program(CU, SEQ, H, MODE: tl.constexpr):
+        # (b, h, b * H + h, first packed row, length) of this program's sequence (grid axis 1 = batch x head)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
         if MODE == 2:
             start = tl.load(CU + b).to(tl.int64)
-            return start, (tl.load(CU + b + 1).to(tl.int64) - start).to(tl.int32)
-        return tl.zeros((), dtype=tl.int64), SEQ
+            return b, (bh % H).to(tl.int64), bh, start, (tl.load(CU + b + 1).to(tl.int64) - start).to(tl.int32)
+        # SEQ as an int32 tensor even when Triton specializes the argument to a constant
+        return b, (bh % H).to(tl.int64), bh, tl.zeros((), dtype=tl.int64), tl.zeros((), dtype=tl.int32) + SEQ
+
+    @triton.jit
+    def _meta_offsets(b, h, pid, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh):
+        # offsets of this program's block count, block list and element-mask plane (batch/head dims may broadcast)
+        return b * s_nb + h * s_nh + pid, b * s_xb + h * s_xh + pid * s_xq, b * s_emb + h * s_emh
 
     @triton.jit
     def _rows(IDX, idx_off, start, pos, valid, MODE: tl.constexpr):
@@ -42,19 +50,67 @@ if HAS_TRITON:
         return tl.load(ptrs, mask=valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
 
     @triton.jit
-    def _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L, start_n, offs_m,
-                  m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                  MODE: tl.constexpr, APPLY_EM: tl.constexpr, PREC: tl.constexpr):
+    def _q_block(IDX, idx_off, start, L, start_m, BLOCK_M: tl.constexpr, MODE: tl.constexpr,
+                 O_COMPACT: tl.constexpr):
+        # positions of a query block, their validity, rows of Q / dQ and rows of O / dO (compact: the position)
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_valid = offs_m < L
+        qrows = _rows(IDX, idx_off, start, offs_m, m_valid, MODE)
+        if O_COMPACT:
+            return offs_m, m_valid, qrows, offs_m.to(tl.int64)
+        return offs_m, m_valid, qrows, qrows
+
+    @triton.jit
+    def _kv_block(K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L, start_n, offs_d, HEAD_DIM: tl.constexpr,
+                  BLOCK_N: tl.constexpr, MODE: tl.constexpr):
+        # positions of a KV block, their validity, their rows, and the K and V tiles
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_valid = offs_n < L
         krows = _rows(IDX, idx_off, start, offs_n, n_valid, MODE)
         k = _load_rows(K, k_off, krows, s_kn, n_valid, offs_d, HEAD_DIM)
         v = _load_rows(V, v_off, krows, s_vn, n_valid, offs_d, HEAD_DIM)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        keep = n_valid[None, :] & m_valid[:, None]
+        return offs_n, n_valid, krows, k, v
+
+    @triton.jit
+    def _keep(q_pos, q_ok, kv_pos, kv_ok, EM, em_off, s_emq, APPLY_EM: tl.constexpr):
+        # which (query, key) pairs count; positions and validity come broadcast to the score tile's orientation
+        keep = q_ok & kv_ok
         if APPLY_EM:
-            em = tl.load(EM + em_off + offs_m[:, None].to(tl.int64) * s_emq + offs_n[None, :], mask=keep, other=0)
+            em = tl.load(EM + em_off + q_pos.to(tl.int64) * s_emq + kv_pos, mask=keep, other=0)
             keep = keep & (em != 0)
+        return keep
+
+    @triton.jit
+    def _row_stats(LSE, DELTA, stat_off, offs_m, m_valid):
+        # the saved log-sum-exp in log2 units (+inf on padding rows: P = 0 there) and the softmax-backward delta
+        lse2 = tl.load(LSE + stat_off + offs_m, mask=m_valid, other=float("inf")) * 1.4426950408889634
+        return lse2, tl.load(DELTA + stat_off + offs_m, mask=m_valid, other=0.0)
+
+    @triton.jit
+    def _block_list(phase: tl.constexpr, NUM_FULL, LIST_FULL, NUM_PART, LIST_PART, num_off, lst_off, L,
+                    BLOCK: tl.constexpr, BLOCK_SPARSE: tl.constexpr):
+        # (count, list) of the blocks one phase visits: phase 0 the full blocks (every block when dense), phase 1
+        # the partial ones (element mask read)
+        if not BLOCK_SPARSE:
+            return tl.cdiv(L, BLOCK), LIST_FULL
+        if phase == 0:
+            return tl.load(NUM_FULL + num_off), LIST_FULL + lst_off
+        return tl.load(NUM_PART + num_off), LIST_PART + lst_off
+
+    @triton.jit
+    def _block_start(lst, j, BLOCK: tl.constexpr, BLOCK_SPARSE: tl.constexpr):
+        if BLOCK_SPARSE:
+            return tl.load(lst + j) * BLOCK
+        return j * BLOCK
+
+    @triton.jit
+    def _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L, start_n, offs_m,
+                  m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                  MODE: tl.constexpr, APPLY_EM: tl.constexpr, PREC: tl.constexpr):
+        offs_n, n_valid, _, k, v = _kv_block(K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L, start_n, offs_d,
+                                             HEAD_DIM, BLOCK_N, MODE)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        keep = _keep(offs_m[:, None], m_valid[:, None], offs_n[None, :], n_valid[None, :], EM, em_off, s_emq, APPLY_EM)
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing kept yet: avoid inf - inf
@@ -73,48 +129,29 @@ if HAS_TRITON:
                          BLOCK_N: tl.constexpr, MODE: tl.constexpr, O_COMPACT: tl.constexpr,
                          BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = (bh // H).to(tl.int64)
-        h = (bh % H).to(tl.int64)
-        start, L = _seq(CU, b, SEQ, MODE)
+        b, h, bh, start, L = _program(CU, SEQ, H, MODE)
         if pid_m * BLOCK_M >= L:
             return
         idx_off = b * s_ib
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        m_valid = offs_m < L
-        qrows = _rows(IDX, idx_off, start, offs_m, m_valid, MODE)
+        offs_m, m_valid, qrows, orows = _q_block(IDX, idx_off, start, L, pid_m * BLOCK_M, BLOCK_M, MODE, O_COMPACT)
         q = _load_rows(Q, b * s_qb + h * s_qh, qrows, s_qn, m_valid, offs_d, HEAD_DIM)
         k_off = b * s_kb + h * s_kh
         v_off = b * s_vb + h * s_vh
-        em_off = b * s_emb + h * s_emh
+        num_off, lst_off, em_off = _meta_offsets(b, h, pid_m, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh)
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        if BLOCK_SPARSE:
-            num_off = b * s_nb + h * s_nh + pid_m
-            lst_off = b * s_xb + h * s_xh + pid_m * s_xq
-            for j in range(tl.load(FKVN + num_off)):
-                kb = tl.load(FKVI + lst_off + j)
+        PHASES: tl.constexpr = 2 if BLOCK_SPARSE else 1
+        for phase in tl.static_range(PHASES):
+            n, lst = _block_list(phase, FKVN, FKVI, KVN, KVI, num_off, lst_off, L, BLOCK_N, BLOCK_SPARSE)
+            for j in range(n):
+                start_n = _block_start(lst, j, BLOCK_N, BLOCK_SPARSE)
                 acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
-                                          kb * BLOCK_N, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale,
-                                          HEAD_DIM, BLOCK_N, MODE, False, PREC)
-            for j in range(tl.load(KVN + num_off)):
-                kb = tl.load(KVI + lst_off + j)
-                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
-                                          kb * BLOCK_N, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale,
-                                          HEAD_DIM, BLOCK_N, MODE, True, PREC)
-        else:
-            for start_n in range(0, L, BLOCK_N):
-                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
-                                          start_n, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale,
-                                          HEAD_DIM, BLOCK_N, MODE, False, PREC)
+                                          start_n, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM,
+                                          BLOCK_N, MODE, phase == 1, PREC)
         empty = l_i == 0.0
         out = acc / tl.where(empty, 1.0, l_i)[:, None]
-        if O_COMPACT:
-            orows = offs_m.to(tl.int64)
-        else:
-            orows = qrows
         optrs = OUT + b * s_ob + h * s_oh + orows[:, None] * s_on + offs_d[None, :]
         tl.store(optrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
         # natural-log LSE; +inf marks a fully masked row so that the backward's P is exactly 0 there
@@ -127,19 +164,11 @@ if HAS_TRITON:
                                MODE: tl.constexpr, O_COMPACT: tl.constexpr):
         # delta_i = sum_d O_id dO_id, the softmax-backward row term
         pid_m = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = (bh // H).to(tl.int64)
-        h = (bh % H).to(tl.int64)
-        start, L = _seq(CU, b, SEQ, MODE)
+        b, h, bh, start, L = _program(CU, SEQ, H, MODE)
         if pid_m * BLOCK_M >= L:
             return
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        m_valid = offs_m < L
-        if O_COMPACT:
-            rows = offs_m.to(tl.int64)
-        else:
-            rows = _rows(IDX, b * s_ib, start, offs_m, m_valid, MODE)
+        offs_m, m_valid, _, rows = _q_block(IDX, b * s_ib, start, L, pid_m * BLOCK_M, BLOCK_M, MODE, O_COMPACT)
         o = _load_rows(OUT, b * s_ob + h * s_oh, rows, s_on, m_valid, offs_d, HEAD_DIM).to(tl.float32)
         do = _load_rows(DO, b * s_db + h * s_dh, rows, s_dn, m_valid, offs_d, HEAD_DIM).to(tl.float32)
         tl.store(DELTA + bh.to(tl.int64) * LSE_LEN + offs_m, tl.sum(o * do, 1), mask=m_valid)
@@ -149,22 +178,12 @@ if HAS_TRITON:
                        L, start_m, offs_n, n_valid, offs_d, EM, em_off, s_emq, qk_scale,
                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MODE: tl.constexpr, O_COMPACT: tl.constexpr,
                        APPLY_EM: tl.constexpr, PREC: tl.constexpr):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        m_valid = offs_m < L
-        qrows = _rows(IDX, idx_off, start, offs_m, m_valid, MODE)
-        if O_COMPACT:
-            orows = offs_m.to(tl.int64)
-        else:
-            orows = qrows
+        offs_m, m_valid, qrows, orows = _q_block(IDX, idx_off, start, L, start_m, BLOCK_M, MODE, O_COMPACT)
         q = _load_rows(Q, q_off, qrows, s_qn, m_valid, offs_d, HEAD_DIM)
         do = _load_rows(DO, do_off, orows, s_dn, m_valid, offs_d, HEAD_DIM)
-        lse2 = tl.load(LSE + stat_off + offs_m, mask=m_valid, other=float("inf")) * 1.4426950408889634
-        delta = tl.load(DELTA + stat_off + offs_m, mask=m_valid, other=0.0)
+        lse2, delta = _row_stats(LSE, DELTA, stat_off, offs_m, m_valid)
         s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
-        keep = n_valid[:, None] & m_valid[None, :]
-        if APPLY_EM:
-            em = tl.load(EM + em_off + offs_m[None, :].to(tl.int64) * s_emq + offs_n[:, None], mask=keep, other=0)
-            keep = keep & (em != 0)
+        keep = _keep(offs_m[None, :], m_valid[None, :], offs_n[:, None], n_valid[:, None], EM, em_off, s_emq, APPLY_EM)
         p_t = tl.where(keep, tl.exp2(s_t - lse2[None, :]), 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
@@ -183,43 +202,27 @@ if HAS_TRITON:
                               BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr):
         # One program per KV block: dK, dV summed over the query blocks that attend to it, no atomics.
         pid_n = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = (bh // H).to(tl.int64)
-        h = (bh % H).to(tl.int64)
-        start, L = _seq(CU, b, SEQ, MODE)
+        b, h, bh, start, L = _program(CU, SEQ, H, MODE)
         if pid_n * BLOCK_N >= L:
             return
         idx_off = b * s_ib
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
-        n_valid = offs_n < L
-        krows = _rows(IDX, idx_off, start, offs_n, n_valid, MODE)
-        k = _load_rows(K, b * s_kb + h * s_kh, krows, s_kn, n_valid, offs_d, HEAD_DIM)
-        v = _load_rows(V, b * s_vb + h * s_vh, krows, s_vn, n_valid, offs_d, HEAD_DIM)
+        offs_n, n_valid, krows, k, v = _kv_block(K, V, b * s_kb + h * s_kh, b * s_vb + h * s_vh, s_kn, s_vn, IDX,
+                                                 idx_off, start, L, pid_n * BLOCK_N, offs_d, HEAD_DIM, BLOCK_N, MODE)
         dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         q_off = b * s_qb + h * s_qh
         do_off = b * s_db + h * s_dh
         stat_off = bh.to(tl.int64) * LSE_LEN
-        em_off = b * s_emb + h * s_emh
-        if BLOCK_SPARSE:
-            num_off = b * s_nb + h * s_nh + pid_n
-            lst_off = b * s_xb + h * s_xh + pid_n * s_xq
-            for j in range(tl.load(FQN + num_off)):
-                qb = tl.load(FQI + lst_off + j)
-                dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, s_qn, s_dn, stat_off, IDX,
-                                        idx_off, start, L, qb * BLOCK_M, offs_n, n_valid, offs_d, EM, em_off, s_emq,
-                                        qk_scale, HEAD_DIM, BLOCK_M, MODE, O_COMPACT, False, PREC)
-            for j in range(tl.load(QN + num_off)):
-                qb = tl.load(QI + lst_off + j)
-                dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, s_qn, s_dn, stat_off, IDX,
-                                        idx_off, start, L, qb * BLOCK_M, offs_n, n_valid, offs_d, EM, em_off, s_emq,
-                                        qk_scale, HEAD_DIM, BLOCK_M, MODE, O_COMPACT, True, PREC)
-        else:
-            for start_m in range(0, L, BLOCK_M):
+        num_off, lst_off, em_off = _meta_offsets(b, h, pid_n, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh)
+        PHASES: tl.constexpr = 2 if BLOCK_SPARSE else 1
+        for phase in tl.static_range(PHASES):
+            n, lst = _block_list(phase, FQN, FQI, QN, QI, num_off, lst_off, L, BLOCK_M, BLOCK_SPARSE)
+            for j in range(n):
+                start_m = _block_start(lst, j, BLOCK_M, BLOCK_SPARSE)
                 dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, s_qn, s_dn, stat_off, IDX,
                                         idx_off, start, L, start_m, offs_n, n_valid, offs_d, EM, em_off, s_emq,
-                                        qk_scale, HEAD_DIM, BLOCK_M, MODE, O_COMPACT, False, PREC)
+                                        qk_scale, HEAD_DIM, BLOCK_M, MODE, O_COMPACT, phase == 1, PREC)
         st = n_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
         tl.store(DK + b * s_gkb + h * s_gkh + krows[:, None] * s_gkn + offs_d[None, :],
                  (dk * sm_scale).to(DK.dtype.element_ty), mask=st)
@@ -230,16 +233,10 @@ if HAS_TRITON:
     def _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L, start_n,
                      offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM: tl.constexpr,
                      BLOCK_N: tl.constexpr, MODE: tl.constexpr, APPLY_EM: tl.constexpr, PREC: tl.constexpr):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_valid = offs_n < L
-        krows = _rows(IDX, idx_off, start, offs_n, n_valid, MODE)
-        k = _load_rows(K, k_off, krows, s_kn, n_valid, offs_d, HEAD_DIM)
-        v = _load_rows(V, v_off, krows, s_vn, n_valid, offs_d, HEAD_DIM)
+        offs_n, n_valid, _, k, v = _kv_block(K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L, start_n, offs_d,
+                                             HEAD_DIM, BLOCK_N, MODE)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        keep = m_valid[:, None] & n_valid[None, :]
-        if APPLY_EM:
-            em = tl.load(EM + em_off + offs_m[:, None].to(tl.int64) * s_emq + offs_n[None, :], mask=keep, other=0)
-            keep = keep & (em != 0)
+        keep = _keep(offs_m[:, None], m_valid[:, None], offs_n[None, :], n_valid[None, :], EM, em_off, s_emq, APPLY_EM)
         p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
@@ -257,48 +254,27 @@ if HAS_TRITON:
                             BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr):
         # One program per query block: dQ summed over the KV blocks it attends to.
         pid_m = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = (bh // H).to(tl.int64)
-        h = (bh % H).to(tl.int64)
-        start, L = _seq(CU, b, SEQ, MODE)
+        b, h, bh, start, L = _program(CU, SEQ, H, MODE)
         if pid_m * BLOCK_M >= L:
             return
         idx_off = b * s_ib
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        m_valid = offs_m < L
-        qrows = _rows(IDX, idx_off, start, offs_m, m_valid, MODE)
-        if O_COMPACT:
-            orows = offs_m.to(tl.int64)
-        else:
-            orows = qrows
+        offs_m, m_valid, qrows, orows = _q_block(IDX, idx_off, start, L, pid_m * BLOCK_M, BLOCK_M, MODE, O_COMPACT)
         q = _load_rows(Q, b * s_qb + h * s_qh, qrows, s_qn, m_valid, offs_d, HEAD_DIM)
         do = _load_rows(DO, b * s_db + h * s_dh, orows, s_dn, m_valid, offs_d, HEAD_DIM)
-        stat_off = bh.to(tl.int64) * LSE_LEN
-        lse2 = tl.load(LSE + stat_off + offs_m, mask=m_valid, other=float("inf")) * 1.4426950408889634
-        delta = tl.load(DELTA + stat_off + offs_m, mask=m_valid, other=0.0)
+        lse2, delta = _row_stats(LSE, DELTA, bh.to(tl.int64) * LSE_LEN, offs_m, m_valid)
         k_off = b * s_kb + h * s_kh
         v_off = b * s_vb + h * s_vh
-        em_off = b * s_emb + h * s_emh
+        num_off, lst_off, em_off = _meta_offsets(b, h, pid_m, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh)
         dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        if BLOCK_SPARSE:
-            num_off = b * s_nb + h * s_nh + pid_m
-            lst_off = b * s_xb + h * s_xh + pid_m * s_xq
-            for j in range(tl.load(FKVN + num_off)):
-                kb = tl.load(FKVI + lst_off + j)
+        PHASES: tl.constexpr = 2 if BLOCK_SPARSE else 1
+        for phase in tl.static_range(PHASES):
+            n, lst = _block_list(phase, FKVN, FKVI, KVN, KVI, num_off, lst_off, L, BLOCK_N, BLOCK_SPARSE)
+            for j in range(n):
+                start_n = _block_start(lst, j, BLOCK_N, BLOCK_SPARSE)
                 dq = _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
-                                  kb * BLOCK_N, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM,
-                                  BLOCK_N, MODE, False, PREC)
-            for j in range(tl.load(KVN + num_off)):
-                kb = tl.load(KVI + lst_off + j)
-                dq = _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
-                                  kb * BLOCK_N, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM,
-                                  BLOCK_N, MODE, True, PREC)
-        else:
-            for start_n in range(0, L, BLOCK_N):
-                dq = _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
-                                  start_n, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM,
-                                  BLOCK_N, MODE, False, PREC)
+                                  start_n, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM, BLOCK_N,
+                                  MODE, phase == 1, PREC)
         tl.store(DQ + b * s_gqb + h * s_gqh + qrows[:, None] * s_gqn + offs_d[None, :],
                  (dq * sm_scale).to(DQ.dtype.element_ty), mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
 
@@ -350,10 +326,12 @@ class _Plan:
             self.block_m, self.block_n = block_size
             self.warps = 8 if self.block_m * self.block_n >= 128 * 128 else 4
         else:
-            self.bm = [q] * 8
+            # never read; int32 like real lists, since the compiler checks the return types of _block_list's
+            # branches against each other even where the branch is not taken
+            self.bm = [torch.zeros(1, dtype=torch.int32, device=q.device)] * 8
             self.meta_strides = self.meta_strides_t = (0, 0, 0, 0, 0)
             self.em, self.em_strides = q, (0, 0, 0)
-            if q.device.type == "cpu":  # the interpreter: few, wide tiles
+            if not gpu_configs(q.device):  # the interpreter: few, wide tiles
                 self.block_m = self.block_n = 32
             else:
                 self.block_m = self.block_n = 64 if self.head_dim <= 128 else 32
@@ -384,7 +362,7 @@ def attention_forward(q, k, v, keep_index, cu_seqlens, max_seqlen, block_mask, b
     if out.numel() == 0 or lse.numel() == 0:
         return out, lse
     kvn, kvi, fkvn, fkvi = plan.bm[:4]
-    _attn_fwd_kernel[plan.grid_m](
+    launch(_attn_fwd_kernel, plan.grid_m,
         q, k, v, out, lse, plan.idx, plan.cu, kvn, kvi, fkvn, fkvi, plan.em,
         *_rows_strides(q, plan.varlen), *_rows_strides(k, plan.varlen), *_rows_strides(v, plan.varlen),
         *_rows_strides(out, plan.varlen), plan.s_ib, *plan.meta_strides, *plan.em_strides,
@@ -403,19 +381,19 @@ def attention_backward(dout, q, k, v, out, lse, keep_index, cu_seqlens, max_seql
         return dq, dk, dv
     delta = torch.empty_like(lse)
     consts = plan.consts()
-    _attn_bwd_delta_kernel[plan.grid_m](
+    launch(_attn_bwd_delta_kernel, plan.grid_m,
         out, dout, delta, plan.idx, plan.cu, *_rows_strides(out, plan.varlen), *_rows_strides(dout, plan.varlen),
         plan.s_ib, plan.heads, plan.seq, plan.lse_len, HEAD_DIM=plan.head_dim, BLOCK_D=plan.block_d,
         BLOCK_M=plan.block_m, MODE=plan.mode, O_COMPACT=plan.o_compact)
     strides = (*_rows_strides(q, plan.varlen), *_rows_strides(k, plan.varlen), *_rows_strides(v, plan.varlen),
                *_rows_strides(dout, plan.varlen))
     qn, qi, fqn, fqi = plan.bm[4:8]
-    _attn_bwd_dkdv_kernel[plan.grid_n](
+    launch(_attn_bwd_dkdv_kernel, plan.grid_n,
         q, k, v, dout, dk, dv, lse, delta, plan.idx, plan.cu, qn, qi, fqn, fqi, plan.em, *strides,
         *_rows_strides(dk, plan.varlen), *_rows_strides(dv, plan.varlen), plan.s_ib, *plan.meta_strides_t,
         *plan.em_strides, plan.heads, plan.seq, plan.lse_len, plan.qk_scale, plan.scale, **consts, num_stages=2)
     kvn, kvi, fkvn, fkvi = plan.bm[:4]
-    _attn_bwd_dq_kernel[plan.grid_m](
+    launch(_attn_bwd_dq_kernel, plan.grid_m,
         q, k, v, dout, dq, lse, delta, plan.idx, plan.cu, kvn, kvi, fkvn, fkvi, plan.em, *strides,
         *_rows_strides(dq, plan.varlen), plan.s_ib, *plan.meta_strides, *plan.em_strides, plan.heads, plan.seq,
         plan.lse_len, plan.qk_scale, plan.scale, **consts, num_stages=2)

@@ -13,7 +13,7 @@ import math
 import torch
 
 from lth_kernels.ops import _registry
-from lth_kernels.ops._triton import HAS_TRITON, tl, triton
+from lth_kernels.ops._triton import HAS_TRITON, launch, tl, triton
 
 # --------------------------------------------------------------------------------------------- reference
 
@@ -119,7 +119,7 @@ if HAS_TRITON:
         out = torch.empty(src.shape[0], words, dtype=torch.int32, device=mask.device)
         if out.numel():
             grid = (triton.cdiv(src.shape[0], 16), triton.cdiv(words, 16))
-            _pack_mask_kernel[grid](src, out, src.shape[0], cols, words, BLOCK_R=16, BLOCK_W=16)
+            launch(_pack_mask_kernel, grid, src, out, src.shape[0], cols, words, BLOCK_R=16, BLOCK_W=16)
         return out.reshape(*mask.shape[:-1], words)
 
     @_registry.register("unpack_mask", "triton")
@@ -128,7 +128,7 @@ if HAS_TRITON:
         out = torch.empty(src.shape[0], cols, dtype=torch.bool, device=packed.device)
         if out.numel():
             grid = (triton.cdiv(src.shape[0], 16), triton.cdiv(cols, 64))
-            _unpack_mask_kernel[grid](src, out.view(torch.int8), src.shape[0], cols, src.shape[1], BLOCK_R=16,
+            launch(_unpack_mask_kernel, grid, src, out.view(torch.int8), src.shape[0], cols, src.shape[1], BLOCK_R=16,
                                       BLOCK_C=64)
         return out.reshape(*packed.shape[:-1], cols)
 
@@ -140,8 +140,8 @@ if HAS_TRITON:
         if out.numel():
             BN = triton.next_power_of_2(bn)
             SUB = max(1, min(triton.next_power_of_2(bm), 4096 // BN))
-            _tile_occupancy_kernel[(tr, tc)](_as_bytes(mask), out.view(torch.int8), rows, cols, tc, bm, bn, BN=BN,
-                                             SUB=SUB)
+            launch(_tile_occupancy_kernel, (tr, tc), _as_bytes(mask), out.view(torch.int8), rows, cols, tc, bm, bn,
+                   BN=BN, SUB=SUB)
         return out
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from lth_kernels.ops import _registry
-from lth_kernels.ops._triton import HAS_TRITON, tl, triton
+from lth_kernels.ops._triton import HAS_TRITON, launch, tl, triton
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -140,7 +140,7 @@ if HAS_TRITON:
         out = torch.empty(b, k, c, dtype=x.dtype, device=x.device)
         if out.numel():
             block_k, block_c = _blocks(c)
-            _gather_tokens_kernel[(b, triton.cdiv(k, block_k))](
+            launch(_gather_tokens_kernel, (b, triton.cdiv(k, block_k)),
                 x, index, out, k, c, *x.stride(), *index.stride(), BLOCK_K=block_k, BLOCK_C=block_c)
         return out
 
@@ -154,7 +154,7 @@ if HAS_TRITON:
             k = src.shape[1] if src is not None else 0
             bs = base.stride() if base is not None else (0, 0, 0)
             ss = src.stride() if src is not None else (0, 0, 0)
-            _place_tokens_kernel[(b, triton.cdiv(n, block_n))](
+            launch(_place_tokens_kernel, (b, triton.cdiv(n, block_n)),
                 base if base is not None else out, inverse, src if src is not None else out, out, n, k, c, *bs, *ss,
                 HAS_BASE=base is not None, HAS_SRC=src is not None and k > 0, BLOCK_N=block_n, BLOCK_C=block_c)
         return out
@@ -198,6 +198,7 @@ def _gather_setup(ctx, inputs, output):
 
 def _gather_backward(ctx, grad):
     (index,) = ctx.saved_tensors
+    grad = _prep(grad)  # autograd may hand an expanded (stride-0) gradient, e.g. from .sum()
     return _place_tokens_op(None, index, grad, grad, ctx.n_tokens, False, ctx.backend), None, None, None
 
 
@@ -212,6 +213,7 @@ def _place_setup(ctx, inputs, output):
 
 def _place_backward(ctx, grad):
     (index,) = ctx.saved_tensors
+    grad = _prep(grad)
     g_base = _place_tokens_op(grad, index, None, grad, ctx.n_tokens, False, ctx.backend) if ctx.has_base else None
     g_src = _gather_tokens_op(grad, index, False, ctx.backend) if ctx.has_src else None
     return g_base, None, g_src, None, None, None, None

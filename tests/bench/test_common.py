@@ -65,3 +65,24 @@ def test_cpu_sparse_smoke(mode, capsys):
     assert cpu_sparse.main(["--smoke", "--no-write", "--threads", "1", *mode]) == 0
     out = capsys.readouterr().out
     assert ("lenet_300_100 B=1" if mode else "deits.fc2 B=8") in out
+
+
+
+def test_time_interleaved_spans_back_to_back_calls_and_keeps_the_cold_call_apart():
+    import time
+
+    from bench.common import time_interleaved
+    from lth_kernels._util import inner_calls
+
+    calls = []
+
+    def fn():
+        calls.append(time.perf_counter())
+        time.sleep(0.0002 if len(calls) > 1 else 0.05)  # a slow first call, as a compile would be
+
+    cold = {}
+    t = time_interleaved({"f": fn, "broken": lambda: 1 / 0}, "cpu", reps=3, warmup=2, cold=cold)
+    assert t["broken"] is None and set(cold) == {"f"} and cold["f"] >= 50
+    assert t["f"] < 5  # the cold call is not in the steady-state median
+    assert len(calls) > 2 + 1 + 3  # first + warm-up + calibration, then several calls per repetition
+    assert inner_calls(0.0002) == 100 and inner_calls(0.3) == 4 and inner_calls(50.0) == 1

@@ -96,12 +96,38 @@ def test_gather_then_scatter_round_trip(backend, device):
     assert torch.equal(scatter_tokens(x, index, kept, backend=backend), x)
 
 
-def test_backward_is_deterministic():
-    x = torch.randn(3, 50, 33, requires_grad=True)
-    index = _index(3, 50, 21, "cpu")
-    grad = torch.randn(3, 21, 33)
+def test_backward_is_deterministic(device):
+    # device-aware: the triton backend takes CPU tensors only under the interpreter
+    x = torch.randn(3, 50, 33, device=device, requires_grad=True)
+    index = _index(3, 50, 21, device)
+    grad = torch.randn(3, 21, 33, device=device)
     grads = [torch.autograd.grad(gather_tokens(x, index, backend="triton"), x, grad)[0] for _ in range(2)]
     assert torch.equal(grads[0], grads[1])
+
+
+def test_backward_hands_the_kernels_unit_stride_gradients(monkeypatch, device):
+    """The CUDA kernels copy rows of unit channel stride, and ``.sum().backward()`` hands the ops an expanded
+    (stride-0) gradient: the backward must make it unit-stride before any kernel sees it."""
+    real, strides = _registry.implementation, []
+
+    def recording(op, backend):
+        fn = real(op, backend)
+
+        def call(*args):
+            strides.extend(a.stride(-1) for a in args if isinstance(a, torch.Tensor) and a.dim() == 3)
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(_registry, "implementation", recording)
+    backend = "cuda" if HAS_CUDA else "reference"
+    base = torch.randn(2, 9, 5, device=device, requires_grad=True)
+    src = torch.randn(2, 4, 5, device=device, requires_grad=True)
+    index = _index(2, 9, 4, device, torch.int32)
+    scatter_tokens(base, index, src, backend=backend).sum().backward()
+    gather_tokens(base, index, backend=backend).sum().backward()
+    assert strides and set(strides) == {1}
+    # scatter sends 1 to the rows it keeps from base, gather to the rows it takes: every entry gets exactly 1
+    assert torch.equal(base.grad, torch.ones_like(base)) and torch.equal(src.grad, torch.ones_like(src))
 
 
 def test_double_backward_through_registered_ops():
@@ -151,11 +177,11 @@ def test_unchecked_mode_skips_validation_for_unique_indices():
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_opcheck(backend):
-    x = torch.randn(2, 11, 6, requires_grad=True)
-    index = _index(2, 11, 5, "cpu", torch.int32)
+def test_opcheck(backend, device):
+    x = torch.randn(2, 11, 6, device=device, requires_grad=True)
+    index = _index(2, 11, 5, device, torch.int32)
     torch.library.opcheck(torch.ops.lth_kernels.gather_tokens, (x, index, True, backend))
-    src = torch.randn(2, 5, 6, requires_grad=True)
+    src = torch.randn(2, 5, 6, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.lth_kernels.place_tokens, (x, index, src, src, 11, True, backend))
     torch.library.opcheck(torch.ops.lth_kernels.place_tokens, (None, index, src, src, 11, False, backend))
 
