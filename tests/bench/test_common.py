@@ -27,3 +27,13 @@ def test_gpu_scripts_smoke_on_cpu(script, capsys):
     assert script.main(["--smoke", "--no-write"]) == 0
     out = capsys.readouterr().out
     assert "'ours_ms'" in out and "smoke" in out
+
+
+def test_train_throughput_smoke(capsys):
+    from bench import train_throughput
+
+    assert train_throughput.main(["--smoke", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    for part in ("'batches'", "'short run'", "'train'"):
+        assert part in out
+    assert "'pipeline': 'device'" in out and "'workers': 0" in out and "smoke run: nothing written" in out
