@@ -1,6 +1,6 @@
 """Ticket-training throughput: the device pipeline against torchvision's DataLoader path, compiled and eager.
 
-    python bench/train_throughput.py [--rounds 3] [--models lenet_300_100,conv4,cifar_resnet_20] [--smoke]
+    python bench/train_throughput.py [--rounds 2] [--models lenet_300_100,conv4,cifar_resnet_20] [--threads 1] [--smoke]
 
 Writes MNIST- and CIFAR-shaped data sets in torchvision's on-disk formats into a temporary directory (so it
 runs anywhere, without the real data) and measures, in one run, with the rounds interleaved (every provider
@@ -14,7 +14,7 @@ once per round, so that a busy machine slows them alike; medians and min-max ove
 3. **train**: samples/s of one IMP level's training steps (the model's ``lth imp`` preset; a ticket at 80 % and
    95 % sparsity by magnitude, and dense) for LeNet-300-100 (MNIST-shaped), Conv-4 and ResNet-20 (CIFAR-shaped),
    per pipeline (device, loader 0 workers, loader auto workers), eager, and compiled (``--training.compile``,
-   device pipeline).
+   device pipeline; ``--compile-models``, by default LeNet only: compiling a conv net on a CPU takes minutes).
 
 Results: ``bench/results/<date>-<device>-train_throughput.{json,md}``. ``--smoke``: tiny sizes, LeNet only,
 no compilation, nothing written (CI).
@@ -47,13 +47,15 @@ SPARSITIES = (0.0, 0.8, 0.95)
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median, min-max)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions (median, min-max; batches: +1)")
     p.add_argument("--models", default=",".join(PRESETS), help="comma separated: " + ", ".join(PRESETS))
     p.add_argument("--steps", type=int, default=0, help="timed steps per training cell (0: per model)")
+    p.add_argument("--conv-rounds", type=int, default=1, help="rounds of the conv-net cells (compute-bound on a CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: lth imp's rule, one thread for "
                                                           "models under 1M parameters, else all cores; batches: 1)")
     p.add_argument("--epochs", type=int, default=2, help="length of the LeNet short run")
-    p.add_argument("--no-compile", action="store_true", help="skip the compiled cells")
+    p.add_argument("--compile-models", default="lenet_300_100",
+                   help="models also measured compiled (comma separated; compiling a conv net on a CPU takes minutes)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, LeNet only, no compile, nothing written")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--device", default=None, help="default: cuda when available")
@@ -73,7 +75,7 @@ def _summary(values: list[float]) -> dict:
 
 
 def batch_providers(root: str, device: torch.device, batch: int, workers: int) -> dict:
-    """name -> (callable making ``n`` batches, images per call)."""
+    """name -> callable making ``n`` batches and returning the perf_counter time its timed part began."""
     from torch.utils.data import DataLoader
 
     with unchecked_cifar():
@@ -83,23 +85,26 @@ def batch_providers(root: str, device: torch.device, batch: int, workers: int) -
     gen = torch.Generator(device=device).manual_seed(0)
 
     def device_batches(n):
+        t0 = time.perf_counter()
         for _ in range(n):
             idx = torch.randint(0, len(x_all), (batch,), device=device, generator=gen)
             resident.batch_transform(x_all[idx], gen)
         _sync(device)
+        return t0
 
     loaders = {w: DataLoader(tv, batch_size=batch, shuffle=True, num_workers=w, persistent_workers=w > 0,
-                             prefetch_factor=4 if w else None, drop_last=True) for w in (0, workers)}
-    iters = {w: iter(loaders[w]) for w in loaders}
+                             prefetch_factor=2 if w else None, drop_last=True) for w in (0, workers)}
 
     def loader_batches(w):
         def run(n):
+            # A fresh pass per call (persistent workers restart their prefetching): the first batch, which
+            # the workers made while the other providers ran, is not counted.
+            it = iter(loaders[w])
+            next(it)
+            t0 = time.perf_counter()
             for _ in range(n):
-                try:
-                    next(iters[w])
-                except StopIteration:
-                    iters[w] = iter(loaders[w])
-                    next(iters[w])
+                next(it)
+            return t0
         return run
 
     return {"device": device_batches, "torchvision, 0 workers": loader_batches(0),
@@ -108,14 +113,13 @@ def batch_providers(root: str, device: torch.device, batch: int, workers: int) -
 
 def bench_batches(root: str, device, rounds: int, batch: int, workers: int, smoke: bool) -> list[dict]:
     providers = batch_providers(root, device, batch, workers)
-    counts = {name: (2 if smoke else 40) if name == "device" else (1 if smoke else 4) for name in providers}
+    counts = {name: (2 if smoke else 40) if name == "device" else (1 if smoke else 8) for name in providers}
     for fn in providers.values():  # warm-up: workers started, caches hot
         fn(1)
     rates = {name: [] for name in providers}
     for _ in range(rounds):
         for name, fn in providers.items():
-            t0 = time.perf_counter()
-            fn(counts[name])
+            t0 = fn(counts[name])
             rates[name].append(counts[name] * batch / (time.perf_counter() - t0))
     base = statistics.median(rates["torchvision, 0 workers"])
     rows = []
@@ -231,21 +235,26 @@ def bench_short_run(root, device, rounds, workers, epochs) -> list[dict]:
     return rows
 
 
-def bench_train(root, device, rounds, workers, models, compile_, steps_override, smoke) -> list[dict]:
+def bench_train(root, device, rounds, workers, models, compile_, steps_override, smoke, conv_rounds=1) -> list[dict]:
     cells = []
     for model in models:
         for sparsity in SPARSITIES:
             for p, w in _pipelines(workers):
-                cells.append((model, p, w, sparsity, False))
-            if compile_ and (model == "lenet_300_100" or sparsity != 0.8):  # compiling a conv net takes minutes
+                # On a CPU a conv net is compute-bound and loader workers only take cores from it.
+                if not (device.type == "cpu" and model != "lenet_300_100" and w > 0):
+                    cells.append((model, p, w, sparsity, False))
+            if model in compile_:
                 cells.append((model, "device", 0, sparsity, True))
-    steps = {"lenet_300_100": 50, "conv4": 15, "cifar_resnet_20": 8}
+    steps = {"lenet_300_100": 30, "conv4": 3, "cifar_resnet_20": 2} if device.type == "cpu" else \
+        {"lenet_300_100": 200, "conv4": 100, "cifar_resnet_20": 50}
     rates = {}
-    for _ in range(rounds):
+    for r in range(max(rounds, conv_rounds)):
         for cell in cells:
+            if r >= (rounds if cell[0] == "lenet_300_100" else conv_rounds):
+                continue
             model = cell[0]
             n = steps_override or (5 if smoke else steps[model])
-            warm = 3 if not cell[4] else 5
+            warm = (2 if model == "lenet_300_100" else 1) if not cell[4] else 4
             rates.setdefault(cell, []).append(train_cell(root, device, *cell, warm=warm, steps=n))
             print(f"  {cell}: {rates[cell][-1]:.0f} samples/s", flush=True)
     rows = []
@@ -270,9 +279,9 @@ def main(argv=None) -> int:
         print(f"--models: unknown {unknown}; choose from {', '.join(PRESETS)}")
         return 2
     if args.smoke:
-        models, args.rounds, args.no_compile = ["lenet_300_100"], 1, True
+        models, args.rounds, args.compile_models = ["lenet_300_100"], 1, ""
     workers = resolve_num_workers("auto")
-    sizes = (600, 200, 300, 100) if args.smoke else (8000, 2000, 6000, 1000)
+    sizes = (600, 200, 300, 100) if args.smoke else (4000, 1000, 6000, 1000)
     env = env_info(device)
     env["loader_workers_auto"] = workers
     threads_before = torch.get_num_threads()
@@ -285,14 +294,16 @@ def main(argv=None) -> int:
                        "torchvision's file formats")
         try:
             torch.set_num_threads(args.threads or 1)
-            rows = bench_batches(root, device, args.rounds + 2, 128 if args.smoke else 512, workers, args.smoke)
+            rows = bench_batches(root, device, 1 if args.smoke else args.rounds + 1, 128 if args.smoke else 512,
+                                 workers, args.smoke)
             for r in rows:
                 print(r, flush=True)
             rows += bench_short_run(root, device, args.rounds, workers, 1 if args.smoke else args.epochs)
             for r in rows[-3:]:
                 print(r, flush=True)
-            rows += bench_train(root, device, args.rounds, workers, models, not args.no_compile, args.steps,
-                                args.smoke)
+            rows += bench_train(root, device, args.rounds, workers, models,
+                                [m for m in args.compile_models.split(",") if m], args.steps, args.smoke,
+                                args.conv_rounds)
         finally:
             torch.set_num_threads(threads_before)
     for r in rows:

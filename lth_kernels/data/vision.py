@@ -15,8 +15,9 @@ Transforms (augmentation only on the training split, and only with ``augment=Tru
   RandomResizedCrop(img_size) + flip; test Resize(img_size / 0.875) + CenterCrop(img_size); ImageNet statistics.
 
 ``randaugment="rand-m9-mstd0.5-inc1"`` (cifar10, cifar100, imagefolder; only with ``augment=True``) adds timm's
-RandAugment after the crop and flip, as DeiT does. Random transforms draw from torch's global generator,
-which the trainer seeds per epoch (timm's RandAugment draws from Python's ``random``).
+RandAugment after the crop and flip, as DeiT does (loader pipeline). The Trainer seeds the random transforms
+of each training batch from ``(data_order_seed, step)`` (``data_order.batch_seed``): on the device through a
+generator there, in the loader by seeding torch's, Python's and numpy's global generators around the batch.
 """
 
 from __future__ import annotations
@@ -75,8 +76,6 @@ def _decoded(name: str, cls, root: str, download: bool, train: bool):
         images = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)  # MNIST [N,H,W], CIFAR NHWC
         return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
 
-    if not download and not os.path.isdir(root):
-        raise missing_data(name, root)
     return cached_uint8(root, name, "train" if train else "test", _sources(cls, train), decode)
 
 

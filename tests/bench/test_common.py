@@ -86,3 +86,15 @@ def test_time_interleaved_spans_back_to_back_calls_and_keeps_the_cold_call_apart
     assert t["f"] < 5  # the cold call is not in the steady-state median
     assert len(calls) > 2 + 1 + 3  # first + warm-up + calibration, then several calls per repetition
     assert inner_calls(0.0002) == 100 and inner_calls(0.3) == 4 and inner_calls(50.0) == 1
+
+
+
+
+def test_train_throughput_smoke(capsys):
+    from bench import train_throughput
+
+    assert train_throughput.main(["--smoke", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    for part in ("'batches'", "'short run'", "'train'"):
+        assert part in out
+    assert "'pipeline': 'device'" in out and "'workers': 0" in out and "smoke run: nothing written" in out
