@@ -13,7 +13,8 @@ on an evaluation set is within ``tolerance`` of it (relative), or when every cha
 The gate is applied with a temporary forward hook on the layer (the last affine module before the
 nonlinearity: the BN, else the Conv/Linear); ``fold_gate_`` then bakes ``D * alpha`` into that module's
 parameters (exact: scaling a BN output = scaling its gamma and beta), so unselected channels become exactly
-zero and ``nn.channel_prune`` removes them.
+zero and ``nn.channel_prune`` removes them. A layer whose channels all got selected is not folded: the
+reference restores the exact dense layer then (``set_alpha_to_init``; ``GfsLayerResult.full``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class GfsStep:
     acc: float
     candidates: list[int]
     losses: list[float]
+    eval_acc: float | None = None  # the evaluation-set top-1 after this step, where the stopping rule ran it
 
 
 @dataclass
@@ -49,6 +51,11 @@ class GfsLayerResult:
     @property
     def kept(self) -> int:
         return int(self.mask.sum())
+
+    @property
+    def full(self) -> bool:
+        """Every channel was selected: the reference then restores the dense layer (``set_alpha_to_init``)."""
+        return self.kept == self.alpha.numel()
 
 
 def _channels(mod: nn.Module) -> int:
@@ -126,10 +133,11 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
             alpha[chosen] += eta
             selected.add(chosen)
             scale.copy_((d * alpha).to(scale))
-            result.steps.append(GfsStep(chosen, losses[best], accs[best], pool.tolist(), losses))
+            step = GfsStep(chosen, losses[best], accs[best], pool.tolist(), losses)
+            result.steps.append(step)
             if target_acc is not None and accs[best] >= (1 - converge_tolerance) * target_acc:
                 acc = eval_fn() if eval_fn is not None else accs[best]
-                result.eval_acc = acc
+                result.eval_acc = step.eval_acc = acc
                 if acc >= (1 - tolerance) * target_acc:
                     break
     finally:

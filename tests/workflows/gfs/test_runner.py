@@ -117,7 +117,7 @@ def test_hparams_validation():
 
 def test_prune_run_end_to_end(tmp_path, capsys):
     hp = GfsHparams().with_overrides({"model.name": "mlp_bn_24_12", "training.training_steps": "3ep",
-                                      "training.milestone_steps": "", "gfs.finetune_steps": "10it",
+                                      "training.milestone_steps": "", "finetune.training_steps": "10it",
                                       "gfs.layer_finetune_steps": "5it", "gfs.candidates": 8})
     summary = run(hp, tmp_path)
     layers = [x["layer"] for x in summary["layers"]]
