@@ -70,11 +70,19 @@ class ScoredLinear(_Scored, nn.Linear):
 class ScoredConv2d(_Scored, nn.Conv2d):
     """``nn.Conv2d`` (groups 1, zero padding) with ``b_mask`` and ``scores`` as in :class:`ScoredLinear`.
 
-    The convolution runs as a matmul over unfolded patches through ``masked_linear_scores`` (1x1 convs need
-    no unfolding), so the score gradient comes from the same op as for linear layers.
+    The forward is one ``F.conv2d`` with the weight ``W * (b_mask + s - stop_grad(s))``: its value is
+    ``W * b_mask``, and autograd gives the scores ``dL/dW' * W`` (the weight-gradient convolution times W,
+    over all entries) without unfolding the input, whose patches would take ``k*k`` times the activation
+    memory (tens of GB on ResNet-50). ``forward_unfold`` is the earlier unfold + matmul path through
+    ``ops.masked_linear_scores``, kept as the check of this one.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scores
+        w = self.weight * (self.b_mask.to(self.weight.dtype) + (s - s.detach()).to(self.weight.dtype))
+        return self._conv_forward(x, w, self.bias)
+
+    def forward_unfold(self, x: torch.Tensor) -> torch.Tensor:
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)

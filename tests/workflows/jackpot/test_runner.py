@@ -96,6 +96,17 @@ def test_ste_gradient_conv_equals_dyx_times_w(kw):
     xp, padding = (F.pad(x, conv._reversed_padding_repeated_twice), 0) if same else (x, conv.padding)
     dw = torch.nn.grad.conv2d_weight(xp, conv.weight.shape, g, conv.stride, padding, conv.dilation)
     torch.testing.assert_close(conv.scores.grad, (dw * conv.weight).float())
+    # the F.conv2d + STE path against the unfold + matmul path it replaced: outputs and all gradients
+    ste_grad = conv.scores.grad.clone()
+    conv.scores.grad = None
+    xu = x.clone().requires_grad_(True)
+    xc = x.clone().requires_grad_(True)
+    yu = conv.forward_unfold(xu)
+    torch.testing.assert_close(yu, y)
+    (yu * g).sum().backward()
+    torch.testing.assert_close(conv.scores.grad, ste_grad)
+    (conv(xc) * g).sum().backward()
+    torch.testing.assert_close(xc.grad, xu.grad)
     masks = unscore_layers(model)
     assert type(conv) is nn.Conv2d and torch.equal(masks["0.weight"], mask) and not hasattr(conv, "scores")
 
