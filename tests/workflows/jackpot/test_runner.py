@@ -111,6 +111,63 @@ def test_ste_gradient_conv_equals_dyx_times_w(kw):
     assert type(conv) is nn.Conv2d and torch.equal(masks["0.weight"], mask) and not hasattr(conv, "scores")
 
 
+def test_kaiming_score_init_is_edge_popups():
+    """Kaiming-uniform scores (a = sqrt(5)), the mask their per-layer top-k |s| at the ticket's kept counts."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    mask = torch.rand(5, 6) < 0.3
+    (layer,) = score_layers(model, {"0.weight": mask}, score_init="kaiming",
+                            generator=torch.Generator().manual_seed(4)).values()
+    expected = torch.empty(5, 6)
+    nn.init.kaiming_uniform_(expected, a=5 ** 0.5, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(layer.scores.data, expected)
+    bound = 1 / 6 ** 0.5  # gain sqrt(2 / (1 + 5)) * sqrt(3 / fan_in)
+    scores = layer.scores.detach()
+    assert float(scores.abs().max()) <= bound and float(scores.min()) < 0
+    k = int(mask.sum())
+    assert int(layer.b_mask.sum()) == k
+    assert float(scores.abs()[layer.b_mask].min()) >= float(scores.abs()[~layer.b_mask].max())
+    assert top_k_update(layer.scores, layer.b_mask) == 0  # edge-popup ranks |s|: already its top-k
+    mag = score_layers(nn.Sequential(nn.Linear(6, 5)), {"0.weight": mask})["0.weight"]
+    torch.testing.assert_close(mag.scores.detach(), torch.where(mask, 1.0, 0.99))
+    assert torch.equal(mag.b_mask, mask)
+    with pytest.raises(ValueError, match="score_init"):
+        score_layers(nn.Sequential(nn.Linear(6, 5)), {"0.weight": mask}, score_init="normal")
+
+
+def test_bn_recalibration_matches_the_batch_statistics():
+    from lth_kernels.data.tensor import TensorImageDataset
+    from lth_kernels.workflows.jackpot.runner import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    ds = TensorImageDataset(torch.randn(32, 4, 1, 1), torch.arange(32) % 2)
+    w = model[1].weight.clone()
+    with torch.no_grad():
+        model[2].running_mean.fill_(5.0)  # stale statistics, e.g. of the dense network
+    assert recalibrate_bn(model, ds, batches=10, batch_size=32, device="cpu") == 1  # one batch: the whole set
+    h = model[1](ds.tensors[0].flatten(1)).detach()
+    torch.testing.assert_close(model[2].running_mean, h.mean(0))
+    torch.testing.assert_close(model[2].running_var, h.var(0))  # unbiased, as BN keeps it
+    assert torch.equal(model[1].weight, w) and not model.training and model[2].momentum == 0.1
+    assert recalibrate_bn(nn.Sequential(nn.Linear(4, 2)), ds, batches=3, batch_size=8, device="cpu") == 0
+
+
+def test_score_init_labels_and_validation():
+    from lth_kernels.training.hparams import HparamsError
+    from lth_kernels.workflows.jackpot.hparams import SearchHparams
+    from lth_kernels.workflows.jackpot.runner import search_label
+
+    assert search_label("restricted", "magnitude", "magnitude") == "restricted"
+    assert search_label("restricted", "kaiming", "magnitude") == "restricted@kaiming"
+    assert search_label("edge_popup", "kaiming", "kaiming") == "edge_popup"
+    assert SearchHparams().edge_popup_init == "kaiming" and SearchHparams().score_init == ("magnitude",)
+    with pytest.raises(HparamsError, match="score_init"):
+        SearchHparams(score_init=("magnitude", "magnitude"))
+    with pytest.raises(HparamsError, match="score_init"):
+        SearchHparams(score_init=("ones",))
+
+
 def test_score_layers_rejects_bad_input():
     with pytest.raises(ValueError, match="masks: 'nope.weight'"):
         score_layers(nn.Sequential(nn.Linear(2, 2)), {"nope.weight": torch.ones(2, 2)})
@@ -192,7 +249,7 @@ def test_trained_weights_beat_random_weights_and_outputs(tmp_path, digits):
     t, r = trained["sparsities"]["0.9"], random["sparsities"]["0.9"]
     assert random["source"] == "random" and trained["source"].startswith("trained:")
     assert t["rules"]["restricted"]["acc"] > r["rules"]["restricted"]["acc"] + 0.02
-    assert t["rules"]["restricted"]["acc"] > t["magnitude_acc"]
+    assert t["rules"]["restricted"]["acc"] > t["magnitude_acc"]["acc"]
     assert len(t["rules"]["restricted"]["swaps"]) == 4 and 0 < t["overlap"]["magnitude"] < 1
 
     # the saved ticket + weights reproduce the searched network's accuracy
@@ -218,6 +275,20 @@ def test_trained_weights_beat_random_weights_and_outputs(tmp_path, digits):
     assert run(_hp(), tmp_path, device="cpu", progress=False)["sparsities"]["0.9"]["rules"]["restricted"]["acc"] \
         == t["rules"]["restricted"]["acc"]
     assert resolve_weights(run_dir / "pretrain").name.startswith("step_")
+
+
+def test_both_score_inits_in_one_run(tmp_path):
+    hp = JackpotHparams().with_overrides({
+        "pretrain.training_steps": "2ep", "search_training.training_steps": "2ep", "search.criteria": ["magnitude"],
+        "search.baselines": ["edge_popup"], "search.score_init": ["magnitude", "kaiming"]})
+    e = run(hp, tmp_path, device="cpu", progress=False)["sparsities"]["0.9"]
+    assert list(e["rules"]) == ["restricted", "restricted@kaiming", "edge_popup"]
+    assert [r["score_init"] for r in e["rules"].values()] == ["magnitude", "kaiming", "kaiming"]
+    assert e["rules"]["restricted"]["overlap_with_magnitude_init"] > e["rules"]["restricted@kaiming"][
+        "overlap_with_magnitude_init"]
+    assert set(e["magnitude_acc"]) == {"acc", "acc_no_recalibration", "recalibration_batches"}
+    table = (tmp_path / f"jackpot-{hp.hashname()}" / "table.md").read_text()
+    assert "restricted@kaiming" in table and "epochs to 99 % of best" in table and "BN running statistics" in table
 
 
 def test_cli_presets_and_flags(tmp_path):
