@@ -304,3 +304,38 @@ def test_cli_presets_and_flags(tmp_path):
                  str(tmp_path / "none")]) == 2  # missing data: a one-line error, no traceback
     with pytest.raises(FileNotFoundError, match="--source.weights"):
         resolve_weights(tmp_path / "missing")
+
+
+def test_reference_cifar_networks():
+    """ResNet-32 with 32/64/128 filters and option-A shortcuts; VGG-19 with a 1x1-conv classifier."""
+    from lth_kernels.models import create_model
+    from lth_kernels.models.jackpot_cifar import BlockA
+    from lth_kernels.nn.channel_prune import count_parameters
+
+    r32 = create_model("jackpot_resnet_32", num_classes=10, in_chans=3, img_size=32)
+    convs = [m for m in r32.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 30 + 1 and all(c.kernel_size == (3, 3) for c in convs[:-1])  # no 1x1 shortcuts
+    assert sorted({c.out_channels for c in convs[:-1]}) == [32, 64, 128]
+    # 3x3 convs (no bias) + BN (2 per channel) + the 1x1-conv classifier with bias, counted by hand
+    by_hand = 3 * 32 * 9 + 2 * 32 + sum(5 * (c * c * 9 * 2 + 4 * c) for c in (32, 64, 128)) \
+        - (64 * 64 * 9 - 32 * 64 * 9) - (128 * 128 * 9 - 64 * 128 * 9) + 128 * 10 + 10
+    assert count_parameters(r32) == by_hand == 1849898
+    block = BlockA(4, 8, stride=2)
+    x = torch.randn(2, 4, 6, 6)
+    sc = block.shortcut(x)  # subsample, then two zero channels either side
+    assert sc.shape == (2, 8, 3, 3) and torch.equal(sc[:, 2:6], x[:, :, ::2, ::2])
+    assert not sc[:, :2].any() and not sc[:, 6:].any()
+    assert classifier_name(r32) == "fc.weight" and "fc.weight" not in search_names_of(r32)
+    vgg = create_model("jackpot_vgg_19", num_classes=100, in_chans=3, img_size=32)
+    assert count_parameters(vgg) == 20081188 and isinstance(vgg.classifier, nn.Conv2d)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in vgg.modules()) == 5
+    assert vgg(torch.randn(1, 3, 32, 32)).shape == (1, 100)
+    for name in ("jackpot_resnet_32-cifar100", "jackpot_vgg_19-cifar100", "jackpot_resnet_32-cifar10"):
+        hp, _ = parse_cli(JackpotHparams, ["--preset", name], workflow="jackpot")
+        assert hp.model.name == name.split("-")[0] and hp.dataset.name == name.split("-")[1]
+
+
+def search_names_of(model):
+    from lth_kernels.workflows.jackpot.search import search_names
+
+    return search_names(model)
