@@ -34,8 +34,26 @@ def build_model(hp: ModelHparams, info, seed: int) -> nn.Module:
     from lth_kernels.training.seed import seed_everything
 
     seed_everything(seed)
-    return create_model(hp.name, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.img_size,
-                        **hp.kwargs)
+    model = create_model(hp.name, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.img_size,
+                         **hp.kwargs)
+    return init_bn_(model, getattr(hp, "bn_init", "model"))
+
+
+@torch.no_grad()
+def init_bn_(model: nn.Module, kind: str) -> nn.Module:
+    """Re-initialise every affine BatchNorm of ``model`` in place: ``"0.5"`` (gamma 0.5, beta 0: the early-bird
+    reference's VGG / PreResNet), ``"uniform"`` (gamma ~ U[0, 1), beta 0: open_lth), ``"ones"`` (1, 0);
+    ``"model"`` leaves the builder's initialisation."""
+    fills = {"0.5": lambda w: w.fill_(0.5), "uniform": lambda w: w.uniform_(0.0, 1.0), "ones": lambda w: w.fill_(1.0)}
+    if kind == "model":
+        return model
+    if kind not in fills:
+        raise ValueError(f"bn_init: expected one of 0.5, uniform, ones, model, got {kind!r}")
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            fills[kind](m.weight)
+            m.bias.zero_()
+    return model
 
 
 def example_batch(ds, n: int = 2) -> torch.Tensor:

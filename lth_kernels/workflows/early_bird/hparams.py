@@ -55,12 +55,25 @@ class EarlyBirdOptions(Hparams):
             raise HparamsError("retrain", f"expected eb_train and/or eb_reinit, got {bad[0]!r}")
 
 
+BN_INITS = ("0.5", "uniform", "ones", "model")  # common.structured.init_bn_ applies them
+
+
+@dataclass(frozen=True)
+class EarlyBirdModelHparams(ModelHparams):
+    """Model architecture and the BN scale initialisation the slimming penalty starts from."""
+
+    bn_init: str = hfield("0.5", "BN scales at init: 0.5 (gamma = 0.5, beta = 0: the reference's VGG and "
+                                 "PreResNet), uniform (gamma ~ U[0, 1): open_lth's init; with the L1 penalty the "
+                                 "early gamma ranking then mostly reflects the draw), ones, model (the "
+                                 "builder's own)", choices=BN_INITS)
+
+
 @dataclass(frozen=True)
 class EarlyBirdHparams(Hparams):
     """lth early-bird: search for early-bird tickets, retrain them, report the savings."""
 
     dataset: DatasetHparams = hfield(default_factory=lambda: DatasetHparams(batch_size=64))
-    model: ModelHparams = hfield(default_factory=lambda: ModelHparams(name="mlp_bn_256_128"))
+    model: EarlyBirdModelHparams = hfield(default_factory=lambda: EarlyBirdModelHparams(name="mlp_bn_256_128"))
     training: TrainingHparams = hfield(default_factory=lambda: TrainingHparams(
         lr=0.1, weight_decay=1e-4, training_steps="40ep", milestone_steps="20ep,30ep", seed=0))
     early_bird: EarlyBirdOptions = hfield(default_factory=EarlyBirdOptions)

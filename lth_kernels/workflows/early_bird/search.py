@@ -165,6 +165,20 @@ def _elapsed_at(metrics: list[dict], step: int) -> float | None:
     return best
 
 
+def zeroed_in_narrow(masks, record) -> dict[str, torch.Tensor]:
+    """The masks that still mask something in the narrow model of ``prune_channels``: a channel a residual
+    group keeps (another member needs it) but this member masks stays in the narrow model, zeroed in place;
+    ``{module: mask over the narrow model's channels}`` for those modules only."""
+    out = {}
+    for name, m in masks.items():
+        kept = record.kept.get(name)
+        if kept is not None:
+            narrow = m.bool()[torch.as_tensor(kept, dtype=torch.long)]
+            if not bool(narrow.all()):
+                out[name] = narrow
+    return out
+
+
 def retrain_ticket(hp, out: Path, ratio: str, found: dict, train_ds, test_ds, info, example, device=None) -> list[dict]:
     """Retrain one ratio's ticket in the requested variants; returns one table row per variant (+ the dense
     row for the first ratio)."""
@@ -201,7 +215,9 @@ def retrain_ticket(hp, out: Path, ratio: str, found: dict, train_ds, test_ds, in
             if eb.mode == "physical":
                 narrow, record = prune_channels(model, masks, example)
                 atomic_write_json(d / "channels.json", record.to_dict())
-                return narrow, []
+                tied = zeroed_in_narrow(masks, record)
+                # channels a residual add keeps were zeroed in place: keep them zero, or they regrow
+                return narrow, [ParamMaskCallback(narrow, channel_param_masks(narrow, tied))] if tied else []
             mask_channels_(model, masks)
             return model, [ParamMaskCallback(model, channel_param_masks(model, masks))]
         pmasks = dict(ticket.items())
