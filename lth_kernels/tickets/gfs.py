@@ -84,7 +84,7 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
                  num_candidates: int = 50, target_acc: float | None = None, tolerance: float = 0.02,
                  converge_tolerance: float = 0.05, eval_fn: Callable[[], float] | None = None,
                  generator: torch.Generator | None = None, allow_repeats: bool = False,
-                 max_steps: int | None = None) -> GfsLayerResult:
+                 max_steps: int | None = None, gate_at: str | None = None) -> GfsLayerResult:
     """Greedy forward selection of the output channels of module ``name`` (model in eval mode while it runs).
 
     Args:
@@ -96,6 +96,8 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
         eval_fn: evaluation accuracy of the model as it is (the gate installed); default: the batch accuracy.
         allow_repeats: sample from all channels (the two-layer Frank-Wolfe form, a multiset) instead of the
             ones not selected yet.
+        gate_at: the module whose output the gate multiplies (default ``name``): the activation after the
+            layer when it is not positively homogeneous (ReLU6, as the reference gates MobileNetV2).
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates: expected >= 1, got {num_candidates}")
@@ -104,7 +106,7 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
     dev = next(model.parameters()).device
     alpha = torch.zeros(d, dtype=torch.float64)
     scale = torch.zeros(d, device=dev)
-    gate = _Gate(module, scale)
+    gate = _Gate(model.get_submodule(gate_at) if gate_at else module, scale)
     was = model.training
     model.eval()
     result = GfsLayerResult(name, alpha)
@@ -159,4 +161,23 @@ def fold_gate_(model: nn.Module, name: str, alpha: torch.Tensor) -> None:
         module.bias.mul_(scale)
 
 
-__all__ = ["GfsLayerResult", "GfsStep", "fold_gate_", "select_layer"]
+@torch.no_grad()
+def fold_gate_after_act_(model: nn.Module, name: str, alpha: torch.Tensor, consumers: list[tuple[str, int]]) -> None:
+    """Bake a gate that sits *after* the activation of module ``name`` (a BN; the activation maps 0 to 0) into
+    the model: unselected channels get ``gamma = beta = 0`` (so the activation outputs exactly 0 there) and the
+    selected ones' scales ``D * alpha`` go into the input columns of the ``consumers`` (``(module, repeat)``:
+    the Conv2d (groups 1) / Linear layers reading the gated tensor, ``repeat`` positions per channel after a
+    flatten), which are linear in their input, so the model computes what it computed with the gate."""
+    module = model.get_submodule(name)
+    d = _channels(module)
+    scale = (d * alpha).to(module.weight)
+    module.weight[scale == 0] = 0
+    if getattr(module, "bias", None) is not None:
+        module.bias[scale == 0] = 0
+    for cname, repeat in consumers:
+        c = model.get_submodule(cname)
+        cols = scale.repeat_interleave(repeat).to(c.weight)
+        c.weight.mul_(cols.view(1, -1, *([1] * (c.weight.dim() - 2))))
+
+
+__all__ = ["GfsLayerResult", "GfsStep", "fold_gate_", "fold_gate_after_act_", "select_layer"]

@@ -33,6 +33,10 @@ class EarlyBirdOptions(Hparams):
     mode: str = hfield("physical", "channel tickets: physical = narrower dense model, masked = zeroed channels",
                        choices=("physical", "masked"))
     retrain_penalty: bool = hfield(True, "keep the L1 penalty on during eb_train (as the reference does)")
+    baselines: tuple[str, ...] = hfield(help="Table 2 baselines at each ratio: lt_oneshot (magnitude-prune the "
+                                             "fully trained net, rewind to init, retrain masked), slimming (network "
+                                             "slimming: prune the fully trained net's channels, fine-tune)",
+                                        default_factory=lambda: ("lt_oneshot", "slimming"))
 
     def validate(self):
         for r in self.ratios:
@@ -50,6 +54,9 @@ class EarlyBirdOptions(Hparams):
             raise HparamsError("epsilon", f"must be in [0, 1], got {self.epsilon}")
         if self.penalty < 0:
             raise HparamsError("penalty", f"must be >= 0, got {self.penalty}")
+        bad_b = [v for v in self.baselines if v not in ("lt_oneshot", "slimming")]
+        if bad_b:
+            raise HparamsError("baselines", f"expected lt_oneshot and/or slimming, got {bad_b[0]!r}")
         bad = [v for v in self.retrain if v not in ("eb_train", "eb_reinit")]
         if bad:
             raise HparamsError("retrain", f"expected eb_train and/or eb_reinit, got {bad[0]!r}")

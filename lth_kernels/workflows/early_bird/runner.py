@@ -17,7 +17,7 @@ def run(hp: EarlyBirdHparams, root: str | Path = "runs", device=None) -> dict:
     from lth_kernels.workflows.common.plots import plot_mask_distance
     from lth_kernels.workflows.common.structured import build_data, example_batch
     from lth_kernels.workflows.early_bird.report import summary_table
-    from lth_kernels.workflows.early_bird.search import retrain_ticket, search
+    from lth_kernels.workflows.early_bird.search import baseline_rows, retrain_ticket, search
 
     out = prepare_run_dir(WORKFLOW, hp, root, write=dist_utils.is_main_process())
     log.info("lth early-bird -> %s\n%s", out, hp.to_json())
@@ -27,6 +27,7 @@ def run(hp: EarlyBirdHparams, root: str | Path = "runs", device=None) -> dict:
     rows = []
     for r in hp.early_bird.ratios:
         rows += retrain_ticket(hp, out, r, found, train_ds, test_ds, info, example, device)
+        rows += baseline_rows(hp, out, r, found, train_ds, test_ds, info, example, device)
     summary = {"run_dir": str(out), "found": found, "rows": rows}
     if dist_utils.is_main_process():
         table = summary_table(rows)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lth_kernels.nn.channel_prune import analyse, channel_param_masks, prune_channels
-from lth_kernels.tickets.gfs import fold_gate_, select_layer
+from lth_kernels.tickets.gfs import fold_gate_, fold_gate_after_act_, select_layer
 from lth_kernels.training.rundir import atomic_write_json, atomic_write_text
 from lth_kernels.workflows.common.structured import accuracy, finetune, markdown_table, model_cost
 
@@ -38,6 +38,47 @@ def prunable_layers(model: nn.Module, example: torch.Tensor, exclude=()) -> list
     """GFS layers: the gateable modules of the channel graph (bottom-up), minus ``exclude`` globs."""
     names = analyse(model, example).gateable()
     return [n for n in names if not any(fnmatch.fnmatchcase(n, g) for g in exclude)]
+
+
+# Positively homogeneous (f(s x) = s f(x) for s >= 0): a gate after them equals one on the BN output.
+_HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Identity)
+
+
+def gate_points(model: nn.Module, example: torch.Tensor, names: list[str]) -> dict[str, tuple[str, list] | None]:
+    """Where each GFS layer's gate sits: ``None`` = on the layer's output (a BN followed by ReLU, or no
+    activation module: the gate folds into gamma / beta); ``(module, consumers)`` = after a non-homogeneous
+    activation, as the reference gates after ReLU6 (a timm BN+act module such as ``BatchNormAct2d`` is
+    already after its activation; otherwise the activation module that alone reads the BN), folded into the
+    Conv/Linear layers reading it (``tickets.gfs.fold_gate_after_act_``). Layers whose readers are not all
+    Conv2d (groups 1) / Linear keep the gate on the BN output (logged)."""
+    g = analyse(model, example)
+    mods = dict(model.named_modules())
+    nodes = {n.target: n for n in g.gm.graph.nodes if n.op == "call_module"}
+    out = {}
+    for name in names:
+        act = getattr(mods[name], "act", None)
+        gate = None
+        if act is not None:
+            gate = name if not isinstance(act, _HOMOGENEOUS) else None
+        elif name in nodes and len(nodes[name].users) == 1:
+            (user,) = nodes[name].users
+            if user.op == "call_module" and not isinstance(mods.get(user.target), _HOMOGENEOUS) and \
+                    type(mods.get(user.target)).__module__.startswith("torch.nn.modules.activation"):
+                gate = user.target
+        if gate is None:
+            out[name] = None
+            continue
+        space, pos = g.space_of_module(name), g.order.index(name)
+        readers = [(c, g.module_io[c][0][1]) for c in g.order[pos + 1:]
+                   if g.module_io[c][0] is not None and g.find(g.module_io[c][0][0]) == space]
+        if readers and all(isinstance(mods[c], nn.Linear) or (isinstance(mods[c], nn.Conv2d) and mods[c].groups == 1)
+                           for c, _ in readers):
+            out[name] = (gate, readers)
+        else:
+            log.warning("gfs %s: the gate stays on the BN output (readers %s are not all Conv2d/Linear)", name,
+                        [c for c, _ in readers])
+            out[name] = None
+    return out
 
 
 def layer_finetune_steps(steps: str, n: int, batch_size: int) -> str:
@@ -74,21 +115,31 @@ def gfs_prune(model: nn.Module, train_ds, test_ds, opts, *, batch_size: int, exa
     batches = _endless_batches(train_ds, batch_size, dev, gen)
     ft_steps = layer_finetune_steps(opts.layer_finetune_steps, len(train_ds), batch_size)
     masks, layers = {}, []
-    for name in prunable_layers(model, example, opts.exclude):
+    names = prunable_layers(model, example, opts.exclude)
+    gates = gate_points(model, example.to(dev), names)
+    for name in names:
+        gate = gates[name]
         target = dense_acc if opts.target == "dense" else evaluate()
         d = _width(model, name)
         if fixed_size > 0:
             res = select_layer(model, name, batches, num_candidates=opts.candidates, target_acc=None,
-                               generator=gen, allow_repeats=opts.allow_repeats, max_steps=min(fixed_size, d))
+                               generator=gen, allow_repeats=opts.allow_repeats, max_steps=min(fixed_size, d),
+                               gate_at=gate and gate[0])
         else:
             res = select_layer(model, name, batches, num_candidates=opts.candidates, target_acc=target,
                                tolerance=opts.tolerance, converge_tolerance=opts.converge_tolerance,
-                               eval_fn=evaluate, generator=gen, allow_repeats=opts.allow_repeats)
+                               eval_fn=evaluate, generator=gen, allow_repeats=opts.allow_repeats,
+                               gate_at=gate and gate[0])
         restored = res.full and opts.restore_full
-        if not restored:  # a full layer is left as it was: the exact dense layer, as set_alpha_to_init does
+        if restored:  # a full layer is left as it was: the exact dense layer, as set_alpha_to_init does
+            pass
+        elif gate is None:
             fold_gate_(model, name, res.alpha)
+        else:
+            fold_gate_after_act_(model, name, res.alpha, gate[1])
         masks[name] = res.mask
-        layers.append({"layer": name, "channels": int(res.alpha.numel()), "kept": res.kept,
+        layers.append({"layer": name, "gate_at": name if gate is None else gate[0],
+                       "channels": int(res.alpha.numel()), "kept": res.kept,
                        "steps": len(res.steps), "eval_acc": res.eval_acc, "target_acc": target,
                        "restored_dense": restored,
                        "curve": [{"kept": len({x.chosen for x in res.steps[:i + 1]}), "loss": st.loss,

@@ -153,6 +153,26 @@ def test_workflow_end_to_end_channel(tmp_path, capsys):
         assert (d / "ticket.safetensors").exists() and (d / "channels.json").exists()
         assert r["params"] < summary["rows"][0]["params"] and 0 <= r["test_acc"] <= 1
     assert "EB train" in (out / "table.md").read_text()
+    # Table 2 baselines from the fully trained dense net, with their training FLOPs (dense training included)
+    dense = summary["rows"][0]
+    for ratio in ("30", "50", "70"):
+        lt = next(r for r in summary["rows"] if r["method"] == "LT (one-shot magnitude)" and r["ratio"] == ratio)
+        ns = next(r for r in summary["rows"] if r["method"] == "network slimming" and r["ratio"] == ratio)
+        assert lt["train_flops"] == 2 * dense["train_flops"]  # dense training + a masked (dense-cost) retrain
+        assert dense["train_flops"] < ns["train_flops"] < 2 * dense["train_flops"] and ns["params"] < dense["params"]
+        assert 0 <= lt["test_acc"] <= 1 and 0 <= ns["test_acc"] <= 1
+    from lth_kernels.models import create_model as _cm
+    from lth_kernels.training.checkpoint import load_step
+    from lth_kernels.workflows.early_bird.search import magnitude_masks as _mm
+
+    trained = _cm("mlp_bn_16", num_classes=10, in_chans=1, img_size=(8, 8))
+    total = summary["found"]["total_steps"]
+    load_step(out / "search", total, trained)
+    lt_final = _cm("mlp_bn_16", num_classes=10, in_chans=1, img_size=(8, 8))
+    load_step(out / "eb_50" / "lt_oneshot", total, lt_final)
+    for name, m in _mm(trained, 0.5).items():  # the one-shot magnitude mask of the trained net stayed applied
+        assert torch.all(lt_final.get_parameter(name)[~m] == 0)
+    assert "network slimming" in (out / "table.md").read_text()
     # A rerun resumes everything from disk (nothing retrained) and gives the same table.
     again = run(hp, tmp_path)
     assert [r.get("test_acc") for r in again["rows"]] == [r.get("test_acc") for r in summary["rows"]]

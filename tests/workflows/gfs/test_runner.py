@@ -310,3 +310,51 @@ def test_budget_fixed_size_replicates_and_report(tmp_path, capsys):
     table = (run_dir / "table.md").read_text()
     assert "95 % bootstrap interval" in table and "AIC" in table and "grown to 3 channels" in table
     assert (run_dir / "m_200_r1" / "pretrain").is_dir()
+
+
+def test_gate_after_relu6_selects_and_folds_exactly():
+    """The reference gates after ReLU6: relu6(s * x) != s * relu6(x), so the gate sits on the activation's
+    output and folds into the next layer's input columns (unselected channels: gamma = beta = 0)."""
+    from lth_kernels.tickets.gfs import fold_gate_after_act_
+    from lth_kernels.workflows.gfs.prune import gate_points
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU6(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(8)  # large pre-activations, so ReLU6 saturates
+        model[2].bias.normal_()
+    x, y = torch.randn(16, 4, 1, 1), torch.randint(0, 3, (16,))
+    plan = gate_points(model, x[:2], ["2"])
+    assert plan == {"2": ("3", [("4", 1)])}
+    relu = nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+    assert gate_points(relu, x[:2], ["2"]) == {"2": None}  # homogeneous: the BN fold is exact already
+
+    def oracle(alpha):
+        with torch.no_grad():
+            h = F.relu6(model[2](model[1](x.flatten(1)))) * (6 * alpha).float()
+            return model[4](h)
+
+    res = select_layer(model, "2", itertools.repeat((x, y)), num_candidates=10, max_steps=3, gate_at="3")
+    alpha, chosen = torch.zeros(6, dtype=torch.float64), []
+    for k, step in enumerate(res.steps):
+        eta = 1.0 / (k + 1)
+        losses = {}
+        for i in (i for i in range(6) if i not in chosen):
+            trial = alpha * (1 - eta)
+            trial[i] += eta
+            losses[i] = float(F.cross_entropy(oracle(trial), y))
+        best = min(losses, key=lambda i: (losses[i], i))
+        assert step.chosen == best and step.loss == pytest.approx(losses[best], rel=1e-5)
+        alpha = alpha * (1 - eta)
+        alpha[best] += eta
+        chosen.append(best)
+    expected = oracle(res.alpha)
+    import copy
+
+    old = copy.deepcopy(model)
+    fold_gate_after_act_(model, "2", res.alpha, plan["2"][1])
+    fold_gate_(old, "2", res.alpha)  # the gate on the BN output: a different function under ReLU6
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+        assert not torch.allclose(old(x), expected, atol=1e-3)
+    assert int((model[2].weight != 0).sum()) == 3
