@@ -34,7 +34,8 @@ def table(summary: dict) -> str:
             sw = r["swaps"]
             swaps = f"{sw[0]['swaps']} / {sw[-1]['swaps']}" if sw else "-"
             cost = epochs_to([(ep, a) for ep, a in r["curve"] if ep > 0], 0.99 * best)
-            lines.append(f"| {s} | {rule} | {_pct(r['acc'])} | {mag} | {'-' if cost is None else cost} | {swaps} | "
+            cost = "-" if cost is None else f"{cost:g}"
+            lines.append(f"| {s} | {rule} | {_pct(r['acc'])} | {mag} | {cost} | {swaps} | "
                          f"{r['overlap_with_magnitude_init']:.3f} |")
         if "finetuned_acc" in e:
             first = next(iter(e["rules"]))
