@@ -47,8 +47,9 @@ register_preset(WORKFLOW, "resnet18-imagenet", {
 
 # The reference's own setting: MobileNetV2 (timm ``mobilenetv2_100``, ReLU6 inside its BN+act modules, so the
 # gates sit after the activation) on ImageNet-layout data. Dense training follows the MobileNetV2 recipe the
-# reference starts from (pre-trained weights: --model.kwargs checkpoint_path=...); ``no_prune_list = [0, 1, 33,
-# 34]`` of ``mobile2_prune.py`` excludes the stem, the first block's depthwise layer and the last 1x1 conv.
+# reference starts from (pre-trained weights: --model.kwargs checkpoint_path=...). ``mobile2_prune.py`` skips its
+# Mask layers 0, 1, 33 and 34 by index; here that is approximated by name: the first block (tied to the stem)
+# and the 1280-channel head conv are not pruned.
 register_preset(WORKFLOW, "mobilenetv2-imagenet", {
     **_IMAGENET, "model.name": "timm:mobilenetv2_100", "training.lr": 0.05, "training.lr_schedule": "cosine",
     "training.training_steps": "150ep", "training.milestone_steps": "", "training.weight_decay": 4e-5,
