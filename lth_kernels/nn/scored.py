@@ -17,6 +17,7 @@ not copied) and freezes every other parameter; ``unscore_layers(model)`` swaps t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 from lth_kernels.ops.masked_matmul import masked_linear_scores
 
 KEPT_SCORE, PRUNED_SCORE = 1.0, 0.99  # lottery jackpots' magnitude initialisation (TPAMI code)
+SCORE_INITS = ("magnitude", "kaiming")
 
 
 class _Scored:
@@ -34,13 +36,22 @@ class _Scored:
     scores: nn.Parameter
     b_mask: torch.Tensor
 
-    def _init_scores(self, mask: torch.Tensor, kept_score: float, pruned_score: float) -> None:
+    def _init_scores(self, mask: torch.Tensor, kept_score: float, pruned_score: float, score_init: str = "magnitude",
+                     generator: torch.Generator | None = None) -> None:
         mask = _check_mask(mask, self.weight)
         w = self.weight
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
-        init = torch.where(mask.to(w.device), kept_score, pruned_score).to(device=w.device, dtype=torch.float32)
+        if score_init == "magnitude":
+            init = torch.where(mask.to(w.device), kept_score, pruned_score).to(device=w.device, dtype=torch.float32)
+        else:  # edge-popup (Ramanujan et al.): kaiming_uniform_(scores, a=sqrt(5)); the mask is its top-k |s|
+            init = torch.empty(w.shape, dtype=torch.float32)
+            nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=generator)
+            init = init.to(w.device)
+            top = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+            top[init.abs().flatten().topk(int(mask.sum())).indices] = True
+            mask = top.view(w.shape)
         self.scores = nn.Parameter(init)
         self.register_buffer("b_mask", mask.to(w.device).contiguous(), persistent=True)
         self.kept = int(mask.sum())
@@ -72,11 +83,19 @@ class ScoredLinear(_Scored, nn.Linear):
 class ScoredConv2d(_Scored, nn.Conv2d):
     """``nn.Conv2d`` (groups 1, zero padding) with ``b_mask`` and ``scores`` as in :class:`ScoredLinear`.
 
-    The convolution runs as a matmul over unfolded patches through ``masked_linear_scores`` (1x1 convs need
-    no unfolding), so the score gradient comes from the same op as for linear layers.
+    The forward is one ``F.conv2d`` with the weight ``W * (b_mask + s - stop_grad(s))``: its value is
+    ``W * b_mask``, and autograd gives the scores ``dL/dW' * W`` (the weight-gradient convolution times W,
+    over all entries) without unfolding the input, whose patches would take ``k*k`` times the activation
+    memory (tens of GB on ResNet-50). ``forward_unfold`` is the earlier unfold + matmul path through
+    ``ops.masked_linear_scores``, kept as the check of this one.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scores
+        w = self.weight * (self.b_mask.to(self.weight.dtype) + (s - s.detach()).to(self.weight.dtype))
+        return self._conv_forward(x, w, self.bias)
+
+    def forward_unfold(self, x: torch.Tensor) -> torch.Tensor:
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
@@ -113,13 +132,19 @@ def _module_name(weight_name: str) -> str:
 
 
 def score_layers(model: nn.Module, masks: Mapping[str, torch.Tensor], *, kept_score: float = KEPT_SCORE,
-                 pruned_score: float = PRUNED_SCORE) -> dict[str, nn.Module]:
+                 pruned_score: float = PRUNED_SCORE, score_init: str = "magnitude",
+                 generator: torch.Generator | None = None) -> dict[str, nn.Module]:
     """Turn the layers named in ``masks`` (weight names, e.g. ``"fc1.weight"``) into scored layers in place.
 
-    Scores start at ``kept_score`` where the mask keeps a weight and ``pruned_score`` elsewhere; ``b_mask``
-    starts as the mask. Every parameter of the model is frozen (``requires_grad=False``) except the new
-    scores; BN running statistics still update in train mode. Returns ``{weight name: scored layer}``.
+    ``score_init="magnitude"`` (lottery jackpots): scores start at ``kept_score`` where the mask keeps a weight
+    and ``pruned_score`` elsewhere; ``b_mask`` starts as the mask. ``"kaiming"`` (edge-popup): Kaiming-uniform
+    scores (``a = sqrt(5)``, drawn from ``generator``) and ``b_mask`` their top-k ``|s|`` per layer, with k the
+    mask's kept count (so the per-layer rates stay those of ``masks``). Every parameter of the model is frozen
+    (``requires_grad=False``) except the new scores; BN running statistics still update in train mode.
+    Returns ``{weight name: scored layer}``.
     """
+    if score_init not in SCORE_INITS:
+        raise ValueError(f"score_init: expected one of {', '.join(SCORE_INITS)}, got {score_init!r}")
     modules = dict(model.named_modules())
     out = {}
     for name, mask in masks.items():
@@ -132,7 +157,7 @@ def score_layers(model: nn.Module, masks: Mapping[str, torch.Tensor], *, kept_sc
             raise ValueError(f"masks: {name!r} is a grouped or non-zero-padded conv (groups={module.groups}, "
                              f"padding_mode={module.padding_mode!r}); exclude it from the search")
         module.__class__ = _SCORED[type(module)]
-        module._init_scores(mask, kept_score, pruned_score)
+        module._init_scores(mask, kept_score, pruned_score, score_init, generator)
         out[name] = module
     scores = {id(m.scores) for m in out.values()}
     for p in model.parameters():
@@ -158,5 +183,5 @@ def unscore_layers(model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
-__all__ = ["KEPT_SCORE", "PRUNED_SCORE", "ScoredConv2d", "ScoredLinear", "score_layers", "scored_layers",
+__all__ = ["KEPT_SCORE", "PRUNED_SCORE", "SCORE_INITS", "ScoredConv2d", "ScoredLinear", "score_layers", "scored_layers",
            "unscore_layers"]

@@ -13,7 +13,8 @@ on an evaluation set is within ``tolerance`` of it (relative), or when every cha
 The gate is applied with a temporary forward hook on the layer (the last affine module before the
 nonlinearity: the BN, else the Conv/Linear); ``fold_gate_`` then bakes ``D * alpha`` into that module's
 parameters (exact: scaling a BN output = scaling its gamma and beta), so unselected channels become exactly
-zero and ``nn.channel_prune`` removes them.
+zero and ``nn.channel_prune`` removes them. A layer whose channels all got selected is not folded: the
+reference restores the exact dense layer then (``set_alpha_to_init``; ``GfsLayerResult.full``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class GfsStep:
     acc: float
     candidates: list[int]
     losses: list[float]
+    eval_acc: float | None = None  # the evaluation-set top-1 after this step, where the stopping rule ran it
 
 
 @dataclass
@@ -49,6 +51,11 @@ class GfsLayerResult:
     @property
     def kept(self) -> int:
         return int(self.mask.sum())
+
+    @property
+    def full(self) -> bool:
+        """Every channel was selected: the reference then restores the dense layer (``set_alpha_to_init``)."""
+        return self.kept == self.alpha.numel()
 
 
 def _channels(mod: nn.Module) -> int:
@@ -77,7 +84,7 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
                  num_candidates: int = 50, target_acc: float | None = None, tolerance: float = 0.02,
                  converge_tolerance: float = 0.05, eval_fn: Callable[[], float] | None = None,
                  generator: torch.Generator | None = None, allow_repeats: bool = False,
-                 max_steps: int | None = None) -> GfsLayerResult:
+                 max_steps: int | None = None, gate_at: str | None = None) -> GfsLayerResult:
     """Greedy forward selection of the output channels of module ``name`` (model in eval mode while it runs).
 
     Args:
@@ -89,6 +96,8 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
         eval_fn: evaluation accuracy of the model as it is (the gate installed); default: the batch accuracy.
         allow_repeats: sample from all channels (the two-layer Frank-Wolfe form, a multiset) instead of the
             ones not selected yet.
+        gate_at: the module whose output the gate multiplies (default ``name``): the activation after the
+            layer when it is not positively homogeneous (ReLU6, as the reference gates MobileNetV2).
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates: expected >= 1, got {num_candidates}")
@@ -97,7 +106,7 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
     dev = next(model.parameters()).device
     alpha = torch.zeros(d, dtype=torch.float64)
     scale = torch.zeros(d, device=dev)
-    gate = _Gate(module, scale)
+    gate = _Gate(model.get_submodule(gate_at) if gate_at else module, scale)
     was = model.training
     model.eval()
     result = GfsLayerResult(name, alpha)
@@ -126,10 +135,11 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
             alpha[chosen] += eta
             selected.add(chosen)
             scale.copy_((d * alpha).to(scale))
-            result.steps.append(GfsStep(chosen, losses[best], accs[best], pool.tolist(), losses))
+            step = GfsStep(chosen, losses[best], accs[best], pool.tolist(), losses)
+            result.steps.append(step)
             if target_acc is not None and accs[best] >= (1 - converge_tolerance) * target_acc:
                 acc = eval_fn() if eval_fn is not None else accs[best]
-                result.eval_acc = acc
+                result.eval_acc = step.eval_acc = acc
                 if acc >= (1 - tolerance) * target_acc:
                     break
     finally:
@@ -151,4 +161,23 @@ def fold_gate_(model: nn.Module, name: str, alpha: torch.Tensor) -> None:
         module.bias.mul_(scale)
 
 
-__all__ = ["GfsLayerResult", "GfsStep", "fold_gate_", "select_layer"]
+@torch.no_grad()
+def fold_gate_after_act_(model: nn.Module, name: str, alpha: torch.Tensor, consumers: list[tuple[str, int]]) -> None:
+    """Bake a gate that sits *after* the activation of module ``name`` (a BN; the activation maps 0 to 0) into
+    the model: unselected channels get ``gamma = beta = 0`` (so the activation outputs exactly 0 there) and the
+    selected ones' scales ``D * alpha`` go into the input columns of the ``consumers`` (``(module, repeat)``:
+    the Conv2d (groups 1) / Linear layers reading the gated tensor, ``repeat`` positions per channel after a
+    flatten), which are linear in their input, so the model computes what it computed with the gate."""
+    module = model.get_submodule(name)
+    d = _channels(module)
+    scale = (d * alpha).to(module.weight)
+    module.weight[scale == 0] = 0
+    if getattr(module, "bias", None) is not None:
+        module.bias[scale == 0] = 0
+    for cname, repeat in consumers:
+        c = model.get_submodule(cname)
+        cols = scale.repeat_interleave(repeat).to(c.weight)
+        c.weight.mul_(cols.view(1, -1, *([1] * (c.weight.dim() - 2))))
+
+
+__all__ = ["GfsLayerResult", "GfsStep", "fold_gate_", "fold_gate_after_act_", "select_layer"]

@@ -24,6 +24,8 @@ CASES = {
     "conv6": [("conv6", {}, 1, 8)],
     "cifar_resnet_<6n+2>[_<width>]": [("cifar_resnet_20", {}, 1, 8), ("cifar_resnet_8_4", {}, 3, (8, 12))],
     "cifar_vgg_<11|13|16|19>": [("cifar_vgg_11", {}, 3, 16)],
+    "jackpot_resnet_<6n+2>": [("jackpot_resnet_8", {}, 1, 8)],
+    "jackpot_vgg_<11|13|16|19>": [("jackpot_vgg_11", {}, 3, 16)],
     "vit_tiny": [("vit_tiny", {"depth": 1}, 1, 8)],
     "vit_small": [("vit_small", {"depth": 1}, 3, 16)],
     "timm:<name>": [("timm:resnet18", {}, 1, 8), ("timm:vit_tiny_patch16_224", {"depth": 1}, 3, 32)],
@@ -70,6 +72,8 @@ def test_builds_and_runs(name, kwargs, in_chans, img_size):
     ("cifar_resnet_20", 3, 32, 272_474),
     ("cifar_resnet_56", 3, 32, 855_770),
     ("cifar_vgg_16", 3, 32, 14_728_266),
+    ("jackpot_resnet_32", 3, 32, 1_849_898),
+    ("jackpot_vgg_19", 3, 32, 20_035_018),
 ])
 def test_parameter_counts(name, in_chans, img_size, expected):
     assert n_params(create_model(name, num_classes=10, in_chans=in_chans, img_size=img_size)) == expected

@@ -1,4 +1,5 @@
-"""Plots of the structured-ticket workflows: the early-bird mask-distance heatmap and the GFS budget study."""
+"""Plots of the structured-ticket workflows: the early-bird mask-distance heatmap, the GFS curves and the GFS
+budget study."""
 
 from __future__ import annotations
 
@@ -53,9 +54,11 @@ def plot_mask_distance(path, matrices: Mapping[str, Sequence[Sequence[float]]], 
 
 
 def plot_budget(path, curves: Mapping[int, Sequence[tuple[int, float]]], thresholds: Mapping[int, int | None],
-                fit: Mapping | None, metric: str, eb_iterations: Mapping[int, int | None] | None = None) -> None:
+                fits: Mapping | None, metric: str, eb_iterations: Mapping[int, int | None] | None = None,
+                intervals: Mapping[int, tuple[int | None, int | None]] | None = None) -> None:
     """Left: subnetwork ``metric`` against pre-training iterations, one curve per training-set size m, the
-    threshold marked. Right: threshold against log m with the least-squares fit ``t = a + b ln m``."""
+    threshold marked. Right: threshold against log m (bootstrap intervals as error bars) with the fits of
+    ``fits`` (``{"log" | "linear" | "constant": fit}``, each labelled with its AIC)."""
     plt = _plt()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.5, 4.0))
     for m, pts in sorted(curves.items()):
@@ -71,11 +74,18 @@ def plot_budget(path, curves: Mapping[int, Sequence[tuple[int, float]]], thresho
     ax.set_title("subnetwork quality vs pre-training")
     ms = [m for m in sorted(thresholds) if thresholds[m] is not None]
     if ms:
-        bx.plot([math.log(m) for m in ms], [thresholds[m] for m in ms], "o", label="threshold")
-    if fit is not None:
-        lo, hi = math.log(min(ms)), math.log(max(ms))
-        bx.plot([lo, hi], [fit["a"] + fit["b"] * lo, fit["a"] + fit["b"] * hi], "-",
-                label=f"fit t = {fit['a']:.3g} + {fit['b']:.3g} ln m")
+        ys = [thresholds[m] for m in ms]
+        iv = [(intervals or {}).get(m) or (None, None) for m in ms]
+        err = [[y - (lo if lo is not None else y) for y, (lo, _) in zip(ys, iv)],
+               [(hi if hi is not None else y) - y for y, (_, hi) in zip(ys, iv)]]
+        bx.errorbar([math.log(m) for m in ms], ys, yerr=err, fmt="o", capsize=3, label="threshold (95 % CI)")
+        grid = [min(ms) + (max(ms) - min(ms)) * i / 40 for i in range(41)]
+        for kind, f in (fits or {}).items():
+            if f is None:
+                continue
+            x = {"log": [math.log(m) for m in grid], "linear": grid, "constant": [0.0] * len(grid)}[kind]
+            bx.plot([math.log(m) for m in grid], [f["a"] + f["b"] * v for v in x], "-", lw=1.0,
+                    label=f"{kind} fit (AIC {f['aic']:.1f})")
     if eb_iterations:
         pts = [(math.log(m), v) for m, v in sorted(eb_iterations.items()) if v is not None]
         if pts:
@@ -83,7 +93,44 @@ def plot_budget(path, curves: Mapping[int, Sequence[tuple[int, float]]], thresho
     bx.set_xlabel("ln m (training-set size)")
     bx.set_ylabel("pre-training iterations")
     bx.set_title("threshold vs data-set size")
-    bx.legend()
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_gfs(path, layers: Sequence[Mapping], tolerance: float, title: str = "") -> None:
+    """Left: per layer, the mini-batch loss (solid) and the stopping-rule accuracy where it was evaluated
+    (dots, right axis) against the number of channels selected, the stop marked by a vertical line and the
+    bar ``(1 - tolerance) * target`` dashed. Right: kept channels per layer beside the dense widths."""
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    acc_ax = ax.twinx()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, layer in enumerate(layers):
+        c = colors[i % len(colors)]
+        curve = layer.get("curve") or []
+        ks = [p["kept"] for p in curve]
+        ax.plot(ks, [p["loss"] for p in curve], color=c, lw=1.2, label=layer["layer"])
+        ev = [(p["kept"], p["eval_acc"]) for p in curve if p.get("eval_acc") is not None]
+        if ev:
+            acc_ax.plot(*zip(*ev), ls="none", marker="o", ms=3, color=c)
+        if layer.get("target_acc") is not None:
+            acc_ax.axhline((1 - tolerance) * layer["target_acc"], color=c, ls="--", lw=0.7)
+        if ks:
+            ax.axvline(layer["kept"], color=c, ls=":", lw=0.9)
+    ax.set(xlabel="channels selected", ylabel="mini-batch loss (lines)",
+           title="greedy curves (dotted: stop; dashed: (1 - tol) x target)")
+    acc_ax.set_ylabel("stopping-set top-1 (dots)")
+    ax.legend(fontsize=7, loc="upper right")
+    x = range(len(layers))
+    bx.bar([i - 0.2 for i in x], [layer["channels"] for layer in layers], 0.4, label="dense", color="lightgray")
+    bx.bar([i + 0.2 for i in x], [layer["kept"] for layer in layers], 0.4, label="kept", color="tab:blue")
+    bx.set_xticks(list(x), [layer["layer"] for layer in layers], rotation=45, ha="right", fontsize=7)
+    bx.set(ylabel="channels", title="kept channels per layer")
+    bx.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

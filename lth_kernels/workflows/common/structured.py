@@ -21,10 +21,36 @@ def build_data(hp: DatasetHparams, **kwargs):
     return open_dataset(hp, **kwargs)
 
 
+def plain_train_set(hp: DatasetHparams, train_ds):
+    """The training set without augmentation (for evaluations on training data): ``train_ds`` itself when it
+    is in memory (never augmented) or ``hp.augment`` is off, else the same set built with ``augment=False``."""
+    if getattr(train_ds, "tensors", None) is not None or not hp.augment:
+        return train_ds
+    return build_data(hp.replace(augment=False))[0]
+
+
 def build_model(hp: ModelHparams, info, seed: int) -> nn.Module:
     from lth_kernels.workflows.common.inputs import make_model
 
-    return make_model(hp, info, seed=seed)
+    model = make_model(hp, info, seed=seed)
+    return init_bn_(model, getattr(hp, "bn_init", "model"))
+
+
+@torch.no_grad()
+def init_bn_(model: nn.Module, kind: str) -> nn.Module:
+    """Re-initialise every affine BatchNorm of ``model`` in place: ``"0.5"`` (gamma 0.5, beta 0: the early-bird
+    reference's VGG / PreResNet), ``"uniform"`` (gamma ~ U[0, 1), beta 0: open_lth), ``"ones"`` (1, 0);
+    ``"model"`` leaves the builder's initialisation."""
+    fills = {"0.5": lambda w: w.fill_(0.5), "uniform": lambda w: w.uniform_(0.0, 1.0), "ones": lambda w: w.fill_(1.0)}
+    if kind == "model":
+        return model
+    if kind not in fills:
+        raise ValueError(f"bn_init: expected one of 0.5, uniform, ones, model, got {kind!r}")
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            fills[kind](m.weight)
+            m.bias.zero_()
+    return model
 
 
 def example_batch(ds, n: int = 2) -> torch.Tensor:
@@ -46,6 +72,58 @@ def subset(ds, m: int, seed: int = 0):
 
         return TensorImageDataset(t[0][idx].contiguous(), t[1][idx].contiguous())
     return torch.utils.data.Subset(ds, idx.tolist())
+
+
+def labels_of(ds) -> torch.Tensor:
+    """The class labels of a data set as one int64 tensor (in-memory tensors, ``targets`` of torchvision /
+    ImageFolder sets, ``Subset`` of either; otherwise read item by item)."""
+    if isinstance(ds, torch.utils.data.Subset):
+        return labels_of(ds.dataset)[torch.as_tensor(ds.indices, dtype=torch.long)]
+    t = getattr(ds, "tensors", None)
+    if t is not None:
+        return t[1].long()
+    targets = getattr(ds, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets, dtype=torch.long)
+    return torch.as_tensor([int(ds[i][1]) for i in range(len(ds))], dtype=torch.long)
+
+
+def balanced_subset(ds, n: int, seed: int = 0):
+    """``n`` examples spread evenly over the classes (seeded): each class's examples in a random order, taken
+    round-robin over the classes (so class counts differ by at most one while every class has examples
+    left). The stopping rule of GFS evaluates on this set; the first ``n`` in data-set order would cover only a
+    few classes of a class-sorted set such as ImageFolder."""
+    labels = labels_of(ds)
+    n = min(int(n), len(labels))
+    if n < 1:
+        raise ValueError(f"n: expected >= 1 examples, got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    per_class = [idx[torch.randperm(idx.numel(), generator=gen)]
+                 for idx in (torch.nonzero(labels == c).flatten() for c in labels.unique(sorted=True))]
+    rank = torch.cat([torch.arange(idx.numel()) for idx in per_class])
+    order = torch.cat(per_class)[torch.sort(rank, stable=True).indices]  # round k: the k-th of every class
+    idx = order[:n].sort().values
+    t = getattr(ds, "tensors", None)
+    if t is not None:
+        from lth_kernels.data.tensor import TensorImageDataset
+
+        return TensorImageDataset(t[0][idx].contiguous(), t[1][idx].contiguous())
+    return torch.utils.data.Subset(ds, idx.tolist())
+
+
+def no_decay_on_bn_and_bias(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Regroup ``optimizer`` in place (the same object, so whatever holds it keeps working): BN parameters
+    and biases get weight decay 0, the rest keeps the group's decay (``mobile2_finetune.py`` of greedy forward
+    selection does this for its final fine-tune)."""
+    bn = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for p in m.parameters()}
+    no_decay = {id(p) for name, p in model.named_parameters() if name.endswith("bias") or id(p) in bn}
+    (group,) = optimizer.param_groups  # a fresh optimizer of the trainer: one group
+    params = group.pop("params")
+    optimizer.param_groups.clear()
+    for chosen, extra in ((False, {}), (True, {"weight_decay": 0.0})):
+        members = [p for p in params if (id(p) in no_decay) == chosen]
+        if members:
+            optimizer.add_param_group({**group, **extra, "params": members})
 
 
 class ParamMaskCallback(Callback):

@@ -33,6 +33,10 @@ class EarlyBirdOptions(Hparams):
     mode: str = hfield("physical", "channel tickets: physical = narrower dense model, masked = zeroed channels",
                        choices=("physical", "masked"))
     retrain_penalty: bool = hfield(True, "keep the L1 penalty on during eb_train (as the reference does)")
+    baselines: tuple[str, ...] = hfield(help="Table 2 baselines at each ratio: lt_oneshot (magnitude-prune the "
+                                             "fully trained net, rewind to init, retrain masked), slimming (network "
+                                             "slimming: prune the fully trained net's channels, fine-tune)",
+                                        default_factory=lambda: ("lt_oneshot", "slimming"))
 
     def validate(self):
         for r in self.ratios:
@@ -50,9 +54,25 @@ class EarlyBirdOptions(Hparams):
             raise HparamsError("epsilon", f"must be in [0, 1], got {self.epsilon}")
         if self.penalty < 0:
             raise HparamsError("penalty", f"must be >= 0, got {self.penalty}")
+        bad_b = [v for v in self.baselines if v not in ("lt_oneshot", "slimming")]
+        if bad_b:
+            raise HparamsError("baselines", f"expected lt_oneshot and/or slimming, got {bad_b[0]!r}")
         bad = [v for v in self.retrain if v not in ("eb_train", "eb_reinit")]
         if bad:
             raise HparamsError("retrain", f"expected eb_train and/or eb_reinit, got {bad[0]!r}")
+
+
+BN_INITS = ("0.5", "uniform", "ones", "model")  # common.structured.init_bn_ applies them
+
+
+@dataclass(frozen=True)
+class EarlyBirdModelHparams(ModelHparams):
+    """Model architecture and the BN scale initialisation the slimming penalty starts from."""
+
+    bn_init: str = hfield("0.5", "BN scales at init: 0.5 (gamma = 0.5, beta = 0: the reference's VGG and "
+                                 "PreResNet), uniform (gamma ~ U[0, 1): open_lth's init; with the L1 penalty the "
+                                 "early gamma ranking then mostly reflects the draw), ones, model (the "
+                                 "builder's own)", choices=BN_INITS)
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,7 @@ class EarlyBirdHparams(Hparams):
     """lth early-bird: search for early-bird tickets, retrain them, report the savings."""
 
     dataset: DatasetHparams = hfield(default_factory=lambda: DatasetHparams(batch_size=64))
-    model: ModelHparams = hfield(default_factory=lambda: ModelHparams(name="mlp_bn_256_128"))
+    model: EarlyBirdModelHparams = hfield(default_factory=lambda: EarlyBirdModelHparams(name="mlp_bn_256_128"))
     training: TrainingHparams = hfield(default_factory=lambda: TrainingHparams(
         lr=0.1, weight_decay=1e-4, training_steps="40ep", milestone_steps="20ep,30ep", seed=0))
     early_bird: EarlyBirdOptions = hfield(default_factory=EarlyBirdOptions)

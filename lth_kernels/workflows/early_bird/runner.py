@@ -18,7 +18,7 @@ def run(hp: EarlyBirdHparams, root: str | Path = "runs", device=None) -> dict:
     from lth_kernels.workflows.common.plots import plot_mask_distance
     from lth_kernels.workflows.common.structured import build_data, example_batch
     from lth_kernels.workflows.early_bird.report import summary_table
-    from lth_kernels.workflows.early_bird.search import retrain_ticket, search
+    from lth_kernels.workflows.early_bird.search import baseline_rows, retrain_ticket, search
 
     train_ds, test_ds, info = build_data(hp.dataset)  # every input is checked before the run directory exists
     make_model(hp.model, info, meta=True)
@@ -29,6 +29,7 @@ def run(hp: EarlyBirdHparams, root: str | Path = "runs", device=None) -> dict:
     rows = []
     for r in hp.early_bird.ratios:
         rows += retrain_ticket(hp, out, r, found, train_ds, test_ds, info, example, device)
+        rows += baseline_rows(hp, out, r, found, train_ds, test_ds, info, example, device)
     summary = {"run_dir": str(out), "found": found, "rows": rows}
     if dist_utils.is_main_process():
         table = summary_table(rows)

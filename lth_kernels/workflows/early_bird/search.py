@@ -165,6 +165,20 @@ def _elapsed_at(metrics: list[dict], step: int) -> float | None:
     return best
 
 
+def zeroed_in_narrow(masks, record) -> dict[str, torch.Tensor]:
+    """The masks that still mask something in the narrow model of ``prune_channels``: a channel a residual
+    group keeps (another member needs it) but this member masks stays in the narrow model, zeroed in place;
+    ``{module: mask over the narrow model's channels}`` for those modules only."""
+    out = {}
+    for name, m in masks.items():
+        kept = record.kept.get(name)
+        if kept is not None:
+            narrow = m.bool()[torch.as_tensor(kept, dtype=torch.long)]
+            if not bool(narrow.all()):
+                out[name] = narrow
+    return out
+
+
 def retrain_ticket(hp, out: Path, ratio: str, found: dict, train_ds, test_ds, info, example, device=None) -> list[dict]:
     """Retrain one ratio's ticket in the requested variants; returns one table row per variant (+ the dense
     row for the first ratio)."""
@@ -201,7 +215,9 @@ def retrain_ticket(hp, out: Path, ratio: str, found: dict, train_ds, test_ds, in
             if eb.mode == "physical":
                 narrow, record = prune_channels(model, masks, example)
                 atomic_write_json(d / "channels.json", record.to_dict())
-                return narrow, []
+                tied = zeroed_in_narrow(masks, record)
+                # channels a residual add keeps were zeroed in place: keep them zero, or they regrow
+                return narrow, [ParamMaskCallback(narrow, channel_param_masks(narrow, tied))] if tied else []
             mask_channels_(model, masks)
             return model, [ParamMaskCallback(model, channel_param_masks(model, masks))]
         pmasks = dict(ticket.items())
@@ -226,4 +242,64 @@ def retrain_ticket(hp, out: Path, ratio: str, found: dict, train_ds, test_ds, in
                      "eb_epoch": epoch, **cost, "train_flops": train_flops,
                      "wall_s": (search_time or 0.0) + (retrain_time or 0.0),
                      "test_acc": res.metrics.get("test_acc"), "sparsity": ticket.sparsity})
+    return rows
+
+
+def baseline_rows(hp, out: Path, ratio: str, found: dict, train_ds, test_ds, info, example, device=None) -> list[dict]:
+    """The paper's Table 2 baselines at ``ratio``, from the fully trained dense network of the search run
+    (its last weights; the baselines need ``full_dense``), with their total training FLOPs (dense training
+    included):
+
+    * ``lt_oneshot``: one-shot lottery ticket: the global magnitude mask removing ``ratio`` of the weights,
+      the weights rewound to the initialisation, retrained masked for the whole schedule (dense compute);
+    * ``slimming`` (Liu et al., network slimming): the BN-scale channel mask of the trained network, pruned
+      physically (or masked, ``mode``), fine-tuned from the trained weights for the whole schedule without
+      the penalty.
+    """
+    from lth_kernels.nn.channel_prune import channel_param_masks, mask_channels_, prune_channels
+    from lth_kernels.training.checkpoint import load_step
+    from lth_kernels.workflows.common.structured import ParamMaskCallback, build_model, model_cost
+    from lth_kernels.workflows.early_bird.hparams import pct
+
+    eb, tr = hp.early_bird, hp.training
+    if not eb.baselines:
+        return []
+    key, total, batch = pct(ratio), found["total_steps"], hp.dataset.batch_size
+    if found["stopped_at"] != total:
+        return [{"method": f"{b} (needs --early_bird.full_dense true)", "ratio": key} for b in eb.baselines]
+    dense = build_model(hp.model, info, tr.seed)
+    dense_cost = model_cost(dense, example)
+    dense_train = 3 * dense_cost["flops"] * batch * total
+    trained = build_model(hp.model, info, tr.seed)
+    load_step(out / "search", total, trained)
+    rows = []
+    for method in eb.baselines:
+        d = out / f"eb_{key}" / method
+        if method == "lt_oneshot":
+            ticket = magnitude_masks(trained, float(ratio), exclude=eb.exclude)
+            model = build_model(hp.model, info, tr.seed)  # rewound to the initialisation
+            callbacks = [ParamMaskCallback(model, dict(ticket.items()))]
+            cost = {"params": int(ticket.num_kept + dense_cost["params"] - ticket.num_total), "flops": None}
+            flops = dense_cost["flops"]
+        else:
+            masks = module_masks(bn_scale_masks(trained, float(ratio), exclude=eb.exclude))
+            model = build_model(hp.model, info, tr.seed)
+            load_step(out / "search", total, model)
+            if eb.mode == "physical":
+                model, record = prune_channels(model, masks, example)
+                tied = zeroed_in_narrow(masks, record)
+                callbacks = [ParamMaskCallback(model, channel_param_masks(model, tied))] if tied else []
+            else:
+                mask_channels_(model, masks)
+                callbacks = [ParamMaskCallback(model, channel_param_masks(model, masks))]
+            cost = model_cost(model, example)
+            flops = cost["flops"]
+        trainer = Trainer(model, train_ds, test_ds, tr, batch_size=batch, out_dir=d, callbacks=callbacks,
+                          device=device)
+        res = trainer.train()
+        wall = _elapsed_at(read_metrics(out / "search" / "metrics.jsonl"), total) or 0.0
+        rows.append({"method": "LT (one-shot magnitude)" if method == "lt_oneshot" else "network slimming",
+                     "ratio": key, "eb_epoch": "-", **cost, "train_flops": dense_train + 3 * flops * batch * total,
+                     "wall_s": wall + (_elapsed_at(read_metrics(d / "metrics.jsonl"), total) or 0.0),
+                     "test_acc": res.metrics.get("test_acc")})
     return rows

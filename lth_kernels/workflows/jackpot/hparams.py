@@ -19,6 +19,9 @@ _RULES = ("restricted", "edge_popup", "random_swap")  # search.RULES, kept torch
 _CRITERIA = ("magnitude", "snip", "grasp", "synflow", "random")
 
 
+_INITS = ("magnitude", "kaiming")  # nn.scored.SCORE_INITS, kept torch-free for --help
+
+
 @dataclass(frozen=True)
 class SourceHparams(Hparams):
     """Where the frozen weights come from."""
@@ -44,11 +47,20 @@ class SearchHparams(Hparams):
     baselines: tuple[str, ...] = hfield(help="other rules searched for comparison, comma separated",
                                         default_factory=lambda: ("edge_popup", "random_swap"))
     pruned_score: float = hfield(0.99, "initial score of magnitude-pruned weights (kept ones start at 1.0)")
+    score_init: tuple[str, ...] = hfield(help="score initialisations of the main rule, comma separated: magnitude "
+                                              "(1.0 / pruned_score on the magnitude mask) and/or kaiming "
+                                              "(Kaiming-uniform, mask = per-layer top-k |s|); two compare the "
+                                              "search cost in one run",
+                                         default_factory=lambda: ("magnitude",))
+    edge_popup_init: str = hfield("kaiming", "score initialisation of the edge_popup baseline (Ramanujan et al.: "
+                                             "kaiming)", choices=_INITS)
     exclude: tuple[str, ...] = hfield(help="weights not searched (kept dense), globs; the classifier always is",
                                       default_factory=tuple)
     criteria: tuple[str, ...] = hfield(help="pruning criteria whose masks are compared with the searched one",
                                        default_factory=lambda: _CRITERIA)
     batch_size: int = hfield(0, "search and fine-tuning batch size (0: --dataset.batch_size)")
+    bn_recalibration_batches: int = hfield(50, "training batches that re-estimate the BN statistics before the "
+                                               "magnitude mask without search is evaluated (0: none)")
     finetune: bool = hfield(False, "after the search, train the weights with the mask frozen (finetune group)")
     seed: int = hfield(0, "seed of the model initialisation and the random baselines")
 
@@ -66,6 +78,10 @@ class SearchHparams(Hparams):
             if b not in _RULES or b == self.rule:
                 raise HparamsError("baselines", f"expected rules other than --search.rule among "
                                                 f"{', '.join(_RULES)}, got {b!r}")
+        if not self.score_init or any(i not in _INITS for i in self.score_init) or \
+                len(set(self.score_init)) != len(self.score_init):
+            raise HparamsError("score_init", f"expected distinct values among {', '.join(_INITS)}, got "
+                                             f"{','.join(self.score_init)!r}")
         for c in self.criteria:
             if c not in _CRITERIA:
                 raise HparamsError("criteria", f"expected some of {', '.join(_CRITERIA)}, got {c!r}")

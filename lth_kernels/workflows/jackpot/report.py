@@ -11,17 +11,31 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+def epochs_to(curve, level: float) -> int | None:
+    """The first search epoch whose test accuracy reaches ``level`` (None if none does): the search cost."""
+    return next((ep for ep, acc in curve if acc >= level), None)
+
+
 def table(summary: dict) -> str:
-    """Markdown: per sparsity, the accuracy of dense / magnitude mask / each searched rule, swaps, overlaps."""
+    """Markdown: per sparsity, the accuracy of dense / magnitude mask / each searched rule, swaps, overlaps,
+    and the search cost (epochs until 99 % of the best final accuracy of the sparsity's searches)."""
     lines = [f"# lottery jackpots: {summary['model']} on {summary['dataset']}", "",
              f"weights: {summary['source']}; dense test accuracy {_pct(summary['dense_acc'])} %", "",
-             "| sparsity | rule | test acc % | magnitude mask, no search % | swaps, first / last epoch | "
-             "IoU with magnitude init |", "|---|---|---|---|---|---|"]
+             "The magnitude mask without search is evaluated after re-estimating the BN running statistics on "
+             "training batches (in brackets: with the pre-trained statistics).", "",
+             "| sparsity | rule (@ score init) | test acc % | magnitude mask, no search % | epochs to 99 % of best | "
+             "swaps, first / last epoch | IoU with magnitude init |", "|---|---|---|---|---|---|---|"]
     for s, e in summary["sparsities"].items():
+        mag = e.get("magnitude_acc")
+        mag = f"{_pct(mag.get('acc'))} ({_pct(mag.get('acc_no_recalibration'))})" if isinstance(mag, dict) else \
+            _pct(mag)
+        best = max(r["acc"] for r in e["rules"].values())
         for rule, r in e["rules"].items():
             sw = r["swaps"]
             swaps = f"{sw[0]['swaps']} / {sw[-1]['swaps']}" if sw else "-"
-            lines.append(f"| {s} | {rule} | {_pct(r['acc'])} | {_pct(e.get('magnitude_acc'))} | {swaps} | "
+            cost = epochs_to([(ep, a) for ep, a in r["curve"] if ep > 0], 0.99 * best)
+            cost = "-" if cost is None else f"{cost:g}"
+            lines.append(f"| {s} | {rule} | {_pct(r['acc'])} | {mag} | {cost} | {swaps} | "
                          f"{r['overlap_with_magnitude_init']:.3f} |")
         if "finetuned_acc" in e:
             first = next(iter(e["rules"]))

@@ -89,9 +89,10 @@ def restricted_swap(scores: torch.Tensor, mask: torch.Tensor, rho: float) -> int
 
 @torch.no_grad()
 def top_k_update(scores: torch.Tensor, mask: torch.Tensor) -> int:
-    """Edge-popup: ``mask`` (changed in place) becomes the top-k of ``scores`` with k its kept count, ties at
+    """Edge-popup: ``mask`` (changed in place) becomes the top-k of ``|scores|`` (Ramanujan et al. rank the
+    absolute scores; the magnitude init is positive, so it is the same there) with k its kept count, ties at
     the threshold going to weights that are kept now; returns the number of newly kept weights."""
-    s, m = scores.detach().reshape(-1), mask.view(-1)
+    s, m = scores.detach().reshape(-1).abs(), mask.view(-1)
     kept = int(m.sum())
     if kept in (0, m.numel()):
         return 0
@@ -216,10 +217,13 @@ def initial_ticket(model: nn.Module, sparsity: float, layerwise: str = "l1", exc
 def run_search(model: nn.Module, ticket: Mapping[str, torch.Tensor], train_ds, test_ds, training, *,
                batch_size: int, rule: str = "restricted", rho: float = 1.0, rho_schedule: str = "constant",
                pruned_score: float = PRUNED_SCORE, seed: int = 0, out_dir=None, device=None, callbacks=(),
-               progress: bool = True):
+               progress: bool = True, score_init: str = "magnitude"):
     """Score the layers of ``ticket`` in ``model`` (in place) and search their masks with ``rule`` for
-    ``training.training_steps``; only the scores train. Returns ``(TrainResult, SwapCallback, Trainer)``."""
-    layers = score_layers(model, ticket, pruned_score=pruned_score)
+    ``training.training_steps``; only the scores train. ``score_init``: ``magnitude`` (1.0 / ``pruned_score``
+    on the ticket) or ``kaiming`` (Kaiming-uniform scores, the mask their per-layer top-k, edge-popup's init).
+    Returns ``(TrainResult, SwapCallback, Trainer)``."""
+    layers = score_layers(model, ticket, pruned_score=pruned_score, score_init=score_init,
+                          generator=torch.Generator().manual_seed(seed))
     swaps = SwapCallback(layers, rule, rho, rho_schedule, seed)
     trainer = Trainer(model, train_ds, test_ds, training, batch_size=batch_size, out_dir=out_dir, device=device,
                       callbacks=[swaps, *callbacks], mask_mode="off", progress=progress)

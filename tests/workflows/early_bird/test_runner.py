@@ -153,6 +153,26 @@ def test_workflow_end_to_end_channel(tmp_path, capsys):
         assert (d / "ticket.safetensors").exists() and (d / "channels.json").exists()
         assert r["params"] < summary["rows"][0]["params"] and 0 <= r["test_acc"] <= 1
     assert "EB train" in (out / "table.md").read_text()
+    # Table 2 baselines from the fully trained dense net, with their training FLOPs (dense training included)
+    dense = summary["rows"][0]
+    for ratio in ("30", "50", "70"):
+        lt = next(r for r in summary["rows"] if r["method"] == "LT (one-shot magnitude)" and r["ratio"] == ratio)
+        ns = next(r for r in summary["rows"] if r["method"] == "network slimming" and r["ratio"] == ratio)
+        assert lt["train_flops"] == 2 * dense["train_flops"]  # dense training + a masked (dense-cost) retrain
+        assert dense["train_flops"] < ns["train_flops"] < 2 * dense["train_flops"] and ns["params"] < dense["params"]
+        assert 0 <= lt["test_acc"] <= 1 and 0 <= ns["test_acc"] <= 1
+    from lth_kernels.models import create_model as _cm
+    from lth_kernels.training.checkpoint import load_step
+    from lth_kernels.workflows.early_bird.search import magnitude_masks as _mm
+
+    trained = _cm("mlp_bn_16", num_classes=10, in_chans=1, img_size=(8, 8))
+    total = summary["found"]["total_steps"]
+    load_step(out / "search", total, trained)
+    lt_final = _cm("mlp_bn_16", num_classes=10, in_chans=1, img_size=(8, 8))
+    load_step(out / "eb_50" / "lt_oneshot", total, lt_final)
+    for name, m in _mm(trained, 0.5).items():  # the one-shot magnitude mask of the trained net stayed applied
+        assert torch.all(lt_final.get_parameter(name)[~m] == 0)
+    assert "network slimming" in (out / "table.md").read_text()
     # A rerun resumes everything from disk (nothing retrained) and gives the same table.
     again = run(hp, tmp_path)
     assert [r.get("test_acc") for r in again["rows"]] == [r.get("test_acc") for r in summary["rows"]]
@@ -181,3 +201,56 @@ def test_workflow_unstructured_masked_cli(tmp_path, capsys):
     w = weights["fc_layers.0.weight"]
     assert torch.all(w[~ticket["fc_layers.0.weight"]] == 0)
     assert "EB train" in capsys.readouterr().out
+
+
+def test_bn_init_options_and_presets():
+    from lth_kernels.data import create_dataset
+    from lth_kernels.training.hparams import presets
+    from lth_kernels.workflows.common.structured import build_model
+    from lth_kernels.workflows.early_bird.hparams import EarlyBirdModelHparams
+
+    info = create_dataset("digits")[2]
+    half = build_model(EarlyBirdModelHparams(name="mlp_bn_16", bn_init="0.5"), info, 0)
+    (bn,) = [m for _, m in bn_layers(half)]
+    assert torch.equal(bn.weight, torch.full((16,), 0.5)) and not bn.bias.any()
+    ones = build_model(EarlyBirdModelHparams(name="mlp_bn_16", bn_init="ones"), info, 0)
+    assert torch.equal(bn_layers(ones)[0][1].weight, torch.ones(16))
+    uni = build_model(EarlyBirdModelHparams(name="mlp_bn_16", bn_init="uniform"), info, 0)
+    uni = bn_layers(uni)[0][1].weight.detach()
+    assert 0 <= float(uni.min()) < float(uni.max()) < 1
+    own = build_model(EarlyBirdModelHparams(name="mlp_bn_16", bn_init="model"), info, 0)
+    torch.manual_seed(0)  # the seeding build_model does
+    ref = create_model("mlp_bn_16", num_classes=10, in_chans=1, img_size=(8, 8))
+    assert torch.equal(bn_layers(own)[0][1].weight, bn_layers(ref)[0][1].weight)  # open_lth's U[0, 1) draw
+    assert EarlyBirdHparams().model.bn_init == "0.5"
+    for name, overrides in presets("early-bird").items():
+        assert EarlyBirdHparams().with_overrides(overrides).model.bn_init == "0.5", name
+
+
+def test_physical_mode_keeps_residual_tied_channels_zero():
+    """A channel one residual branch masks but the group keeps survives in the narrow model, zeroed: it must
+    stay zero while retraining (the mask callback stays on)."""
+    from lth_kernels.data import create_dataset
+    from lth_kernels.nn.channel_prune import channel_param_masks, prune_channels
+    from lth_kernels.training.hparams import TrainingHparams
+    from lth_kernels.training.trainer import Trainer
+    from lth_kernels.workflows.common.structured import ParamMaskCallback
+    from lth_kernels.workflows.early_bird.search import zeroed_in_narrow
+
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet_8_4", num_classes=10, in_chans=1, img_size=(8, 8))
+    masks = {name: torch.ones(m.num_features, dtype=torch.bool) for name, m in bn_layers(model)}
+    masks["blocks.0.bn2"][1] = False  # the residual stream (bn, blocks.0.bn2) keeps channel 1 through bn
+    masks["blocks.0.bn1"][2] = False  # an inner channel: removed physically
+    narrow, record = prune_channels(model, masks, torch.randn(2, 1, 8, 8))
+    assert record.after["blocks.0.bn1"] == 3 and record.after["blocks.0.bn2"] == 4
+    tied = zeroed_in_narrow(masks, record)
+    assert set(tied) == {"blocks.0.bn2"} and tied["blocks.0.bn2"].tolist() == [True, False, True, True]
+    bn2 = narrow.get_submodule("blocks.0.bn2")
+    assert float(bn2.weight[1]) == 0.0 and float(bn2.bias[1]) == 0.0
+    train, test, _ = create_dataset("digits")
+    cb = ParamMaskCallback(narrow, channel_param_masks(narrow, tied))
+    Trainer(narrow, train, test, TrainingHparams(training_steps="5it", lr=0.1, weight_decay=1e-4, eval_every="0it"),
+            batch_size=32, callbacks=[cb], progress=False, eval_at_start=False).train()
+    assert float(bn2.weight[1]) == 0.0 and float(bn2.bias[1]) == 0.0
+    assert bool((bn2.weight[[0, 2, 3]] != 0).all())

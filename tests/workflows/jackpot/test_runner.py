@@ -96,8 +96,76 @@ def test_ste_gradient_conv_equals_dyx_times_w(kw):
     xp, padding = (F.pad(x, conv._reversed_padding_repeated_twice), 0) if same else (x, conv.padding)
     dw = torch.nn.grad.conv2d_weight(xp, conv.weight.shape, g, conv.stride, padding, conv.dilation)
     torch.testing.assert_close(conv.scores.grad, (dw * conv.weight).float())
+    # the F.conv2d + STE path against the unfold + matmul path it replaced: outputs and all gradients
+    ste_grad = conv.scores.grad.clone()
+    conv.scores.grad = None
+    xu = x.clone().requires_grad_(True)
+    xc = x.clone().requires_grad_(True)
+    yu = conv.forward_unfold(xu)
+    torch.testing.assert_close(yu, y)
+    (yu * g).sum().backward()
+    torch.testing.assert_close(conv.scores.grad, ste_grad)
+    (conv(xc) * g).sum().backward()
+    torch.testing.assert_close(xc.grad, xu.grad)
     masks = unscore_layers(model)
     assert type(conv) is nn.Conv2d and torch.equal(masks["0.weight"], mask) and not hasattr(conv, "scores")
+
+
+def test_kaiming_score_init_is_edge_popups():
+    """Kaiming-uniform scores (a = sqrt(5)), the mask their per-layer top-k |s| at the ticket's kept counts."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    mask = torch.rand(5, 6) < 0.3
+    (layer,) = score_layers(model, {"0.weight": mask}, score_init="kaiming",
+                            generator=torch.Generator().manual_seed(4)).values()
+    expected = torch.empty(5, 6)
+    nn.init.kaiming_uniform_(expected, a=5 ** 0.5, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(layer.scores.data, expected)
+    bound = 1 / 6 ** 0.5  # gain sqrt(2 / (1 + 5)) * sqrt(3 / fan_in)
+    scores = layer.scores.detach()
+    assert float(scores.abs().max()) <= bound and float(scores.min()) < 0
+    k = int(mask.sum())
+    assert int(layer.b_mask.sum()) == k
+    assert float(scores.abs()[layer.b_mask].min()) >= float(scores.abs()[~layer.b_mask].max())
+    assert top_k_update(layer.scores, layer.b_mask) == 0  # edge-popup ranks |s|: already its top-k
+    mag = score_layers(nn.Sequential(nn.Linear(6, 5)), {"0.weight": mask})["0.weight"]
+    torch.testing.assert_close(mag.scores.detach(), torch.where(mask, 1.0, 0.99))
+    assert torch.equal(mag.b_mask, mask)
+    with pytest.raises(ValueError, match="score_init"):
+        score_layers(nn.Sequential(nn.Linear(6, 5)), {"0.weight": mask}, score_init="normal")
+
+
+def test_bn_recalibration_matches_the_batch_statistics():
+    from lth_kernels.data.tensor import TensorImageDataset
+    from lth_kernels.workflows.jackpot.runner import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    ds = TensorImageDataset(torch.randn(32, 4, 1, 1), torch.arange(32) % 2)
+    w = model[1].weight.clone()
+    with torch.no_grad():
+        model[2].running_mean.fill_(5.0)  # stale statistics, e.g. of the dense network
+    assert recalibrate_bn(model, ds, batches=10, batch_size=32, device="cpu") == 1  # one batch: the whole set
+    h = model[1](ds.tensors[0].flatten(1)).detach()
+    torch.testing.assert_close(model[2].running_mean, h.mean(0))
+    torch.testing.assert_close(model[2].running_var, h.var(0))  # unbiased, as BN keeps it
+    assert torch.equal(model[1].weight, w) and not model.training and model[2].momentum == 0.1
+    assert recalibrate_bn(nn.Sequential(nn.Linear(4, 2)), ds, batches=3, batch_size=8, device="cpu") == 0
+
+
+def test_score_init_labels_and_validation():
+    from lth_kernels.training.hparams import HparamsError
+    from lth_kernels.workflows.jackpot.hparams import SearchHparams
+    from lth_kernels.workflows.jackpot.runner import search_label
+
+    assert search_label("restricted", "magnitude", "magnitude") == "restricted"
+    assert search_label("restricted", "kaiming", "magnitude") == "restricted@kaiming"
+    assert search_label("edge_popup", "kaiming", "kaiming") == "edge_popup"
+    assert SearchHparams().edge_popup_init == "kaiming" and SearchHparams().score_init == ("magnitude",)
+    with pytest.raises(HparamsError, match="score_init"):
+        SearchHparams(score_init=("magnitude", "magnitude"))
+    with pytest.raises(HparamsError, match="score_init"):
+        SearchHparams(score_init=("ones",))
 
 
 def test_score_layers_rejects_bad_input():
@@ -181,7 +249,7 @@ def test_trained_weights_beat_random_weights_and_outputs(tmp_path, digits):
     t, r = trained["sparsities"]["0.9"], random["sparsities"]["0.9"]
     assert random["source"] == "random" and trained["source"].startswith("trained:")
     assert t["rules"]["restricted"]["acc"] > r["rules"]["restricted"]["acc"] + 0.02
-    assert t["rules"]["restricted"]["acc"] > t["magnitude_acc"]
+    assert t["rules"]["restricted"]["acc"] > t["magnitude_acc"]["acc"]
     assert len(t["rules"]["restricted"]["swaps"]) == 4 and 0 < t["overlap"]["magnitude"] < 1
 
     # the saved ticket + weights reproduce the searched network's accuracy
@@ -209,6 +277,20 @@ def test_trained_weights_beat_random_weights_and_outputs(tmp_path, digits):
     assert resolve_weights(run_dir / "pretrain").name.startswith("step_")
 
 
+def test_both_score_inits_in_one_run(tmp_path):
+    hp = JackpotHparams().with_overrides({
+        "pretrain.training_steps": "2ep", "search_training.training_steps": "2ep", "search.criteria": ["magnitude"],
+        "search.baselines": ["edge_popup"], "search.score_init": ["magnitude", "kaiming"]})
+    e = run(hp, tmp_path, device="cpu", progress=False)["sparsities"]["0.9"]
+    assert list(e["rules"]) == ["restricted", "restricted@kaiming", "edge_popup"]
+    assert [r["score_init"] for r in e["rules"].values()] == ["magnitude", "kaiming", "kaiming"]
+    assert e["rules"]["restricted"]["overlap_with_magnitude_init"] > e["rules"]["restricted@kaiming"][
+        "overlap_with_magnitude_init"]
+    assert set(e["magnitude_acc"]) == {"acc", "acc_no_recalibration", "recalibration_batches"}
+    table = (tmp_path / f"jackpot-{hp.hashname()}" / "table.md").read_text()
+    assert "restricted@kaiming" in table and "epochs to 99 % of best" in table and "BN running statistics" in table
+
+
 def test_cli_presets_and_flags(tmp_path):
     for name in presets("jackpot"):
         hp, _ = parse_cli(JackpotHparams, ["--preset", name], workflow="jackpot")
@@ -222,3 +304,38 @@ def test_cli_presets_and_flags(tmp_path):
                  str(tmp_path / "none")]) == 2  # missing data: a one-line error, no traceback
     with pytest.raises(FileNotFoundError, match="--source.weights"):
         resolve_weights(tmp_path / "missing")
+
+
+def test_reference_cifar_networks():
+    """ResNet-32 with 32/64/128 filters and option-A shortcuts; VGG-19 with a 1x1-conv classifier."""
+    from lth_kernels.models import create_model
+    from lth_kernels.models.jackpot_cifar import BlockA
+    from lth_kernels.nn.channel_prune import count_parameters
+
+    r32 = create_model("jackpot_resnet_32", num_classes=10, in_chans=3, img_size=32)
+    convs = [m for m in r32.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 30 + 1 and all(c.kernel_size == (3, 3) for c in convs[:-1])  # no 1x1 shortcuts
+    assert sorted({c.out_channels for c in convs[:-1]}) == [32, 64, 128]
+    # 3x3 convs (no bias) + BN (2 per channel) + the 1x1-conv classifier with bias, counted by hand
+    by_hand = 3 * 32 * 9 + 2 * 32 + sum(5 * (c * c * 9 * 2 + 4 * c) for c in (32, 64, 128)) \
+        - (64 * 64 * 9 - 32 * 64 * 9) - (128 * 128 * 9 - 64 * 128 * 9) + 128 * 10 + 10
+    assert count_parameters(r32) == by_hand == 1849898
+    block = BlockA(4, 8, stride=2)
+    x = torch.randn(2, 4, 6, 6)
+    sc = block.shortcut(x)  # subsample, then two zero channels either side
+    assert sc.shape == (2, 8, 3, 3) and torch.equal(sc[:, 2:6], x[:, :, ::2, ::2])
+    assert not sc[:, :2].any() and not sc[:, 6:].any()
+    assert classifier_name(r32) == "fc.weight" and "fc.weight" not in search_names_of(r32)
+    vgg = create_model("jackpot_vgg_19", num_classes=100, in_chans=3, img_size=32)
+    assert count_parameters(vgg) == 20081188 and isinstance(vgg.classifier, nn.Conv2d)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in vgg.modules()) == 5
+    assert vgg(torch.randn(1, 3, 32, 32)).shape == (1, 100)
+    for name in ("jackpot_resnet_32-cifar100", "jackpot_vgg_19-cifar100", "jackpot_resnet_32-cifar10"):
+        hp, _ = parse_cli(JackpotHparams, ["--preset", name], workflow="jackpot")
+        assert hp.model.name == name.split("-")[0] and hp.dataset.name == name.split("-")[1]
+
+
+def search_names_of(model):
+    from lth_kernels.workflows.jackpot.search import search_names
+
+    return search_names(model)
