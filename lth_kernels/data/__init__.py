@@ -4,6 +4,7 @@ returns ``(train_ds, test_ds, DatasetInfo)``; items are ``(float image [C, H, W]
 Names: ``digits`` (embedded default, scikit-learn's 8x8 digits), ``synthetic``, ``mnist``, ``cifar10``,
 ``cifar100``, ``imagefolder``. In-memory data sets (``digits``, ``synthetic``) are ``TensorImageDataset``s whose
 ``.tensors = (images, labels)`` can be indexed directly for batching.
+``hold_out(train, test, size, seed)`` cuts a seeded, class-balanced validation set out of a training split.
 """
 
 from lth_kernels.data import embedded, vision  # noqa: F401  (register the data sets)
@@ -14,7 +15,8 @@ from lth_kernels.data._registry import (
     register_dataset,
     resolve_data_dir,
 )
+from lth_kernels.data.split import hold_out, validation_indices
 from lth_kernels.data.tensor import TensorImageDataset
 
-__all__ = ["DatasetInfo", "TensorImageDataset", "create_dataset", "dataset_names", "register_dataset",
-           "resolve_data_dir"]
+__all__ = ["DatasetInfo", "TensorImageDataset", "create_dataset", "dataset_names", "hold_out", "register_dataset",
+           "resolve_data_dir", "validation_indices"]

@@ -94,7 +94,7 @@ def _tensors(ds):
 
 
 class Trainer:
-    """Train ``model`` on ``train_ds``, evaluating top-1 accuracy and loss on ``test_ds``.
+    """Train ``model`` on ``train_ds``, evaluating top-1 accuracy and loss on ``test_ds`` (and ``val_ds``).
 
     Args:
         model: an ``nn.Module`` returning logits ``[B, C]``; moved to ``device``; DDP-wrapped under torchrun.
@@ -113,13 +113,15 @@ class Trainer:
             float targets, as mixup makes them, are taken as they are: they carry their own smoothing).
         batch_augment: ``(x, y, step) -> (x, y)`` applied to each training batch on the device before the
             forward pass, e.g. ``augment.BatchAugment`` (mixup, cutmix, random erasing).
+        val_ds: a validation set (a hold-out of the training split) evaluated with the test set: its
+            ``val_loss`` / ``val_acc`` select models without looking at the test set.
     """
 
     def __init__(self, model: nn.Module, train_ds, test_ds, training: TrainingHparams, *, batch_size: int,
                  out_dir: str | Path | None = None, device: str | torch.device | None = None,
                  save_steps=(), callbacks=(), mask_mode: str = "auto", eval_batch_size: int | None = None,
                  num_workers: int = 0, eval_at_start: bool = True, loss_fn=None, progress: bool = True,
-                 batch_augment=None):
+                 batch_augment=None, val_ds=None):
         self.hp = training
         self.device = torch.device(device) if device is not None else (
             torch.device(f"cuda:{dist_utils.local_rank()}") if torch.cuda.is_available() else torch.device("cpu"))
@@ -127,7 +129,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.model = model.to(self.device)
         self.ddp_model = dist_utils.wrap_ddp(self.model, self.device)
-        self.train_ds, self.test_ds = train_ds, test_ds
+        self.train_ds, self.test_ds, self.val_ds = train_ds, test_ds, val_ds
         self.sampler = EpochSampler(len(train_ds), batch_size, training.data_order_seed, self.rank, self.world_size)
         self.steps_per_epoch = self.sampler.num_batches
         self.total_steps = self.to_step(training.training_steps, "--training.training_steps")
@@ -153,6 +155,7 @@ class Trainer:
         self._stop = False
         self._train_tensors = self._on_device(train_ds)
         self._test_tensors = self._on_device(test_ds)
+        self._val_tensors = self._on_device(val_ds) if val_ds is not None else None
 
     # ---------------------------------------------------------------------------------------------- setup
     def to_step(self, value: str | int | Step, flag: str = "step") -> int:
@@ -198,27 +201,36 @@ class Trainer:
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def _test_batches(self):
-        if self._test_tensors is not None:
-            x_all, y_all = self._test_tensors
+    def _eval_batches(self, ds, tensors):
+        if tensors is not None:
+            x_all, y_all = tensors
             idx = torch.arange(self.rank, len(y_all), self.world_size, device=self.device)
             for chunk in idx.split(self.eval_batch_size):
                 yield x_all[chunk], y_all[chunk]
             return
-        subset = torch.utils.data.Subset(self.test_ds, range(self.rank, len(self.test_ds), self.world_size))
+        subset = torch.utils.data.Subset(ds, range(self.rank, len(ds), self.world_size))
+        # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise, and the
+        # training augmentation would then depend on how often the model is evaluated.
         loader = torch.utils.data.DataLoader(subset, batch_size=self.eval_batch_size, shuffle=False,
-                                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+                                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                                             generator=torch.Generator())
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     # ---------------------------------------------------------------------------------------------- eval
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Test loss (plain cross entropy, mean) and top-1 accuracy over the whole test set (all ranks)."""
+    def evaluate(self, split: str = "test") -> dict:
+        """Loss (plain cross entropy, mean) and top-1 accuracy over the whole ``split`` set, ``"test"`` or
+        ``"val"`` (all ranks): ``{"<split>_loss", "<split>_acc", "<split>_n"}``."""
+        if split not in ("test", "val"):
+            raise ValueError(f"split: expected 'test' or 'val', got {split!r}")
+        ds, tensors = (self.test_ds, self._test_tensors) if split == "test" else (self.val_ds, self._val_tensors)
+        if ds is None:
+            raise ValueError("split: 'val' needs a Trainer built with val_ds")
         was_training = self.model.training
         self.model.eval()
         acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
-        for x, y in self._test_batches():
+        for x, y in self._eval_batches(ds, tensors):
             with self._autocast():
                 out = self.model(x)
             acc[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
@@ -227,7 +239,7 @@ class Trainer:
         dist_utils.all_reduce_sum(acc)
         self.model.train(was_training)
         loss, correct, n = acc.tolist()
-        return {"test_loss": loss / max(n, 1), "test_acc": correct / max(n, 1), "test_n": int(n)}
+        return {f"{split}_loss": loss / max(n, 1), f"{split}_acc": correct / max(n, 1), f"{split}_n": int(n)}
 
     # ---------------------------------------------------------------------------------------------- state
     def _masks(self) -> dict[str, torch.Tensor]:
@@ -419,6 +431,7 @@ class Trainer:
             "lr": getattr(self, "_last_lr", self.schedule.lr(self.step)),
             "samples_per_s": w["samples"] / w["train_time"] if w["samples"] and w["train_time"] > 0 else None,
             **self.evaluate(),
+            **(self.evaluate("val") if self.val_ds is not None else {}),
         }
         if self.guard.modules:
             self.guard.verify()

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lth_kernels.data import create_dataset
 from lth_kernels.models import create_model
 from lth_kernels.tickets import Ticket, prune
 from lth_kernels.tickets.elastic import (
@@ -30,6 +29,7 @@ from lth_kernels.tickets.elastic import (
 from lth_kernels.training import Trainer, TrainResult
 from lth_kernels.training.distributed import barrier, is_main_process
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
+from lth_kernels.workflows.common.data import build_data
 from lth_kernels.workflows.elastic.hparams import WORKFLOW, ElasticHparams
 from lth_kernels.workflows.imp.branches import derived_seed
 from lth_kernels.workflows.imp.hparams import ImpHparams
@@ -77,8 +77,7 @@ class ElasticRunner:
         self.imp_runs = {int(d): Path(p) for d, p in (imp_runs or {}).items()}
         self.device, self.progress, self.callbacks = device, progress, list(callbacks)
         ds = hp.imp.dataset
-        self.data = data if data is not None else create_dataset(ds.name, data_dir=ds.data_dir, download=ds.download,
-                                                                  augment=ds.augment)
+        self.data = data if data is not None else build_data(ds)
         self.level = hp.imp.num_levels
         self.family_depth = model_depth(hp.imp.model.name, hp.imp.model.kwargs)
         self.check_pairs()

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lth_kernels.data import create_dataset
 from lth_kernels.models import create_model
 from lth_kernels.tickets import Ticket, prunable_parameters, prune
 from lth_kernels.training import Trainer, TrainingHparams, TrainResult, seed_everything
@@ -25,6 +24,7 @@ from lth_kernels.training.distributed import barrier, is_main_process
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
 from lth_kernels.training.steps import parse_steps
 from lth_kernels.training.trainer import DONE
+from lth_kernels.workflows.common.data import build_data
 from lth_kernels.workflows.imp.branches import BRANCHES, branch_dir_name
 from lth_kernels.workflows.imp.hparams import WORKFLOW, ImpHparams
 
@@ -33,7 +33,7 @@ def run_imp(hp: ImpHparams, root: str = "runs", **kwargs):
     """Run (or resume) IMP for ``hp`` under ``root``; returns the run directory (a ``Path``).
 
     ``kwargs`` go to ``ImpRunner``: ``callbacks`` (Trainer callbacks, every stage), ``device``,
-    ``progress``, ``data`` (``(train, test, info)`` to use instead of building ``hp.dataset``), ``threads``
+    ``progress``, ``data`` (``(train, test, info[, val])`` to use instead of building ``hp.dataset``), ``threads``
     (``"auto"``: one CPU thread for small models).
     """
     from lth_kernels.workflows.imp.runner import ImpRunner
@@ -42,6 +42,13 @@ def run_imp(hp: ImpHparams, root: str = "runs", **kwargs):
 
 
 log = logging.getLogger(__name__)
+
+
+def _with_val(data: tuple) -> tuple:
+    """``(train, test, info)`` -> ``(train, test, info, None)``; a 4-tuple as it is."""
+    if len(data) not in (3, 4):
+        raise ValueError(f"data: expected (train, test, info[, val]), got a tuple of {len(data)}")
+    return tuple(data) + (None,) * (4 - len(data))
 
 
 MASK = "mask.safetensors"
@@ -59,7 +66,8 @@ class ImpRunner:
         callbacks: ``Trainer`` callbacks added to every stage.
         device: training device (default: CUDA when available).
         progress: tqdm bars on a terminal.
-        data: ``(train, test, info)`` to use instead of ``create_dataset(hp.dataset...)``.
+        data: ``(train, test, info[, val])`` to use instead of ``build_data(hp.dataset)``; ``val`` (a
+            validation set) selects the reported best step.
         threads: torch intra-op threads; ``"auto"``: 1 when training a model of under ``SMALL_MODEL``
             parameters on the CPU, else torch's default; None: leave torch's setting alone.
     """
@@ -75,7 +83,7 @@ class ImpRunner:
         self.callbacks, self.device, self.progress = list(callbacks), device, progress
         self.is_main = is_main_process()
         self._data = {}
-        self.data = data if data is not None else self.data_for(hp.dataset)
+        self.data = _with_val(data) if data is not None else self.data_for(hp.dataset)
         self.steps_per_epoch = len(self.data[0]) // hp.dataset.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(f"--dataset.batch_size: {hp.dataset.batch_size} is larger than the training set "
@@ -108,11 +116,10 @@ class ImpRunner:
 
     # ------------------------------------------------------------------------------------------ building blocks
     def data_for(self, dataset) -> tuple:
-        """``(train, test, info)`` of a ``DatasetHparams`` (built once per distinct value)."""
+        """``(train, test, info, val)`` of a ``DatasetHparams`` (built once per distinct value)."""
         key = dataset.to_json()
         if key not in self._data:
-            self._data[key] = create_dataset(dataset.name, data_dir=dataset.data_dir, download=dataset.download,
-                                             augment=dataset.augment)
+            self._data[key] = build_data(dataset)
         return self._data[key]
 
     def training_for(self, replicate: int) -> TrainingHparams:
@@ -177,9 +184,10 @@ class ImpRunner:
         else:
             ticket = Ticket.ones(model)
         ticket.apply(model)
-        train, test, _ = data or self.data
+        train, test, _, val = _with_val(data or self.data)
         trainer = Trainer(model, train, test, training, batch_size=batch_size or self.hp.dataset.batch_size,
-                          out_dir=out_dir, device=self.device, callbacks=self.callbacks, progress=self.progress)
+                          out_dir=out_dir, device=self.device, callbacks=self.callbacks, progress=self.progress,
+                          val_ds=val)
         return trainer.train(start_step=start_step)
 
     def _save_ticket(self, ticket: Ticket, out_dir: Path, model: nn.Module) -> None:
@@ -198,7 +206,7 @@ class ImpRunner:
         model = self.new_model(training.seed)
         trainer = Trainer(model, *self.data[:2], training, batch_size=self.hp.dataset.batch_size,
                           out_dir=self.replicate_dir(replicate) / "pretrain", device=self.device,
-                          save_steps=[0], callbacks=self.callbacks, progress=self.progress)
+                          save_steps=[0], callbacks=self.callbacks, progress=self.progress, val_ds=self.data[3])
         trainer.train(end_step=self.rewind_step)
 
     def level_ticket(self, replicate: int, level: int) -> Ticket:
