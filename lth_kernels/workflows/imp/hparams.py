@@ -71,6 +71,23 @@ JOB_FIELDS = ("levels", "target_density", "replicates", "branches", "random_rein
 _STRUCTURES = "unstructured, block<b> (e.g. block16), block<r>x<c> or N:M (e.g. 2:4)"
 
 
+@dataclass(frozen=True)
+class ImpPruningHparams(PruningHparams):
+    """Pruning strategy and amount per pruning level."""
+
+    fraction_by: dict[str, Any] = hfield(help="per layer group: glob=fraction,... (e.g. convs.*=0.1,fc_layers.*=0.2,"
+                                              "fc.weight=0.1): each matched layer loses that fraction of its own "
+                                              "remaining weights, the most specific glob winning, also a layer "
+                                              "the model excludes by default; the others --pruning.fraction",
+                                         default_factory=dict)
+
+    def validate(self):
+        super().validate()
+        for glob, f in self.fraction_by.items():
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+                raise HparamsError("fraction_by", f"{glob}: expected a fraction in (0, 1), got {f!r}")
+
+
 def _digits_training() -> TrainingHparams:
     # lenet_300_100 on the 1,437 digits training images: open_lth's MNIST recipe (plain SGD, lr 0.1), with
     # a batch of 64 (22 steps per epoch) and 30 epochs, so that a level takes about a second on a laptop core.
@@ -84,7 +101,7 @@ class ImpHparams(Hparams):
     dataset: DatasetHparams = hfield(default_factory=lambda: DatasetHparams(name="digits", batch_size=64))
     model: ModelHparams = hfield(default_factory=lambda: ModelHparams(name="lenet_300_100"))
     training: TrainingHparams = hfield(default_factory=_digits_training)
-    pruning: PruningHparams = hfield(default_factory=PruningHparams)
+    pruning: ImpPruningHparams = hfield(default_factory=ImpPruningHparams)
     rewind: str = hfield("0it", "rewind step K: every level restarts from the weights, schedule and data order at "
                                 "step K ('0it' = the original LTH, '500it', '2ep')")
     levels: int = hfield(5, "pruning levels after the dense level 0 (ignored when --target_density is set)")
@@ -115,6 +132,10 @@ class ImpHparams(Hparams):
             raise HparamsError("levels", f"must be >= 0, got {self.levels}")
         if self.target_density is not None and not 0 < self.target_density < 1:
             raise HparamsError("target_density", f"must be in (0, 1), got {self.target_density}")
+        if self.pruning.fraction_by and (fixed or self.target_density is not None):
+            raise HparamsError("pruning.fraction_by", "per-layer fractions need a structure of free density and "
+                                                      "--levels (the density after L levels is per layer, not "
+                                                      "(1 - fraction)^L: --target_density cannot set the levels)")
         if self.replicates < 1:
             raise HparamsError("replicates", f"must be >= 1, got {self.replicates}")
         from lth_kernels.workflows.imp.branches import BRANCHES

@@ -18,6 +18,7 @@ from torch import nn
 
 from lth_kernels.models import create_model
 from lth_kernels.tickets import Ticket, prunable_parameters, prune
+from lth_kernels.tickets.prunable import iter_maskable
 from lth_kernels.training import Trainer, TrainingHparams, TrainResult, seed_everything
 from lth_kernels.training.checkpoint import load_step
 from lth_kernels.training.distributed import barrier, is_main_process
@@ -135,8 +136,14 @@ class ImpRunner:
                             img_size=info.img_size, **self.hp.model.kwargs)
 
     def exclude_globs(self, model: nn.Module) -> tuple[str, ...]:
-        """The weights never pruned: the model's defaults plus ``--pruning.exclude``."""
-        return tuple(getattr(model, "default_prune_exclude", ())) + tuple(self.hp.pruning.exclude)
+        """The maskable weights the main run never prunes (by name): see ``prunable``."""
+        prunable = self.prunable(model)
+        return tuple(name for name, _, _ in iter_maskable(model) if name not in prunable)
+
+    def prunable(self, model: nn.Module) -> dict:
+        """The weights the main run prunes: the model's and ``--pruning.exclude``'s exclusions, except the layers
+        a ``--pruning.fraction_by`` glob names."""
+        return prunable_parameters(model, self.hp.pruning.exclude, include=tuple(self.hp.pruning.fraction_by))
 
     def replicate_dir(self, replicate: int) -> Path:
         return self.path / f"replicate_{replicate}"
@@ -191,7 +198,7 @@ class ImpRunner:
         return trainer.train(start_step=start_step)
 
     def _save_ticket(self, ticket: Ticket, out_dir: Path, model: nn.Module) -> None:
-        prunable = prunable_parameters(model, self.hp.pruning.exclude)
+        prunable = self.prunable(model)
         kept = sum(int(ticket[n].sum()) for n in prunable)
         total = sum(ticket[n].numel() for n in prunable)
         report = {**ticket.report(), "prunable": {"kept": kept, "total": total, "density": kept / total if total
@@ -220,7 +227,8 @@ class ImpRunner:
         self.load_final(model, prev)
         p = self.hp.pruning
         return prune(model, "magnitude", None if ":" in p.structure else p.fraction, current=Ticket.load(prev / MASK),
-                     scope=p.scope, structure=p.structure, exclude=p.exclude, metadata={**meta, "level": level})
+                     scope=p.scope, structure=p.structure, exclude=p.exclude, fraction_by=p.fraction_by,
+                     metadata={**meta, "level": level})
 
     def level(self, replicate: int, level: int) -> TrainResult:
         model = self.rewound_model(replicate)
