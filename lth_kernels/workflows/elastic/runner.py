@@ -26,7 +26,8 @@ from lth_kernels.tickets.elastic import (
     parse_mapping,
     transform,
 )
-from lth_kernels.training import Trainer, TrainResult
+from lth_kernels.training import TrainResult
+from lth_kernels.training.connectivity import COPY_SEEDS, interpolate
 from lth_kernels.training.distributed import barrier, is_main_process
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
 from lth_kernels.workflows.common.data import build_data
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 # Data-order seed offsets of the two LMC copies (the reference's change_depth_linear_connect).
-LMC_SEEDS = (9999, 10001)
+LMC_SEEDS = COPY_SEEDS
 
 
 PRUNED_BASELINES = ("random", "magnitude", "snip", "grasp", "synflow")
@@ -252,19 +253,8 @@ class ElasticRunner:
             runner.load_final(m, base / name)
             states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         model = m
-        evaluator = Trainer(model, *self.data[:2], runner.training_for(replicate),
-                            batch_size=runner.hp.dataset.batch_size, device=self.device, progress=False)
-        n = self.hp.lmc_points
-        alphas = [i / (n - 1) for i in range(n)]
-        errors = []
-        for a in alphas:
-            mixed = {k: (1 - a) * va + a * states[1][k] if va.is_floating_point() else va
-                     for k, va in states[0].items()}
-            model.load_state_dict(mixed)
-            errors.append(1.0 - evaluator.evaluate()["test_acc"])
-        result = {"alphas": alphas, "test_error": errors,
-                  "instability": max(errors) - (errors[0] + errors[-1]) / 2, "max_error_rise": max(errors) - min(
-                      errors[0], errors[-1])}
+        evaluator = runner.evaluator(model, runner.training_for(replicate))
+        result = interpolate(model, *states, lambda: 1.0 - evaluator.evaluate()["test_acc"], self.hp.lmc_points)
         atomic_write_json(out, result)
         return result
 

@@ -42,6 +42,9 @@ class RandomPruneHparams(Hparams):
     scope: str = hfield("layerwise", "keep each layer's density (layerwise) or only the total density (global)",
                         choices=("layerwise", "global"))
     seed: int = hfield(0, "seed of the random mask (combined with replicate and level)")
+    start_at: str = hfield("rewind", "weights to train the random mask from: rewind (θ_K, from step K), init "
+                                     "(θ₀, from step 0) or end (the level's trained weights, from step 0)",
+                           choices=("rewind", "init", "end"))
 
 
 @dataclass(frozen=True)
@@ -63,9 +66,37 @@ class RetrainHparams(Hparams):
                 raise HparamsError(name, f"{e.name}: {e.message}") from None
 
 
+@dataclass(frozen=True)
+class LmcHparams(Hparams):
+    """Branch lmc: instability analysis, two copies of the level's ticket from θ_K with other data orders."""
+
+    points: int = hfield(21, "interpolation points between the two copies' final weights, ends included")
+
+    def validate(self):
+        if self.points < 2:
+            raise HparamsError("points", f"must be >= 2, got {self.points}")
+
+
+def parse_levels(text: str, flag: str = "--branch_levels") -> set[int] | None:
+    """``"3-8"``, ``"1,3,5-7"`` -> the level set; ``""`` -> None (every level)."""
+    if not text.strip():
+        return None
+    out = set()
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise HparamsError(flag.lstrip("-"), f"expected levels like '3-8' or '1,3,5-7', got {text!r}")
+        a, b = int(lo), int(hi) if dash else int(lo)
+        if a > b:
+            raise HparamsError(flag.lstrip("-"), f"range {part.strip()!r} runs backwards")
+        out.update(range(a, b + 1))
+    return out
+
+
 # Fields that say how much of the run to do or which controls to add; they do not change what the main
 # run computes, so they stay out of the run's name (rerunning with more levels extends the same run).
-JOB_FIELDS = ("levels", "target_density", "replicates", "branches", "random_reinit", "random_prune", "retrain")
+JOB_FIELDS = ("levels", "target_density", "replicates", "branches", "branch_levels", "random_reinit", "random_prune",
+              "retrain", "lmc")
 
 
 _STRUCTURES = "unstructured, block<b> (e.g. block16), block<r>x<c> or N:M (e.g. 2:4)"
@@ -109,10 +140,12 @@ class ImpHparams(Hparams):
                                                 "(sets --levels)")
     replicates: int = hfield(1, "independent replicates (seeds shifted by the replicate index)")
     branches: tuple[str, ...] = hfield(help="controls trained on every pruned level's ticket: random_reinit, "
-                                            "random_prune, retrain", default_factory=tuple)
+                                            "random_prune, retrain, lmc", default_factory=tuple)
+    branch_levels: str = hfield("", "the pruned levels the branches train on, e.g. '3-8' or '1,4-6' (empty: all)")
     random_reinit: RandomReinitHparams = hfield(default_factory=RandomReinitHparams)
     random_prune: RandomPruneHparams = hfield(default_factory=RandomPruneHparams)
     retrain: RetrainHparams = hfield(default_factory=RetrainHparams)
+    lmc: LmcHparams = hfield(default_factory=LmcHparams)
 
     def validate(self):
         try:
@@ -143,6 +176,7 @@ class ImpHparams(Hparams):
         for name in self.branches:
             if name not in BRANCHES:
                 raise HparamsError("branches", f"unknown branch {name!r} (known: {', '.join(BRANCHES)})")
+        parse_levels(self.branch_levels)
         if len(set(self.branches)) != len(self.branches):
             raise HparamsError("branches", f"a branch is named twice: {','.join(self.branches)}")
 

@@ -24,7 +24,7 @@ SUMMARY = "summary.json"
 
 
 METRICS = ("density", "density_all", "test_acc_end", "test_acc_best", "val_acc_best", "test_acc_at_val_best",
-           "train_time_s", "samples_per_s")
+           "instability", "train_time_s", "samples_per_s")
 
 
 def select_by_validation(recs: list[dict]) -> tuple[float | None, float | None, int | None]:
@@ -47,11 +47,14 @@ def stage_record(stage_dir: Path) -> dict | None:
     accs = [r["test_acc"] for r in recs if r.get("test_acc") is not None]
     rates = [r["samples_per_s"] for r in recs if r.get("samples_per_s")]
     end = info.get("metrics") or {}
+    lmc = stage_dir / "lmc.json"  # the lmc branch: the error barrier between its two copies
+    instability = json.loads(lmc.read_text())["instability"] if lmc.exists() else None
     val_best, test_at_val_best, val_best_step = select_by_validation(recs)
     return {
         "density": report.get("prunable", report)["density"], "density_all": report["density"],
         "test_acc_end": end.get("test_acc"), "test_acc_best": max(accs) if accs else end.get("test_acc"),
         "val_acc_best": val_best, "test_acc_at_val_best": test_at_val_best, "val_best_step": val_best_step,
+        "instability": instability,
         "train_time_s": end.get("elapsed_s"), "samples_per_s": sum(rates) / len(rates) if rates else None,
         "steps": info["step"] - info["start_step"],
         "layers": {name: v["density"] for name, v in report.get("layers", {}).items()},
@@ -138,13 +141,17 @@ def format_table(summary: dict) -> str:
     branches = summary["branches"]
     val = has_validation(summary)
     picked, tag = ("test_acc_at_val_best", "val-best") if val else ("test_acc_best", "test-max")
-    head = ["level", "weights %"] + [f"{b} acc % ({tag})" for b in branches] + ["main time s", "main samples/s"]
+    unstable = [b for b in branches
+                if any(row.get(b, {}).get("instability", {}).get("n") for row in summary["levels"].values())]
+    head = ["level", "weights %"] + [f"{b} acc % ({tag})" for b in branches] + [
+        f"{b} instability %" for b in unstable] + ["main time s", "main samples/s"]
     rows = []
     for lvl, row in summary["levels"].items():
         main = row.get("main") or next(iter(row.values()))
         cells = [lvl, _pm(main["density"], exact=True)]
         for b in branches:
             cells.append(f"{_pm(row[b]['test_acc_end'])} ({_pm(row[b][picked])})" if b in row else "-")
+        cells += [_pm(row[b]["instability"]) if b in row else "-" for b in unstable]
         cells += [_pm(main["train_time_s"], 1, 1), _pm(main["samples_per_s"], 1, 0)]
         rows.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]

@@ -27,7 +27,7 @@ from lth_kernels.training.steps import parse_steps
 from lth_kernels.training.trainer import DONE
 from lth_kernels.workflows.common.data import build_data
 from lth_kernels.workflows.imp.branches import BRANCHES, branch_dir_name
-from lth_kernels.workflows.imp.hparams import WORKFLOW, ImpHparams
+from lth_kernels.workflows.imp.hparams import WORKFLOW, ImpHparams, parse_levels
 
 
 def run_imp(hp: ImpHparams, root: str = "runs", **kwargs):
@@ -159,6 +159,12 @@ class ImpRunner:
     def rewound_model(self, replicate: int) -> nn.Module:
         return self.load_rewind(self.new_model(self.training_for(replicate).seed), replicate)
 
+    def initial_model(self, replicate: int) -> nn.Module:
+        """θ₀ of the replicate (saved by ``pretrain`` as ``step_0``)."""
+        model = self.new_model(self.training_for(replicate).seed)
+        load_step(self.replicate_dir(replicate) / "pretrain", 0, model)
+        return model
+
     @staticmethod
     def load_final(model: nn.Module, stage_dir: Path) -> nn.Module:
         """The final weights of a finished stage into ``model``."""
@@ -196,6 +202,11 @@ class ImpRunner:
                           out_dir=out_dir, device=self.device, callbacks=self.callbacks, progress=self.progress,
                           val_ds=val)
         return trainer.train(start_step=start_step)
+
+    def evaluator(self, model: nn.Module, training: TrainingHparams) -> Trainer:
+        """A Trainer that only evaluates ``model`` (``.evaluate()``), keeping nothing on disk."""
+        return Trainer(model, *self.data[:2], training, batch_size=self.hp.dataset.batch_size, device=self.device,
+                       progress=False)
 
     def _save_ticket(self, ticket: Ticket, out_dir: Path, model: nn.Module) -> None:
         prunable = self.prunable(model)
@@ -238,6 +249,9 @@ class ImpRunner:
         return res
 
     def branches(self, replicate: int, level: int) -> None:
+        chosen = parse_levels(self.hp.branch_levels)
+        if chosen is not None and level not in chosen:
+            return
         for name in self.hp.branches:
             branch = BRANCHES[name]
             opts = getattr(self.hp, branch.options) if branch.options else None
