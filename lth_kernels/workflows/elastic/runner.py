@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lth_kernels.models import create_model
-from lth_kernels.tickets import Ticket, prune
+from lth_kernels.tickets import Ticket, prune, shuffle
 from lth_kernels.tickets.elastic import (
     ElasticError,
     check_mapping,
@@ -180,8 +180,9 @@ class ElasticRunner:
 
     def ett(self, replicate: int, src: int, dst: int, variant: str = "ett", out_dir: Path | None = None,
             data_order_offset: int = 0) -> TrainResult | None:
-        """``ett``: the transformed ticket; ``ett_random_copies``: its copies' masks permuted; ``reinit``: the
-        transformed mask on a fresh initialisation."""
+        """``ett``: the transformed ticket; ``ett_random_copies``: its copies' masks permuted; ``ett_shuffled``:
+        every layer's kept weights moved to random places in the layer (the same per-layer density), from the
+        same weights; ``reinit``: the transformed mask on a fresh initialisation."""
         out_dir = out_dir or self.target_dir(replicate, dst) / f"{variant}_from_{src}"
         res, target = self.transformed(replicate, src, dst, random_copies=variant == "ett_random_copies")
         if variant == "ett_random_copies" and not res.copies:
@@ -196,6 +197,9 @@ class ElasticRunner:
             model = target
         start = 0 if self.hp.start_at_step_zero else None
         ticket = res.ticket.with_metadata(branch=variant)
+        if variant == "ett_shuffled":
+            g = torch.Generator().manual_seed(derived_seed("elastic_shuffled", replicate, src, dst, self.hp.seed))
+            ticket = shuffle(ticket, scope="layerwise", generator=g, exclude=self.imp(dst).exclude_globs(target))
         return self.train(dst, replicate, model, ticket, out_dir, start=start, data_order_offset=data_order_offset)
 
     def pruned_baseline(self, replicate: int, depth: int, method: str) -> TrainResult:
@@ -282,6 +286,8 @@ class ElasticRunner:
                 self._log(r, t, f"ett_from_{s}", self.ett(r, s, t))
                 if "random_copies" in hp.baselines:
                     self._log(r, t, f"ett_random_copies_from_{s}", self.ett(r, s, t, "ett_random_copies"))
+                if "shuffled" in hp.baselines:
+                    self._log(r, t, f"ett_shuffled_from_{s}", self.ett(r, s, t, "ett_shuffled"))
                 if "reinit" in hp.baselines:
                     self._log(r, t, f"reinit_from_{s}", self.ett(r, s, t, "reinit"))
                 if hp.lmc:
