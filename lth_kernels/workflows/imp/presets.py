@@ -46,8 +46,10 @@ PRESETS = {
     # open_lth cifar_vgg_16 (output layer excluded by the model), rewound to 200 iterations.
     "cifar_vgg_16-cifar10": {**_CIFAR_SGD, "model.name": "cifar_vgg_16", "rewind": "200it"},
     # open_lth imagenet_resnet_50: batch 1024, SGD 0.4 with 5 warmup epochs, x0.1 at 30/60/80, 90 epochs;
-    # rewound to epoch 5 (Frankle et al., "Linear mode connectivity"). timm's ResNet-50, ImageFolder data.
-    "resnet50-imagenet": {"model.name": "timm:resnet50", "dataset.name": "imagefolder", "dataset.batch_size": 1024,
+    # rewound to epoch 5 (Frankle et al., "Linear mode connectivity"). timm's ResNet-50 with open_lth's init
+    # (Kaiming-normal convs and fc, BN scales U[0, 1); model.kwargs init=timm for timm's), ImageFolder data.
+    "resnet50-imagenet": {"model.name": "timm:resnet50", "model.kwargs": {"init": "kaiming_normal"},
+                          "dataset.name": "imagefolder", "dataset.batch_size": 1024,
                           "training.optimizer": "sgd", "training.lr": 0.4, "training.momentum": 0.9,
                           "training.weight_decay": 1e-4, "training.warmup_steps": "5ep",
                           "training.training_steps": "90ep", "training.milestone_steps": "30ep,60ep,80ep",
