@@ -67,6 +67,16 @@ class RetrainHparams(Hparams):
 
 
 @dataclass(frozen=True)
+class InitHparams(Hparams):
+    """Where IMP starts: the initial weights θ₀ and the level-0 mask."""
+
+    weights: str = hfield("", "a weight file (safetensors, or a torch state dict) used as θ₀ instead of a random "
+                              "initialisation (every replicate)")
+    ticket: str = hfield("", "a Ticket file (e.g. another run's mask.safetensors): level 0 trains under it and level 1 "
+                             "prunes it further")
+
+
+@dataclass(frozen=True)
 class LmcHparams(Hparams):
     """Branch lmc: instability analysis, two copies of the level's ticket from θ_K with other data orders."""
 
@@ -133,6 +143,7 @@ class ImpHparams(Hparams):
     model: ModelHparams = hfield(default_factory=lambda: ModelHparams(name="lenet_300_100"))
     training: TrainingHparams = hfield(default_factory=_digits_training)
     pruning: ImpPruningHparams = hfield(default_factory=ImpPruningHparams)
+    init: InitHparams = hfield(default_factory=InitHparams)
     rewind: str = hfield("0it", "rewind step K: every level restarts from the weights, schedule and data order at "
                                 "step K ('0it' = the original LTH, '500it', '2ep')")
     levels: int = hfield(5, "pruning levels after the dense level 0 (ignored when --target_density is set)")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lth_kernels.models import create_model
+from lth_kernels.models import create_model, load_weights
 from lth_kernels.tickets import Ticket, prunable_parameters, prune
 from lth_kernels.tickets.prunable import iter_maskable
 from lth_kernels.training import Trainer, TrainingHparams, TrainResult, seed_everything
@@ -71,6 +71,7 @@ class ImpRunner:
             validation set) selects the reported best step.
         threads: torch intra-op threads; ``"auto"``: 1 when training a model of under ``SMALL_MODEL``
             parameters on the CPU, else torch's default; None: leave torch's setting alone.
+        workflow: the run directory's prefix (``lth train`` runs level 0 only, as ``train-<hash>``).
     """
 
     # Below this many parameters the GEMMs are too small to gain from intra-op threads on a CPU, and they lose
@@ -79,7 +80,7 @@ class ImpRunner:
     SMALL_MODEL = 1_000_000
 
     def __init__(self, hp: ImpHparams, root: str | Path = "runs", *, callbacks=(), device=None,
-                 progress: bool = True, data=None, threads: int | str | None = None):
+                 progress: bool = True, data=None, threads: int | str | None = None, workflow: str = WORKFLOW):
         self.hp, self.root = hp, Path(root)
         self.callbacks, self.device, self.progress = list(callbacks), device, progress
         self.is_main = is_main_process()
@@ -101,7 +102,7 @@ class ImpRunner:
         if ":" in hp.pruning.structure and hp.levels > 1 and hp.target_density is None:
             log.warning("--pruning.structure %s has a fixed density: running 1 pruned level, not %d",
                         hp.pruning.structure, hp.levels)
-        self.path = prepare_run_dir(WORKFLOW, hp, self.root, write=self.is_main)
+        self.path = prepare_run_dir(workflow, hp, self.root, write=self.is_main)
         if self.is_main and json.loads((self.path / "hparams.json").read_text()) != hp.to_dict():
             atomic_write_json(self.path / "hparams.json", hp.to_dict())  # same run, this invocation's job fields
         barrier()
@@ -222,6 +223,8 @@ class ImpRunner:
         """θ₀ -> θ_K, dense (K = 0: just θ₀); saves ``step_0`` and ``step_<K>``."""
         training = self.training_for(replicate)
         model = self.new_model(training.seed)
+        if self.hp.init.weights:
+            load_weights(model, self.hp.init.weights)
         trainer = Trainer(model, *self.data[:2], training, batch_size=self.hp.dataset.batch_size,
                           out_dir=self.replicate_dir(replicate) / "pretrain", device=self.device,
                           save_steps=[0], callbacks=self.callbacks, progress=self.progress, val_ds=self.data[3])
@@ -233,7 +236,11 @@ class ImpRunner:
         meta = {"source_run": self.path.name, "replicate": replicate, "rewind": self.hp.rewind}
         model = self.new_model(training.seed)
         if level == 0:
-            return Ticket.ones(model, metadata=meta)
+            if not self.hp.init.ticket:
+                return Ticket.ones(model, metadata=meta)
+            given = Ticket.load(self.hp.init.ticket)
+            given.match(model)  # names and shapes, one-line errors
+            return given.with_metadata(**meta, level="0", init_ticket=str(self.hp.init.ticket))
         prev = self.level_dir(replicate, level - 1)
         self.load_final(model, prev)
         p = self.hp.pruning
