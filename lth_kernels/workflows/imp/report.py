@@ -160,9 +160,9 @@ def format_table(summary: dict) -> str:
     title = f"{summary['run']}: {n} replicate{'s' if n != 1 else ''} (mean ± std over replicates)" if n > 1 \
         else f"{summary['run']}: 1 replicate"
     held = (summary.get("hparams", {}).get("dataset") or {}).get("validation")
-    note = (f"test accuracy at the end (at the step of best accuracy on {held} held-out training images)" if val
-            else "test accuracy at the end (its maximum over the evaluations: selected on the test set, "
-                 "optimistic; --dataset.validation N selects on a hold-out instead)")
+    note = (f"acc %: test accuracy at the end (at the step of best accuracy on {held} held-out training images)"
+            if val else "acc %: test accuracy at the end (the best test evaluation: selected on the test set; "
+                        "--dataset.validation N selects on a hold-out)")
     return "\n".join([title, note, line(head), line(["-" * w for w in widths]), *map(line, rows)])
 
 
