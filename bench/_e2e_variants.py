@@ -145,8 +145,8 @@ def data_ticket_parts():
         from lth_kernels.workflows.data_ticket.selector import PatchSelector
         from lth_kernels.workflows.data_ticket.students import SelectorPatches, StepClock, TicketStudent
     except ImportError:  # workflows as flat modules
-        from lth_kernels.workflows._data_ticket_students import SelectorPatches, StepClock, TicketStudent
-        from lth_kernels.workflows._patch_selector import PatchSelector
+        from lth_kernels.workflows.data_ticket.selector import PatchSelector
+        from lth_kernels.workflows.data_ticket.students import SelectorPatches, StepClock, TicketStudent
     return PatchSelector, SelectorPatches, StepClock, TicketStudent
 
 

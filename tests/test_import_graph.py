@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lth_kernels"
-WORKFLOWS = ("imp", "early_bird", "gfs", "elastic", "jackpot", "data_ticket")
+WORKFLOWS = ("imp", "train", "early_bird", "gfs", "elastic", "jackpot", "data_ticket")
 
 # rank of a top-level sub-package or module: a module may import only modules of the same or a lower rank
 RANKS = {"cli": 4, "info": 4, "workflows": 3, "training": 2, "tickets": 2, "models": 2, "data": 2, "nn": 2,

@@ -5,6 +5,7 @@ Names: ``digits`` (embedded default, scikit-learn's 8x8 digits), ``synthetic``, 
 ``cifar100``, ``imagefolder``. In-memory data sets (``digits``, ``synthetic``: ``TensorImageDataset``; ``mnist``,
 ``cifar10``, ``cifar100`` in the default ``device`` pipeline: ``ResidentImageDataset``, uint8 pixels transformed
 per batch) have ``.tensors = (images, labels)``, which the Trainer holds on the device and indexes per batch.
+``hold_out(train, test, size, seed)`` cuts a seeded, class-balanced validation set out of a training split.
 """
 
 from lth_kernels.data import embedded, vision  # noqa: F401  (register the data sets)
@@ -18,7 +19,9 @@ from lth_kernels.data._registry import (
     resolve_num_workers,
 )
 from lth_kernels.data.resident import ResidentImageDataset
+from lth_kernels.data.split import hold_out, validation_indices
 from lth_kernels.data.tensor import TensorImageDataset
 
 __all__ = ["DatasetInfo", "ResidentImageDataset", "TensorImageDataset", "create_dataset", "dataset_from_hparams",
-           "dataset_names", "register_dataset", "resolve_data_dir", "resolve_num_workers"]
+           "dataset_names", "hold_out", "register_dataset", "resolve_data_dir", "resolve_num_workers",
+           "validation_indices"]

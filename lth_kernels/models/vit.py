@@ -73,8 +73,17 @@ for _name, _preset in _VIT_PRESETS.items():
     register_model(_name)(_make_vit(_preset))
 
 
-def _timm(name, spec, *, num_classes, in_chans, img_size, **kwargs):
+def _timm(name, spec, *, num_classes, in_chans, img_size, init: str = "timm", batchnorm_init: str = "uniform",
+          **kwargs):
+    """A timm model, initialised by timm (``init="timm"``) or by open_lth's initialisers (``init`` one of
+    ``initializers.WEIGHT_INITS``, e.g. ``kaiming_normal``, with ``batchnorm_init``: open_lth's ResNet-50 has
+    Kaiming-normal convs and U[0, 1) BN scales, where timm zeroes the last BN scale of every block)."""
     import timm
+
+    from lth_kernels.models.initializers import WEIGHT_INITS, initialize
+
+    if init != "timm" and init not in WEIGHT_INITS:
+        raise ValueError(f"init: unknown initialiser {init!r}; valid: timm, {', '.join(WEIGHT_INITS)}")
 
     timm_name = spec["timm_name"]
     if not timm.is_model(timm_name):
@@ -89,6 +98,8 @@ def _timm(name, spec, *, num_classes, in_chans, img_size, **kwargs):
         if "img_size" not in str(e):
             raise
         model = timm.create_model(timm_name, **args)
+    if init != "timm":
+        initialize(model, init, batchnorm_init)
     model.default_prune_exclude = _vit_exclusions(model)
     return model
 

@@ -82,23 +82,28 @@ def maskable_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> dict[s
     return {name: module.weight for name, module, _ in iter_maskable(model) if not excluded(name, globs)}
 
 
-def prunable_parameters(model: nn.Module, exclude: Iterable[str] = (), *,
-                        use_default_exclude: bool = True) -> dict[str, nn.Parameter]:
+def prunable_parameters(model: nn.Module, exclude: Iterable[str] = (), *, use_default_exclude: bool = True,
+                        include: Iterable[str] = ()) -> dict[str, nn.Parameter]:
     """The weights pruning may touch: canonical name -> parameter, in model order.
 
     ``exclude``: fnmatch globs over parameter names (``"fc.weight"``, ``"head.*"``) or module names
     (``"fc"``); a glob matching nothing is fine. The model's ``default_prune_exclude`` globs apply too
-    unless ``use_default_exclude=False``. Raises ``ValueError`` when the model has no maskable weight or
-    when the exclusions leave nothing to prune.
+    unless ``use_default_exclude=False``; ``include`` globs bring weights back that only those defaults
+    exclude (a per-layer fraction names the output layer: the LTH paper prunes it at 10 %), ``exclude``
+    still wins. Raises ``ValueError`` when the model has no maskable weight or when the exclusions leave
+    nothing to prune.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    globs = _check_globs(exclude) + (default_exclude(model) if use_default_exclude else ())
+    user, back = _check_globs(exclude), _check_globs(include)
+    defaults = default_exclude(model) if use_default_exclude else ()
+    globs = user + defaults
     candidates = list(iter_maskable(model))
     if not candidates:
         raise ValueError(f"model: {type(unwrap_model(model)).__name__} has no prunable parameter "
                          "(no nn.Linear / nn.Conv2d weight)")
-    kept = {name: module.weight for name, module, _ in candidates if not excluded(name, globs)}
+    kept = {name: module.weight for name, module, _ in candidates
+            if not excluded(name, user) and not (excluded(name, defaults) and not excluded(name, back))}
     if not kept:
         raise ValueError(f"exclude: {list(globs)!r} excludes every prunable parameter "
                          f"({', '.join(n for n, _, _ in candidates)})")

@@ -71,17 +71,19 @@ class KeyedBatchSampler(Sampler):
 
 
 class Feed:
-    """Training and test batches of one Trainer, on ``device``."""
+    """Training and evaluation (test, and an optional validation hold-out) batches of one Trainer, on ``device``."""
 
     def __init__(self, train_ds, test_ds, sampler: EpochSampler, device: torch.device, *, num_workers: int,
-                 eval_batch_size: int, rank: int = 0, world_size: int = 1):
+                 eval_batch_size: int, rank: int = 0, world_size: int = 1, val_ds=None):
         self.train_ds, self.test_ds, self.sampler, self.device = train_ds, test_ds, sampler, device
         self.num_workers, self.eval_batch_size = num_workers, eval_batch_size
         self.rank, self.world_size = rank, world_size
         self.train_tensors = self._on_device(train_ds)
-        self.test_tensors = self._on_device(test_ds)
+        self.eval_sets = {"test": test_ds, **({"val": val_ds} if val_ds is not None else {})}
+        self._eval_tensors = {k: self._on_device(ds) for k, ds in self.eval_sets.items()}
+        self.test_tensors = self._eval_tensors["test"]
         self._generator = torch.Generator(device=device) if self.train_tensors is not None else None
-        self._train_loader = self._test_loader = None
+        self._train_loader, self._eval_loaders = None, {}
         self._keys = KeyedBatchSampler(sampler)
 
     @property
@@ -117,22 +119,27 @@ class Feed:
         for x, y in self._train_loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def test_batches(self):
-        """This rank's share of the test set, in order, on the device."""
-        if self.test_tensors is not None:
-            x_all, y_all = self.test_tensors
-            transform = getattr(self.test_ds, "batch_transform", None)
+    def test_batches(self, split: str = "test"):
+        """This rank's share of the ``split`` set (``test``, or ``val`` when the Trainer has one), in order,
+        on the device."""
+        ds, tensors = self.eval_sets[split], self._eval_tensors[split]
+        if tensors is not None:
+            x_all, y_all = tensors
+            transform = getattr(ds, "batch_transform", None)
             idx = torch.arange(self.rank, len(y_all), self.world_size, device=self.device)
             for chunk in idx.split(self.eval_batch_size):
                 x = x_all[chunk]
                 yield (transform(x) if transform is not None else x), y_all[chunk]
             return
-        if self._test_loader is None:
-            subset = Subset(self.test_ds, range(self.rank, len(self.test_ds), self.world_size))
-            self._test_loader = self._loader(subset, batch_size=self.eval_batch_size, shuffle=False)
-        for x, y in self._test_loader:
+        if split not in self._eval_loaders:
+            subset = Subset(ds, range(self.rank, len(ds), self.world_size))
+            # its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise, and the
+            # training augmentation would then depend on how often the model is evaluated
+            self._eval_loaders[split] = self._loader(subset, batch_size=self.eval_batch_size, shuffle=False,
+                                                     generator=torch.Generator())
+        for x, y in self._eval_loaders[split]:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def close(self) -> None:
         """Let the loader workers go (they would otherwise live as long as the Trainer)."""
-        self._train_loader = self._test_loader = None
+        self._train_loader, self._eval_loaders = None, {}

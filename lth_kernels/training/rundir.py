@@ -18,8 +18,11 @@ from lth_kernels._io import atomic_save, atomic_write_bytes, atomic_write_json, 
 
 
 def run_dir(workflow: str, hparams, root: str | os.PathLike = "runs") -> Path:
-    """``<root>/<workflow>-<hparams.hashname()>``."""
-    return Path(root) / f"{workflow}-{hparams.hashname()}"
+    """``<root>/<workflow>-<hparams.hashname()>``, or the directory named by ``legacy_hashname()`` when only
+    that one exists (a run made before the run-neutral fields, data_dir, download, eval_every, left the hash)."""
+    path = Path(root) / f"{workflow}-{hparams.hashname()}"
+    legacy = Path(root) / f"{workflow}-{hparams.legacy_hashname()}" if hasattr(hparams, "legacy_hashname") else path
+    return legacy if legacy != path and not path.exists() and legacy.exists() else path
 
 
 def prepare_run_dir(workflow: str, hparams, root: str | os.PathLike = "runs", write: bool = True) -> Path:
@@ -33,7 +36,7 @@ def prepare_run_dir(workflow: str, hparams, root: str | os.PathLike = "runs", wr
         lock_run_dir(path)
         if hp_file.exists():
             old = type(hparams).from_json(hp_file.read_text())
-            if old.non_default() != hparams.non_default():
+            if old.identity() != hparams.identity():
                 raise FileExistsError(f"run directory {path} holds other hparams ({hp_file}); remove it or "
                                       "choose another --root")
         else:

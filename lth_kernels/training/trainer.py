@@ -92,7 +92,7 @@ def build_optimizer(params, hp: TrainingHparams) -> torch.optim.Optimizer:
 
 
 class Trainer:
-    """Train ``model`` on ``train_ds``, evaluating top-1 accuracy and loss on ``test_ds``.
+    """Train ``model`` on ``train_ds``, evaluating top-1 accuracy and loss on ``test_ds`` (and ``val_ds``).
 
     Args:
         model: an ``nn.Module`` returning logits ``[B, C]``; moved to ``device``; DDP-wrapped under torchrun.
@@ -119,13 +119,16 @@ class Trainer:
             2-d convolution (cuDNN's fast layout for them).
         compile_options: keyword arguments of ``torch.compile`` (``mode``, ``backend``, ...) when
             ``training.compile`` is on.
+        val_ds: a validation set (a hold-out of the training split) evaluated with the test set: its
+            ``val_loss`` / ``val_acc`` select models without looking at the test set.
     """
 
     def __init__(self, model: nn.Module, train_ds, test_ds, training: TrainingHparams, *, batch_size: int,
                  out_dir: str | Path | None = None, device: str | torch.device | None = None,
                  save_steps=(), callbacks=(), mask_mode: str = "auto", eval_batch_size: int | None = None,
                  num_workers: int | None = None, eval_at_start: bool = True, loss_fn=None, progress: bool = True,
-                 batch_augment=None, channels_last: bool | None = None, compile_options: dict | None = None):
+                 batch_augment=None, channels_last: bool | None = None, compile_options: dict | None = None,
+                 val_ds=None):
         self.hp = training
         self.device = torch.device(device) if device is not None else (
             torch.device(f"cuda:{dist_utils.local_rank()}") if torch.cuda.is_available() else torch.device("cpu"))
@@ -138,7 +141,7 @@ class Trainer:
         # Compiled forward (and, through AOTAutograd, backward) for training steps only; evaluation stays eager.
         self.train_model = torch.compile(self.ddp_model, **(compile_options or {})) if training.compile \
             else self.ddp_model
-        self.train_ds, self.test_ds = train_ds, test_ds
+        self.train_ds, self.test_ds, self.val_ds = train_ds, test_ds, val_ds
         self.sampler = EpochSampler(len(train_ds), batch_size, training.data_order_seed, self.rank, self.world_size)
         self.steps_per_epoch = self.sampler.num_batches
         self.total_steps = self.to_step(training.training_steps, "--training.training_steps")
@@ -164,7 +167,8 @@ class Trainer:
         self.step = 0
         self._stop = False
         self.feed = Feed(train_ds, test_ds, self.sampler, self.device, num_workers=self.num_workers,
-                         eval_batch_size=self.eval_batch_size, rank=self.rank, world_size=self.world_size)
+                         eval_batch_size=self.eval_batch_size, rank=self.rank, world_size=self.world_size,
+                         val_ds=val_ds)
 
     # ---------------------------------------------------------------------------------------------- setup
     def to_step(self, value: str | int | Step, flag: str = "step") -> int:
@@ -193,12 +197,17 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- eval
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Test loss (plain cross entropy, mean) and top-1 accuracy over the whole test set (all ranks)."""
+    def evaluate(self, split: str = "test") -> dict:
+        """Loss (plain cross entropy, mean) and top-1 accuracy over the whole ``split`` set, ``"test"`` or
+        ``"val"`` (all ranks): ``{"<split>_loss", "<split>_acc", "<split>_n"}``."""
+        if split not in ("test", "val"):
+            raise ValueError(f"split: expected 'test' or 'val', got {split!r}")
+        if split == "val" and self.val_ds is None:
+            raise ValueError("split: 'val' needs a Trainer built with val_ds")
         was_training = self.model.training
         self.model.eval()
         acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
-        for x, y in self.feed.test_batches():
+        for x, y in self.feed.test_batches(split):
             x = self._layout(x)
             with self._autocast():
                 out = self.model(x)
@@ -208,7 +217,7 @@ class Trainer:
         dist_utils.all_reduce_sum(acc)
         self.model.train(was_training)
         loss, correct, n = acc.tolist()
-        return {"test_loss": loss / max(n, 1), "test_acc": correct / max(n, 1), "test_n": int(n)}
+        return {f"{split}_loss": loss / max(n, 1), f"{split}_acc": correct / max(n, 1), f"{split}_n": int(n)}
 
     # ---------------------------------------------------------------------------------------------- state
     def _masks(self) -> dict[str, torch.Tensor]:
@@ -425,6 +434,7 @@ class Trainer:
             "lr": getattr(self, "_last_lr", self.schedule.lr(self.step)),
             "samples_per_s": w["samples"] / w["train_time"] if w["samples"] and w["train_time"] > 0 else None,
             **self.evaluate(),
+            **(self.evaluate("val") if self.val_ds is not None else {}),
         }
         if self.guard.modules:
             self.guard.verify()

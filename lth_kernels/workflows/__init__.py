@@ -36,6 +36,7 @@ class Workflow:
 
 WORKFLOWS: dict[str, Workflow] = {w.command: w for w in (
     Workflow("imp", "lth_kernels.workflows.imp", "iterative magnitude pruning with rewinding (the main job)"),
+    Workflow("train", "lth_kernels.workflows.train", "one dense or masked training run with the run rules of imp"),
     Workflow("data-ticket", "lth_kernels.workflows.data_ticket", "data-level (patch) lottery tickets for ViTs"),
     Workflow("early-bird", "lth_kernels.workflows.early_bird", "early-bird tickets"),
     Workflow("gfs", "lth_kernels.workflows.gfs", "greedy forward selection and the pre-training budget study"),

@@ -130,6 +130,24 @@ def test_timm_models():
 
 
 @torch.no_grad()
+def test_timm_resnet_with_open_lth_init():
+    """timm zero-initialises the last BN scale of every residual block; open_lth's init draws every BN scale from
+    U[0, 1) and every conv from Kaiming-normal (std sqrt(2 / fan_in))."""
+    torch.manual_seed(0)
+    timm_init = create_model("timm:resnet18", num_classes=10, in_chans=3, img_size=32)
+    assert float(timm_init.layer1[0].bn2.weight.abs().max()) == 0.0
+    model = create_model("timm:resnet18", num_classes=10, in_chans=3, img_size=32, init="kaiming_normal")
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    gammas = torch.cat([m.weight.flatten() for m in bns])
+    assert float(gammas.min()) >= 0.0 and float(gammas.max()) < 1.0 and 0.4 < float(gammas.mean()) < 0.6
+    assert all(float(m.bias.abs().max()) == 0.0 for m in bns)
+    conv = model.layer3[0].conv1.weight
+    assert abs(float(conv.std()) / math.sqrt(2 / conv[0].numel()) - 1) < 0.05
+    with pytest.raises(ValueError, match=r"^init: unknown initialiser 'xavier'; valid: timm, kaiming_normal"):
+        create_model("timm:resnet18", num_classes=10, in_chans=3, img_size=32, init="xavier")
+
+
+@torch.no_grad()
 def test_open_lth_initialisation():
     torch.manual_seed(1)
     model = create_model("cifar_resnet_56", num_classes=10, in_chans=3, img_size=32)

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from lth_kernels.training.checkpoint import load_weights, save_weights, strip_prefixes
-from lth_kernels.training.hparams import Hparams, TrainingHparams, hfield
+from lth_kernels.training.hparams import DatasetHparams, Hparams, TrainingHparams, hfield
 from lth_kernels.training.rundir import atomic_save, atomic_write_json, prepare_run_dir, run_dir, stage_done
 from tests.training.tiny import tiny_mlp
 
@@ -17,6 +17,14 @@ class WfHparams(Hparams):
 
     training: TrainingHparams = hfield(default_factory=TrainingHparams)
     levels: int = hfield(2, "levels")
+
+
+@dataclass(frozen=True)
+class DataWfHparams(Hparams):
+    """Workflow hparams with a data set."""
+
+    dataset: DatasetHparams = hfield(default_factory=DatasetHparams)
+    training: TrainingHparams = hfield(default_factory=TrainingHparams)
 
 
 def test_run_dir_named_by_hash_and_hparams_written_once(tmp_path):
@@ -31,6 +39,29 @@ def test_run_dir_named_by_hash_and_hparams_written_once(tmp_path):
     atomic_write_json(tmp_path / f"imp-{other.hashname()}" / "hparams.json", hp.to_dict())
     with pytest.raises(FileExistsError, match="holds other hparams"):
         prepare_run_dir("imp", other, tmp_path)
+
+
+def test_run_name_ignores_where_the_data_lives_and_how_often_it_is_evaluated(tmp_path):
+    base = DataWfHparams.from_dict({"dataset": {"name": "cifar10"}, "training": {"lr": 0.3}})
+    moved = base.with_overrides({"dataset.data_dir": "/elsewhere", "dataset.download": True,
+                                 "training.eval_every": "3ep"})
+    assert moved.hashname() == base.hashname() and moved.identity() == base.identity()
+    assert moved.legacy_hashname() != base.legacy_hashname() == base.hashname()
+    assert base.with_overrides({"dataset.batch_size": 64}).hashname() != base.hashname()  # a real change renames
+    # The same run, found and resumed after the data moved: hparams.json of the old place does not conflict.
+    assert prepare_run_dir("wf", base, tmp_path) == prepare_run_dir("wf", moved, tmp_path)
+
+
+def test_runs_named_by_the_old_hash_are_still_found(tmp_path):
+    hp = DataWfHparams.from_dict({"dataset": {"data_dir": "/data"}, "training": {"eval_every": "2ep"}})
+    old = tmp_path / f"wf-{hp.legacy_hashname()}"  # a run made when data_dir and eval_every named the run
+    old.mkdir()
+    atomic_write_json(old / "hparams.json", hp.to_dict())
+    assert run_dir("wf", hp, tmp_path) == prepare_run_dir("wf", hp, tmp_path) == old
+    new = tmp_path / f"wf-{hp.hashname()}"
+    assert not new.exists()
+    new.mkdir()  # once a directory under the new name exists it wins
+    assert run_dir("wf", hp, tmp_path) == new
 
 
 def test_atomic_writes_and_stage_done(tmp_path):

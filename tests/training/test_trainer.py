@@ -118,6 +118,34 @@ def test_evaluation_hand_checkable():
         # argmax of [0, 0] is class 0 (first maximum): correct; [1, 0] for label 1: wrong
         assert r["test_acc"] == 0.75 and r["test_n"] == 4
         assert r["test_loss"] == pytest.approx(expected_loss, rel=1e-6)
+        v = Trainer(model, test, test, _hp(), batch_size=2, val_ds=ds).evaluate("val")
+        assert v == {"val_loss": pytest.approx(expected_loss, rel=1e-6), "val_acc": 0.75, "val_n": 4}
+    with pytest.raises(ValueError, match="needs a Trainer built with val_ds"):
+        t.evaluate("val")
+
+
+class NoisyListDataset(ListDataset):
+    """A per-sample random transform drawing from torch's global generator, as torchvision's do."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x + 0.1 * torch.randn(x.shape), y
+
+
+def test_how_often_it_evaluates_does_not_change_training():
+    """Evaluation draws nothing from the global RNG, so per-sample augmentation (and thus the weights) does
+    not depend on --training.eval_every: it can stay out of the run's name."""
+    train, test = tiny_data()
+    finals = []
+    for every in ("0it", "1it", "5it"):
+        torch.manual_seed(0)
+        model = tiny_mlp()
+        t = Trainer(model, NoisyListDataset(train), ListDataset(test), _hp(training_steps="2ep", eval_every=every),
+                    batch_size=16, val_ds=ListDataset(test))
+        res = t.train()
+        assert res.metrics["val_acc"] == res.metrics["test_acc"]  # val_ds is evaluated with the test set
+        finals.append(_params(model))
+    assert torch.equal(finals[0], finals[1]) and torch.equal(finals[0], finals[2])
 
 
 def test_grad_clip_is_applied():

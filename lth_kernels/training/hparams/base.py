@@ -10,7 +10,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 _MISSING = object()
 
@@ -181,7 +181,12 @@ def _to_jsonable(value):
 @dataclass(frozen=True)
 class Hparams:
     """Base of every hparams group. Subclasses are ``@dataclass(frozen=True)`` with ``hfield`` fields
-    and may override ``validate()`` (raise ``HparamsError(field_name, message)``)."""
+    and may override ``validate()`` (raise ``HparamsError(field_name, message)``).
+
+    ``RUN_NEUTRAL`` names the group's fields that do not change what a run computes (where the data lives,
+    how often it is evaluated): they stay out of ``identity()`` and so out of the run's name."""
+
+    RUN_NEUTRAL: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -253,10 +258,20 @@ class Hparams:
         unnamed = set(_unnamed_leaves(type(self)))
         return {k: v for k, v in self.flat_dict().items() if default.get(k, _MISSING) != v and k not in unnamed}
 
+    def identity(self) -> dict[str, Any]:
+        """``non_default()`` without the ``RUN_NEUTRAL`` fields of every group: what names a run."""
+        neutral = set(_neutral_keys(type(self), ""))
+        return {k: v for k, v in self.non_default().items() if k not in neutral}
+
     def hashname(self, length: int = 10) -> str:
-        """Stable short hash of ``non_default()`` (independent of field and key order)."""
-        canon = json.dumps(self.non_default(), sort_keys=True, separators=(",", ":"))
-        return hashlib.md5(canon.encode()).hexdigest()[:length]
+        """Stable short hash of ``identity()`` (independent of field and key order)."""
+        return _md5(self.identity(), length)
+
+    def legacy_hashname(self, length: int = 10) -> str:
+        """The name runs had before ``RUN_NEUTRAL`` fields left the hash: the hash of all of ``non_default()``
+        (equal to ``hashname()`` when every neutral field has its default). Run directories are looked up
+        under it too, so existing runs keep resuming."""
+        return _md5(self.non_default(), length)
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "overrides"):
         """A copy with dotted (``{"training.lr": 0.1}``) or nested overrides applied, validated."""
@@ -303,6 +318,20 @@ class Hparams:
                 node = node[p]
             node[rel[-1]] = _to_jsonable(_parse_text(tp, given[key], key))
         return cls.from_dict(d, prefix)
+
+
+def _md5(values: dict[str, Any], length: int) -> str:
+    canon = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.md5(canon.encode()).hexdigest()[:length]
+
+
+def _neutral_keys(cls, prefix: str):
+    """Dotted names of the ``RUN_NEUTRAL`` fields of ``cls`` and its nested groups."""
+    yield from (prefix + name for name in cls.RUN_NEUTRAL)
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if _is_group(tp):
+            yield from _neutral_keys(tp, f"{prefix}{f.name}.")
 
 
 def _flatten_overrides(cls, overrides: dict[str, Any], source: str, prefix: str = "") -> dict[str, Any]:

@@ -29,6 +29,8 @@ def _check_step(name: str, text: str, *, positive: bool = False, allow_empty: bo
 class DatasetHparams(Hparams):
     """Data set and batching."""
 
+    RUN_NEUTRAL = ("data_dir", "download")  # where the files are, not what they hold
+
     name: str = hfield("digits", "data set name (registry: digits, synthetic, mnist, cifar10, cifar100, imagefolder)")
     data_dir: str | None = hfield(None, "directory holding the data set files (none: the registry's default)")
     download: bool = hfield(False, "download the data set if it is missing")
@@ -40,12 +42,16 @@ class DatasetHparams(Hparams):
                                    "where it applies", choices=("auto", "device", "loader"))
     num_workers: str = hfield("auto", "DataLoader worker processes of the loader pipeline: auto = min(8, cores), or "
                                       "a count (0: in the training process)", named=False)
+    validation: int = hfield(0, "training images held out (seeded, class-balanced) as a validation set that "
+                                "selects the best step instead of the test set; 0: none")
 
     def validate(self):
         if self.batch_size < 1:
             raise HparamsError("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.num_workers != "auto" and not self.num_workers.isdigit():
             raise HparamsError("num_workers", f"expected 'auto' or an int >= 0, got {self.num_workers!r}")
+        if self.validation < 0:
+            raise HparamsError("validation", f"must be >= 0, got {self.validation}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class ModelHparams(Hparams):
 @dataclass(frozen=True)
 class TrainingHparams(Hparams):
     """Optimizer, schedule and training length."""
+
+    RUN_NEUTRAL = ("eval_every",)  # evaluation reads the model, it changes no weight or random stream
 
     optimizer: str = hfield("sgd", "optimizer", choices=("sgd", "adam", "adamw"))
     lr: float = hfield(0.1, "peak learning rate")

@@ -23,7 +23,7 @@ INPUT_MODES = ("tokens", "zero", "compact")
 
 
 # How much of the sweep to run; the run's name (hash) leaves them out, so a rerun with more extends it.
-JOB_FIELDS = ("keep_rate", "students", "replicates")
+JOB_FIELDS = ("keep_rate", "students", "replicates", "stability_images")
 
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,12 @@ class DataTicketHparams(Hparams):
                                        default_factory=lambda: STUDENTS)
     replicates: int = hfield(1, "student replicates (seeds shifted by the replicate index)")
     speed_batch: int = hfield(256, "batch size of the inference speed measurement (speed.json)")
+    stability_images: int = hfield(256, "first images of the evaluation split whose ticket stability across "
+                                        "augmentations and selector checkpoints is measured (0: none)")
 
     def validate(self):
+        if self.stability_images < 0:
+            raise HparamsError("stability_images", f"must be >= 0, got {self.stability_images}")
         if not self.keep_rate:
             raise HparamsError("keep_rate", "expected at least one keep rate, got none")
         for text in self.keep_rate:

@@ -21,6 +21,9 @@ FORMAT = "lth_kernels.data_ticket/1"
 SUMMARY = "summary.json"
 
 
+STABILITY = "stability.json"
+
+
 # (column, student, evaluation)
 HEADLINE = (("a ticket", "ticket", "ticket"), ("b random", "random", "ticket"), ("b @random", "random", "random"),
             ("fixed", "random_fixed", "ticket"), ("scaled", "random_scaled", "ticket"), ("c all", "all", "all"))
@@ -106,6 +109,11 @@ def build_summary(run_dir: str | Path) -> dict:
             st["train_samples_per_s"] = _agg([r["train_samples_per_s"] for r in recs])
             st["steps"] = recs[0]["steps"]
         row["headline"] = {col: row["students"].get(s, {}).get(e, _agg([])) for col, s, e in HEADLINE}
+    for path in run_dir.glob(f"keep_*/{STABILITY}"):  # per-image ticket overlap (stability.py)
+        rec = json.loads(path.read_text())
+        key = path.parent.name.removeprefix("keep_")
+        if key in rows:
+            rows[key]["stability"] = rec
     speed = run_dir / "speed.json"
     return {"run_dir": str(run_dir), "dense_acc": _done_acc(run_dir / "dense"),
             "rows": dict(sorted(rows.items(), key=lambda kv: -kv[1]["keep_rate"])),
@@ -221,6 +229,34 @@ def plot_accuracy_vs_keep(summary: dict, path: str | Path) -> None:
     ax.set_title("data-level tickets: a (ticket) vs b (random) vs c (all)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_stability(summary: dict, path: str | Path) -> None:
+    """Histograms of the per-image ticket overlap (Jaccard) across augmentations and across selector
+    checkpoints (the earliest against the final), one colour per keep rate, with the random-draw level."""
+    rows = [r for r in sorted(summary["rows"].values(), key=lambda r: -r["keep_rate"]) if "stability" in r]
+    if not rows:
+        return
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    bins = [i / 20 for i in range(21)]
+    for row in rows:
+        st, label = row["stability"], f"r={row['keep_rate']:g} (K={row['num_kept']})"
+        line = axes[0].hist(st["augmentation"]["per_image"], bins=bins, histtype="step", label=label)[2][0]
+        first = min(st["checkpoints"], key=int, default=None)
+        if first is not None:
+            axes[1].hist(st["checkpoints"][first]["per_image"], bins=bins, histtype="step", color=line.get_edgecolor(),
+                         label=f"{label}, step {first} vs final")
+        for ax in axes:
+            ax.axvline(st["random_expectation"], color=line.get_edgecolor(), ls=":", lw=1)
+    axes[0].set_title("across augmentations (flip + noise)", fontsize=9)
+    axes[1].set_title("across selector checkpoints", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("Jaccard overlap of the K patches (dotted: random draws)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("images")
     fig.tight_layout()
     _save(fig, path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import math
 import time
@@ -16,6 +17,7 @@ import torch
 from lth_kernels.models import create_model
 from lth_kernels.nn import ticketize_vit
 from lth_kernels.training.augment import BatchAugment
+from lth_kernels.training.checkpoint import load_step, step_paths
 from lth_kernels.training.distributed import is_main_process
 from lth_kernels.training.metrics import read_metrics
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
@@ -24,9 +26,17 @@ from lth_kernels.training.steps import parse_steps
 from lth_kernels.training.trainer import Trainer
 from lth_kernels.workflows.common.inputs import MODEL_FIELDS, as_flags, open_dataset
 from lth_kernels.workflows.data_ticket.hparams import WORKFLOW, DataTicketHparams
-from lth_kernels.workflows.data_ticket.report import export_tickets, plot_accuracy_vs_keep, plot_tickets, write_summary
+from lth_kernels.workflows.data_ticket.report import (
+    STABILITY,
+    export_tickets,
+    plot_accuracy_vs_keep,
+    plot_stability,
+    plot_tickets,
+    write_summary,
+)
 from lth_kernels.workflows.data_ticket.selector import PatchSelector
 from lth_kernels.workflows.data_ticket.sizes import parse_drop_blocks
+from lth_kernels.workflows.data_ticket.stability import augmentation_stability, checkpoint_stability, stability_record
 from lth_kernels.workflows.data_ticket.students import (
     AllPatches,
     FixedRandomPatches,
@@ -101,14 +111,15 @@ class DataTicketRunner:
         self.data = data
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _trainer(self, model, training, out_dir: Path, callbacks=()) -> Trainer:
+    def _trainer(self, model, training, out_dir: Path, callbacks=(), save_steps=()) -> Trainer:
         train, test, info = self.data
         aug = self.hp.augment
         # One recipe for every training of the run (dense ViT, selector fine-tune, students), as DeiT/EViT.
         batch_augment = BatchAugment(aug, info.num_classes, label_smoothing=training.label_smoothing,
                                      seed=training.seed) if aug.batch_level else None
         return Trainer(model, train, test, training, batch_size=self.hp.dataset.batch_size, out_dir=out_dir,
-                       device=self.device, callbacks=callbacks, progress=self.progress, batch_augment=batch_augment)
+                       device=self.device, callbacks=callbacks, progress=self.progress, batch_augment=batch_augment,
+                       save_steps=save_steps)
 
     def _create(self, name: str, kwargs: dict, img_size=None):
         info = self.data[2]
@@ -179,10 +190,36 @@ class DataTicketRunner:
     def _selector(self, r: float, base, drop: tuple[int, ...]) -> PatchSelector:
         selector = PatchSelector(copy.deepcopy(base), r, drop)
         seed_everything(self.hp.selector.training.seed)
-        res = self._trainer(selector, self.hp.selector.training, self.path / keep_dir_name(r) / "selector").train()
+        res = self._trainer(selector, self.hp.selector.training, self.path / keep_dir_name(r) / "selector",
+                            save_steps=self._selector_checkpoints()).train()
         log.info("keep %g: selector (K = %d of %d, stages %s) test_acc %.4f", r, selector.num_kept,
                  selector.num_patches, selector.counts, res.metrics.get("test_acc", float("nan")))
         return selector.cpu().eval()
+
+    def _selector_checkpoints(self) -> list[int]:
+        """The fine-tune steps saved for the stability across checkpoints: a third and two thirds of the way."""
+        spe = len(self.data[0]) // self.hp.dataset.batch_size
+        total = parse_steps(self.hp.selector.training.training_steps, spe, "--selector.training.training_steps")
+        return sorted({total.iteration // 3, 2 * total.iteration // 3} - {0, total.iteration})
+
+    def _stability(self, r: float, base, drop: tuple[int, ...], selector: PatchSelector) -> None:
+        """``keep_<r>/stability.json``: per-image ticket overlap across augmentations and selector checkpoints."""
+        out = self.path / keep_dir_name(r) / STABILITY
+        n = self.hp.stability_images
+        if n == 0 or out.exists():
+            return
+        images = _first_images(self.data[1], n)
+        sel_dir = self.path / keep_dir_name(r) / "selector"
+        selects = {0: PatchSelector(copy.deepcopy(base), r, drop).cpu().select}
+        for step in self._selector_checkpoints():
+            if step_paths(sel_dir, step)[0].exists():  # (a selector fine-tuned by an older version saved none)
+                ckpt = PatchSelector(copy.deepcopy(base), r, drop)
+                load_step(sel_dir, step, ckpt)
+                selects[step] = ckpt.cpu().select
+        selects[json.loads((sel_dir / "done.json").read_text())["step"]] = selector.select
+        aug = augmentation_stability(selector.select, images, selector.grid, seed=self.hp.selector.training.seed)
+        atomic_write_json(out, stability_record(aug, checkpoint_stability(selects, images), selector.num_kept,
+                                                selector.num_patches))
 
     def _scaled_steps(self, r_stages: float) -> str:
         hp = self.hp
@@ -283,6 +320,8 @@ class DataTicketRunner:
                     self._student(r, name, rep, selector)
         self._speed(selectors)
         if is_main_process():
+            for r, selector in selectors.items():
+                self._stability(r, base, drop, selector)
             info = self.data[2]
             if self.export:
                 for r, selector in selectors.items():
@@ -293,6 +332,7 @@ class DataTicketRunner:
                          info.mean, info.std, self.path / "plots" / "tickets.png")
             summary = write_summary(self.path)
             plot_accuracy_vs_keep(summary, self.path / "plots" / "accuracy_vs_keep.png")
+            plot_stability(summary, self.path / "plots" / "ticket_stability.png")
         return self.path
 
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lth_kernels.training.hparams import Hparams, HparamsError, ModelHparams, PruningHparams, hfield
+from lth_kernels.training.hparams import Hparams, HparamsError, ModelHparams, hfield
 from lth_kernels.workflows.imp.hparams import ImpHparams
 
 WORKFLOW = "elastic"
@@ -19,7 +19,10 @@ DEFAULT_PRESET = "mlp-digits"
 STRATEGIES = ("interpolate", "append")
 
 
-BASELINES = ("imp", "random", "magnitude", "snip", "grasp", "synflow", "reinit", "random_copies")
+# Two readings of the paper's random baseline: ``random`` prunes the target uniformly at random to the matched
+# density over all its prunable weights (global); ``shuffled`` keeps the transformed ticket's density in every
+# layer and moves its kept weights to random places within the layer (layerwise shuffle).
+BASELINES = ("imp", "random", "shuffled", "magnitude", "snip", "grasp", "synflow", "reinit", "random_copies")
 
 
 # Fields that say how much to do, not what a stage computes: extending them extends the same run.
@@ -36,7 +39,7 @@ def _digits_imp() -> ImpHparams:
     # About 30 trainings of 330 steps: a few minutes on a laptop core.
     base = ImpHparams()
     return base.replace(model=ModelHparams(name="lenet_100_100_100"), rewind="2ep", levels=5,
-                        pruning=PruningHparams(fraction=0.36), dataset=base.dataset.replace(batch_size=128))
+                        pruning=base.pruning.replace(fraction=0.36), dataset=base.dataset.replace(batch_size=128))
 
 
 @dataclass(frozen=True)

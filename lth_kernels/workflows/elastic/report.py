@@ -137,7 +137,9 @@ def _collect(er) -> dict:
     add("IMP on target (rewind)", lambda r, t: er.imp(t).level_dir(r, er.level))
     for s in sources:
         add(f"Reinit <- {s}", lambda r, t, s=s: er.target_dir(r, t) / f"reinit_from_{s}")
-    for method, label in (("random", "Random prune"), ("magnitude", "One-shot magnitude"), ("snip", "SNIP"),
+    for s in sources:
+        add(f"ETT shuffled layerwise <- {s}", lambda r, t, s=s: er.target_dir(r, t) / f"ett_shuffled_from_{s}")
+    for method, label in (("random", "Random prune (global)"), ("magnitude", "One-shot magnitude"), ("snip", "SNIP"),
                           ("grasp", "GraSP"), ("synflow", "SynFlow")):
         add(label, lambda r, t, m=method: er.target_dir(r, t) / m)
     for s in sources:

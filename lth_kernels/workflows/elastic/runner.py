@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lth_kernels.models import create_model
-from lth_kernels.tickets import Ticket, prune
+from lth_kernels.tickets import Ticket, prune, shuffle
 from lth_kernels.tickets.elastic import (
     ElasticError,
     check_mapping,
@@ -26,10 +26,12 @@ from lth_kernels.tickets.elastic import (
     parse_mapping,
     transform,
 )
-from lth_kernels.training import Trainer, TrainResult
+from lth_kernels.training import TrainResult
+from lth_kernels.training.connectivity import COPY_SEEDS, interpolate
 from lth_kernels.training.distributed import barrier, is_main_process
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
-from lth_kernels.workflows.common.inputs import MODEL_FIELDS, as_flags, open_dataset
+from lth_kernels.workflows.common.data import build_data
+from lth_kernels.workflows.common.inputs import MODEL_FIELDS, as_flags
 from lth_kernels.workflows.elastic.hparams import WORKFLOW, ElasticHparams
 from lth_kernels.workflows.imp.branches import derived_seed
 from lth_kernels.workflows.imp.hparams import ImpHparams
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 # Data-order seed offsets of the two LMC copies (the reference's change_depth_linear_connect).
-LMC_SEEDS = (9999, 10001)
+LMC_SEEDS = COPY_SEEDS
 
 
 PRUNED_BASELINES = ("random", "magnitude", "snip", "grasp", "synflow")
@@ -77,7 +79,7 @@ class ElasticRunner:
         self.imp_runs = {int(d): Path(p) for d, p in (imp_runs or {}).items()}
         self.device, self.progress, self.callbacks = device, progress, list(callbacks)
         # every input is checked before the run directory exists
-        self.data = data if data is not None else open_dataset(hp.imp.dataset, "imp.dataset")
+        self.data = data if data is not None else build_data(hp.imp.dataset, "imp.dataset")
         self.level = hp.imp.num_levels
         with as_flags("imp.model", MODEL_FIELDS):
             self.family_depth = model_depth(hp.imp.model.name, hp.imp.model.kwargs)
@@ -182,8 +184,9 @@ class ElasticRunner:
 
     def ett(self, replicate: int, src: int, dst: int, variant: str = "ett", out_dir: Path | None = None,
             data_order_offset: int = 0) -> TrainResult | None:
-        """``ett``: the transformed ticket; ``ett_random_copies``: its copies' masks permuted; ``reinit``: the
-        transformed mask on a fresh initialisation."""
+        """``ett``: the transformed ticket; ``ett_random_copies``: its copies' masks permuted; ``ett_shuffled``:
+        every layer's kept weights moved to random places in the layer (the same per-layer density), from the
+        same weights; ``reinit``: the transformed mask on a fresh initialisation."""
         out_dir = out_dir or self.target_dir(replicate, dst) / f"{variant}_from_{src}"
         res, target = self.transformed(replicate, src, dst, random_copies=variant == "ett_random_copies")
         if variant == "ett_random_copies" and not res.copies:
@@ -198,6 +201,9 @@ class ElasticRunner:
             model = target
         start = 0 if self.hp.start_at_step_zero else None
         ticket = res.ticket.with_metadata(branch=variant)
+        if variant == "ett_shuffled":
+            g = torch.Generator().manual_seed(derived_seed("elastic_shuffled", replicate, src, dst, self.hp.seed))
+            ticket = shuffle(ticket, scope="layerwise", generator=g, exclude=self.imp(dst).exclude_globs(target))
         return self.train(dst, replicate, model, ticket, out_dir, start=start, data_order_offset=data_order_offset)
 
     def pruned_baseline(self, replicate: int, depth: int, method: str) -> TrainResult:
@@ -255,19 +261,8 @@ class ElasticRunner:
             runner.load_final(m, base / name)
             states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         model = m
-        evaluator = Trainer(model, *self.data[:2], runner.training_for(replicate),
-                            batch_size=runner.hp.dataset.batch_size, device=self.device, progress=False)
-        n = self.hp.lmc_points
-        alphas = [i / (n - 1) for i in range(n)]
-        errors = []
-        for a in alphas:
-            mixed = {k: (1 - a) * va + a * states[1][k] if va.is_floating_point() else va
-                     for k, va in states[0].items()}
-            model.load_state_dict(mixed)
-            errors.append(1.0 - evaluator.evaluate()["test_acc"])
-        result = {"alphas": alphas, "test_error": errors,
-                  "instability": max(errors) - (errors[0] + errors[-1]) / 2, "max_error_rise": max(errors) - min(
-                      errors[0], errors[-1])}
+        evaluator = runner.evaluator(model, runner.training_for(replicate))
+        result = interpolate(model, *states, lambda: 1.0 - evaluator.evaluate()["test_acc"], self.hp.lmc_points)
         atomic_write_json(out, result)
         return result
 
@@ -295,6 +290,8 @@ class ElasticRunner:
                 self._log(r, t, f"ett_from_{s}", self.ett(r, s, t))
                 if "random_copies" in hp.baselines:
                     self._log(r, t, f"ett_random_copies_from_{s}", self.ett(r, s, t, "ett_random_copies"))
+                if "shuffled" in hp.baselines:
+                    self._log(r, t, f"ett_shuffled_from_{s}", self.ett(r, s, t, "ett_shuffled"))
                 if "reinit" in hp.baselines:
                     self._log(r, t, f"reinit_from_{s}", self.ett(r, s, t, "reinit"))
                 if hp.lmc:

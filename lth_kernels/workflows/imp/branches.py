@@ -59,11 +59,16 @@ def random_reinit(runner, replicate: int, level: int, opts, out_dir):
 
 @register_branch("random_prune", options="random_prune")
 def random_prune(runner, replicate: int, level: int, opts, out_dir):
-    """The level's per-layer (or global) density at random places, from the rewind weights (randomly_prune)."""
+    """The level's per-layer (or global) density at random places, from θ_K, θ₀ or the end (randomly_prune)."""
     from lth_kernels.tickets import shuffle
 
     training = runner.training_for(replicate)
-    model = runner.rewound_model(replicate)
+    if opts.start_at == "rewind":
+        model, start = runner.rewound_model(replicate), runner.rewind_step
+    elif opts.start_at == "init":
+        model, start = runner.initial_model(replicate), 0
+    else:  # the level's own trained weights, retrained from step 0 under the random mask
+        model, start = runner.load_final(runner.new_model(training.seed), runner.level_dir(replicate, level)), 0
 
     def make():
         import torch
@@ -72,7 +77,7 @@ def random_prune(runner, replicate: int, level: int, opts, out_dir):
         return shuffle(runner.main_ticket(replicate, level), scope=opts.scope, generator=g,
                        exclude=runner.exclude_globs(model)).with_metadata(branch="random_prune")
 
-    return runner.train_stage(model, make, out_dir, training, runner.rewind_step)
+    return runner.train_stage(model, make, out_dir, training, start)
 
 
 @register_branch("retrain", options="retrain")
@@ -90,3 +95,31 @@ def retrain(runner, replicate: int, level: int, opts, out_dir):
     start = 0 if opts.start_at_step_zero else runner.rewind_step
     return runner.train_stage(model, lambda: runner.main_ticket(replicate, level).with_metadata(branch="retrain"),
                               out_dir, training, start, data=data, batch_size=dataset.batch_size)
+
+
+LMC = "lmc.json"
+
+
+@register_branch("lmc", options="lmc")
+def lmc(runner, replicate: int, level: int, opts, out_dir):
+    """Instability: two copies of the ticket from θ_K with other data orders, error along their line (lmc.json)."""
+    from lth_kernels.tickets import Ticket
+    from lth_kernels.training.connectivity import COPY_SEEDS, interpolate
+    from lth_kernels.training.rundir import atomic_write_json
+
+    training = runner.training_for(replicate)
+    ticket = lambda: runner.main_ticket(replicate, level).with_metadata(branch="lmc")
+    dirs = (out_dir, out_dir / "copy_b")  # copy a is the branch's own stage, so the report lists its accuracy
+    results = [runner.train_stage(runner.rewound_model(replicate), ticket, d, training.replace(
+        data_order_seed=training.data_order_seed + offset), runner.rewind_step) for d, offset in zip(dirs, COPY_SEEDS)]
+    if runner.is_main and not (out_dir / LMC).exists():
+        states = []
+        for d in dirs:
+            model = runner.new_model(training.seed)
+            Ticket.load(d / "mask.safetensors").apply(model)
+            runner.load_final(model, d)
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        evaluator = runner.evaluator(model, training)
+        atomic_write_json(out_dir / LMC, interpolate(model, *states, lambda: 1.0 - evaluator.evaluate()["test_acc"],
+                                                     opts.points))
+    return results[0]

@@ -23,7 +23,18 @@ from lth_kernels.training.rundir import atomic_write_json
 SUMMARY = "summary.json"
 
 
-METRICS = ("density", "density_all", "test_acc_end", "test_acc_best", "train_time_s", "samples_per_s")
+METRICS = ("density", "density_all", "test_acc_end", "test_acc_best", "val_acc_best", "test_acc_at_val_best",
+           "instability", "train_time_s", "samples_per_s")
+
+
+def select_by_validation(recs: list[dict]) -> tuple[float | None, float | None, int | None]:
+    """``(best val_acc, test_acc at that evaluation, its step)`` over the evaluations that have both (the
+    first of equal maxima: the earlier model); ``(None, None, None)`` without a validation set."""
+    pairs = [r for r in recs if r.get("val_acc") is not None and r.get("test_acc") is not None]
+    if not pairs:
+        return None, None, None
+    best = max(pairs, key=lambda r: r["val_acc"])  # max() keeps the first of equal keys
+    return best["val_acc"], best["test_acc"], best["step"]
 
 
 def stage_record(stage_dir: Path) -> dict | None:
@@ -36,9 +47,14 @@ def stage_record(stage_dir: Path) -> dict | None:
     accs = [r["test_acc"] for r in recs if r.get("test_acc") is not None]
     rates = [r["samples_per_s"] for r in recs if r.get("samples_per_s")]
     end = info.get("metrics") or {}
+    lmc = stage_dir / "lmc.json"  # the lmc branch: the error barrier between its two copies
+    instability = json.loads(lmc.read_text())["instability"] if lmc.exists() else None
+    val_best, test_at_val_best, val_best_step = select_by_validation(recs)
     return {
         "density": report.get("prunable", report)["density"], "density_all": report["density"],
         "test_acc_end": end.get("test_acc"), "test_acc_best": max(accs) if accs else end.get("test_acc"),
+        "val_acc_best": val_best, "test_acc_at_val_best": test_at_val_best, "val_best_step": val_best_step,
+        "instability": instability,
         "train_time_s": end.get("elapsed_s"), "samples_per_s": sum(rates) / len(rates) if rates else None,
         "steps": info["step"] - info["start_step"],
         "layers": {name: v["density"] for name, v in report.get("layers", {}).items()},
@@ -112,16 +128,30 @@ def _pm(agg: dict, scale: float = 100.0, digits: int = 2, exact: bool = False) -
     return text + (f" ± {agg['std'] * scale:.{digits}f}" if agg["n"] > 1 and not (exact and agg["std"] == 0) else "")
 
 
+def has_validation(summary: dict) -> bool:
+    """Whether the run's stages were evaluated on a validation set (then it, not the test set, selects)."""
+    return any(agg["test_acc_at_val_best"]["n"] for row in summary["levels"].values() for agg in row.values()
+               if "test_acc_at_val_best" in agg)
+
+
 def format_table(summary: dict) -> str:
-    """Level, % weights remaining, end (best) test accuracy per branch, and the main run's time and speed."""
+    """Level, % weights remaining, per branch the test accuracy at the end and at the selected step (the best
+    validation accuracy; without a validation set the test maximum, marked as such), and the main run's time
+    and speed."""
     branches = summary["branches"]
-    head = ["level", "weights %"] + [f"{b} acc % (best)" for b in branches] + ["main time s", "main samples/s"]
+    val = has_validation(summary)
+    picked, tag = ("test_acc_at_val_best", "val-best") if val else ("test_acc_best", "test-max")
+    unstable = [b for b in branches
+                if any(row.get(b, {}).get("instability", {}).get("n") for row in summary["levels"].values())]
+    head = ["level", "weights %"] + [f"{b} acc % ({tag})" for b in branches] + [
+        f"{b} instability %" for b in unstable] + ["main time s", "main samples/s"]
     rows = []
     for lvl, row in summary["levels"].items():
         main = row.get("main") or next(iter(row.values()))
         cells = [lvl, _pm(main["density"], exact=True)]
         for b in branches:
-            cells.append(f"{_pm(row[b]['test_acc_end'])} ({_pm(row[b]['test_acc_best'])})" if b in row else "-")
+            cells.append(f"{_pm(row[b]['test_acc_end'])} ({_pm(row[b][picked])})" if b in row else "-")
+        cells += [_pm(row[b]["instability"]) if b in row else "-" for b in unstable]
         cells += [_pm(main["train_time_s"], 1, 1), _pm(main["samples_per_s"], 1, 0)]
         rows.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
@@ -129,7 +159,11 @@ def format_table(summary: dict) -> str:
     n = summary["replicates"]
     title = f"{summary['run']}: {n} replicate{'s' if n != 1 else ''} (mean ± std over replicates)" if n > 1 \
         else f"{summary['run']}: 1 replicate"
-    return "\n".join([title, line(head), line(["-" * w for w in widths]), *map(line, rows)])
+    held = (summary.get("hparams", {}).get("dataset") or {}).get("validation")
+    note = (f"acc %: test accuracy at the end (at the step of best accuracy on {held} held-out training images)"
+            if val else "acc %: test accuracy at the end (the best test evaluation: selected on the test set; "
+                        "--dataset.validation N selects on a hold-out)")
+    return "\n".join([title, note, line(head), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def plot(summary: dict, run_dir: str | Path) -> list[Path]:

@@ -16,23 +16,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lth_kernels.models import load_weights
 from lth_kernels.tickets import Ticket, prunable_parameters, prune
+from lth_kernels.tickets.prunable import iter_maskable
 from lth_kernels.training import Trainer, TrainingHparams, TrainResult
 from lth_kernels.training.checkpoint import load_step
 from lth_kernels.training.distributed import barrier, is_main_process
 from lth_kernels.training.rundir import atomic_write_json, prepare_run_dir
 from lth_kernels.training.steps import parse_steps
 from lth_kernels.training.trainer import DONE
-from lth_kernels.workflows.common.inputs import make_model, open_dataset
+from lth_kernels.workflows.common.data import build_data
+from lth_kernels.workflows.common.inputs import make_model
 from lth_kernels.workflows.imp.branches import BRANCHES, branch_dir_name
-from lth_kernels.workflows.imp.hparams import WORKFLOW, ImpHparams
+from lth_kernels.workflows.imp.hparams import WORKFLOW, ImpHparams, parse_levels
 
 
 def run_imp(hp: ImpHparams, root: str = "runs", **kwargs):
     """Run (or resume) IMP for ``hp`` under ``root``; returns the run directory (a ``Path``).
 
     ``kwargs`` go to ``ImpRunner``: ``callbacks`` (Trainer callbacks, every stage), ``device``,
-    ``progress``, ``data`` (``(train, test, info)`` to use instead of building ``hp.dataset``), ``threads``
+    ``progress``, ``data`` (``(train, test, info[, val])`` to use instead of building ``hp.dataset``), ``threads``
     (``"auto"``: one CPU thread for small models).
     """
     from lth_kernels.workflows.imp.runner import ImpRunner
@@ -41,6 +44,13 @@ def run_imp(hp: ImpHparams, root: str = "runs", **kwargs):
 
 
 log = logging.getLogger(__name__)
+
+
+def _with_val(data: tuple) -> tuple:
+    """``(train, test, info)`` -> ``(train, test, info, None)``; a 4-tuple as it is."""
+    if len(data) not in (3, 4):
+        raise ValueError(f"data: expected (train, test, info[, val]), got a tuple of {len(data)}")
+    return tuple(data) + (None,) * (4 - len(data))
 
 
 MASK = "mask.safetensors"
@@ -58,9 +68,11 @@ class ImpRunner:
         callbacks: ``Trainer`` callbacks added to every stage.
         device: training device (default: CUDA when available).
         progress: tqdm bars on a terminal.
-        data: ``(train, test, info)`` to use instead of ``create_dataset(hp.dataset...)``.
+        data: ``(train, test, info[, val])`` to use instead of ``build_data(hp.dataset)``; ``val`` (a
+            validation set) selects the reported best step.
         threads: torch intra-op threads; ``"auto"``: 1 when training a model of under ``SMALL_MODEL``
             parameters on the CPU, else torch's default; None: leave torch's setting alone.
+        workflow: the run directory's prefix (``lth train`` runs level 0 only, as ``train-<hash>``).
     """
 
     # Below this many parameters the GEMMs are too small to gain from intra-op threads on a CPU, and they lose
@@ -69,12 +81,13 @@ class ImpRunner:
     SMALL_MODEL = 1_000_000
 
     def __init__(self, hp: ImpHparams, root: str | Path = "runs", *, callbacks=(), device=None,
-                 progress: bool = True, data=None, threads: int | str | None = None, flag_prefix: str = ""):
+                 progress: bool = True, data=None, threads: int | str | None = None, workflow: str = WORKFLOW,
+                 flag_prefix: str = ""):
         self.hp, self.root, self.flag_prefix = hp, Path(root), flag_prefix
         self.callbacks, self.device, self.progress = list(callbacks), device, progress
         self.is_main = is_main_process()
         self._data = {}
-        self.data = data if data is not None else self.data_for(hp.dataset)
+        self.data = _with_val(data) if data is not None else self.data_for(hp.dataset)
         self.steps_per_epoch = len(self.data[0]) // hp.dataset.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(f"--dataset.batch_size: {hp.dataset.batch_size} is larger than the training set "
@@ -92,7 +105,7 @@ class ImpRunner:
         if ":" in hp.pruning.structure and hp.levels > 1 and hp.target_density is None:
             log.warning("--pruning.structure %s has a fixed density: running 1 pruned level, not %d",
                         hp.pruning.structure, hp.levels)
-        self.path = prepare_run_dir(WORKFLOW, hp, self.root, write=self.is_main)
+        self.path = prepare_run_dir(workflow, hp, self.root, write=self.is_main)
         if self.is_main and json.loads((self.path / "hparams.json").read_text()) != hp.to_dict():
             atomic_write_json(self.path / "hparams.json", hp.to_dict())  # same run, this invocation's job fields
         barrier()
@@ -108,10 +121,10 @@ class ImpRunner:
 
     # ------------------------------------------------------------------------------------------ building blocks
     def data_for(self, dataset) -> tuple:
-        """``(train, test, info)`` of a ``DatasetHparams`` (built once per distinct value)."""
+        """``(train, test, info, val)`` of a ``DatasetHparams`` (built once per distinct value)."""
         key = dataset.to_json()
         if key not in self._data:
-            self._data[key] = open_dataset(dataset, f"{self.flag_prefix}dataset")
+            self._data[key] = build_data(dataset, f"{self.flag_prefix}dataset")
         return self._data[key]
 
     def training_for(self, replicate: int) -> TrainingHparams:
@@ -124,8 +137,14 @@ class ImpRunner:
         return make_model(self.hp.model, info or self.data[2], f"{self.flag_prefix}model", seed=seed)
 
     def exclude_globs(self, model: nn.Module) -> tuple[str, ...]:
-        """The weights never pruned: the model's defaults plus ``--pruning.exclude``."""
-        return tuple(getattr(model, "default_prune_exclude", ())) + tuple(self.hp.pruning.exclude)
+        """The maskable weights the main run never prunes (by name): see ``prunable``."""
+        prunable = self.prunable(model)
+        return tuple(name for name, _, _ in iter_maskable(model) if name not in prunable)
+
+    def prunable(self, model: nn.Module) -> dict:
+        """The weights the main run prunes: the model's and ``--pruning.exclude``'s exclusions, except the layers
+        a ``--pruning.fraction_by`` glob names."""
+        return prunable_parameters(model, self.hp.pruning.exclude, include=tuple(self.hp.pruning.fraction_by))
 
     def replicate_dir(self, replicate: int) -> Path:
         return self.path / f"replicate_{replicate}"
@@ -140,6 +159,12 @@ class ImpRunner:
 
     def rewound_model(self, replicate: int) -> nn.Module:
         return self.load_rewind(self.new_model(self.training_for(replicate).seed), replicate)
+
+    def initial_model(self, replicate: int) -> nn.Module:
+        """θ₀ of the replicate (saved by ``pretrain`` as ``step_0``)."""
+        model = self.new_model(self.training_for(replicate).seed)
+        load_step(self.replicate_dir(replicate) / "pretrain", 0, model)
+        return model
 
     @staticmethod
     def load_final(model: nn.Module, stage_dir: Path) -> nn.Module:
@@ -173,13 +198,19 @@ class ImpRunner:
         else:
             ticket = Ticket.ones(model)
         ticket.apply(model)
-        train, test, _ = data or self.data
+        train, test, _, val = _with_val(data or self.data)
         trainer = Trainer(model, train, test, training, batch_size=batch_size or self.hp.dataset.batch_size,
-                          out_dir=out_dir, device=self.device, callbacks=self.callbacks, progress=self.progress)
+                          out_dir=out_dir, device=self.device, callbacks=self.callbacks, progress=self.progress,
+                          val_ds=val)
         return trainer.train(start_step=start_step)
 
+    def evaluator(self, model: nn.Module, training: TrainingHparams) -> Trainer:
+        """A Trainer that only evaluates ``model`` (``.evaluate()``), keeping nothing on disk."""
+        return Trainer(model, *self.data[:2], training, batch_size=self.hp.dataset.batch_size, device=self.device,
+                       progress=False)
+
     def _save_ticket(self, ticket: Ticket, out_dir: Path, model: nn.Module) -> None:
-        prunable = prunable_parameters(model, self.hp.pruning.exclude)
+        prunable = self.prunable(model)
         kept = sum(int(ticket[n].sum()) for n in prunable)
         total = sum(ticket[n].numel() for n in prunable)
         report = {**ticket.report(), "prunable": {"kept": kept, "total": total, "density": kept / total if total
@@ -192,9 +223,11 @@ class ImpRunner:
         """θ₀ -> θ_K, dense (K = 0: just θ₀); saves ``step_0`` and ``step_<K>``."""
         training = self.training_for(replicate)
         model = self.new_model(training.seed)
+        if self.hp.init.weights:
+            load_weights(model, self.hp.init.weights)
         trainer = Trainer(model, *self.data[:2], training, batch_size=self.hp.dataset.batch_size,
                           out_dir=self.replicate_dir(replicate) / "pretrain", device=self.device,
-                          save_steps=[0], callbacks=self.callbacks, progress=self.progress)
+                          save_steps=[0], callbacks=self.callbacks, progress=self.progress, val_ds=self.data[3])
         trainer.train(end_step=self.rewind_step)
 
     def level_ticket(self, replicate: int, level: int) -> Ticket:
@@ -203,12 +236,17 @@ class ImpRunner:
         meta = {"source_run": self.path.name, "replicate": replicate, "rewind": self.hp.rewind}
         model = self.new_model(training.seed)
         if level == 0:
-            return Ticket.ones(model, metadata=meta)
+            if not self.hp.init.ticket:
+                return Ticket.ones(model, metadata=meta)
+            given = Ticket.load(self.hp.init.ticket)
+            given.match(model)  # names and shapes, one-line errors
+            return given.with_metadata(**meta, level="0", init_ticket=str(self.hp.init.ticket))
         prev = self.level_dir(replicate, level - 1)
         self.load_final(model, prev)
         p = self.hp.pruning
         return prune(model, "magnitude", None if ":" in p.structure else p.fraction, current=Ticket.load(prev / MASK),
-                     scope=p.scope, structure=p.structure, exclude=p.exclude, metadata={**meta, "level": level})
+                     scope=p.scope, structure=p.structure, exclude=p.exclude, fraction_by=p.fraction_by,
+                     metadata={**meta, "level": level})
 
     def level(self, replicate: int, level: int) -> TrainResult:
         model = self.rewound_model(replicate)
@@ -218,6 +256,9 @@ class ImpRunner:
         return res
 
     def branches(self, replicate: int, level: int) -> None:
+        chosen = parse_levels(self.hp.branch_levels)
+        if chosen is not None and level not in chosen:
+            return
         for name in self.hp.branches:
             branch = BRANCHES[name]
             opts = getattr(self.hp, branch.options) if branch.options else None

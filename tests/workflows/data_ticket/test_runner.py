@@ -233,6 +233,15 @@ def test_embedded_preset_end_to_end(tmp_path, capsys):
     assert row["students"]["random_scaled"]["steps"] == 8  # ceil(3 / 0.75^3)
     assert (run / "plots" / "tickets.png").stat().st_size > 0
     assert (run / "plots" / "accuracy_vs_keep.png").stat().st_size > 0
+    # ticket stability per image: across augmented views, and across the selector's checkpoints (step 0 = the
+    # dense ViT before the fine-tune, step 1 saved on the way) against the final selector (step 2)
+    st = row["stability"]
+    assert st == json.loads((run / "keep_0.75" / "stability.json").read_text())
+    assert st["num_images"] == 256 and len(st["augmentation"]["per_image"]) == 256
+    assert sorted(st["checkpoints"]) == ["0", "1"] and (run / "keep_0.75" / "selector" / "step_1.safetensors").exists()
+    assert all(0.0 <= v <= 1.0 for c in st["checkpoints"].values() for v in c["per_image"])
+    assert st["random_expectation"] == pytest.approx(7 / 25)
+    assert (run / "plots" / "ticket_stability.png").stat().st_size > 0
     idx, meta = load_tickets(run / "keep_0.75" / "tickets.safetensors")
     assert idx.shape == (360, 7) and meta["keep_rate"] == "0.75"
     speed = json.loads((run / "speed.json").read_text())

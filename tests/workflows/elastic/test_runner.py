@@ -45,13 +45,14 @@ def test_embedded_preset_end_to_end(tiny_run):
     hp, root, path = tiny_run
     assert path == root / f"elastic-{hp.hashname()}"
     target = path / "replicate_0" / "target_5"
-    expected = {"ett_from_4", "ett_random_copies_from_4", "reinit_from_4", "random", "magnitude", "snip", "grasp",
-                "synflow", "lmc_from_4"}
+    expected = {"ett_from_4", "ett_random_copies_from_4", "ett_shuffled_from_4", "reinit_from_4", "random",
+                "magnitude", "snip", "grasp", "synflow", "lmc_from_4"}
     assert expected <= {p.name for p in target.iterdir() if p.is_dir()}
     summary = json.loads((path / "summary.json").read_text())
     methods = [row["method"] for row in summary["rows"]]
-    assert methods == ["Dense target", "IMP on target (rewind)", "Reinit <- 4", "Random prune", "One-shot magnitude",
-                       "SNIP", "GraSP", "SynFlow", "ETT random copies <- 4", "ETT <- 4"]
+    assert methods == ["Dense target", "IMP on target (rewind)", "Reinit <- 4", "ETT shuffled layerwise <- 4",
+                       "Random prune (global)", "One-shot magnitude", "SNIP", "GraSP", "SynFlow",
+                       "ETT random copies <- 4", "ETT <- 4"]
     for row in summary["rows"]:
         acc = row["cells"]["5"]["test_acc"]
         assert 0.0 <= acc <= 1.0
@@ -88,6 +89,11 @@ def test_transformed_ticket_is_the_source_ticket_mapped(tiny_run):
     rnd = Ticket.load(path / "replicate_0" / "target_5" / "ett_random_copies_from_4" / "mask.safetensors")
     assert reinit.equal(ett)
     assert [n for n in ett if not torch.equal(ett[n], rnd[n])] == ["fc_layers.2.weight"]
+    # the layerwise shuffle keeps every layer's count (the output layer, excluded, untouched) at other places
+    shuf = Ticket.load(path / "replicate_0" / "target_5" / "ett_shuffled_from_4" / "mask.safetensors")
+    assert {n: int(shuf[n].sum()) for n in ett} == {n: int(ett[n].sum()) for n in ett}
+    assert torch.equal(shuf["fc.weight"], ett["fc.weight"])
+    assert all(not torch.equal(shuf[n], ett[n]) for n in ett if n != "fc.weight")
     assert int(rnd["fc_layers.2.weight"].sum()) == int(ett["fc_layers.2.weight"].sum())
     assert all(int((w != 0).sum()) <= int(ett[n].sum())
                for n, w in _final(path / "replicate_0" / "target_5" / "ett_from_4").items() if n in ett)

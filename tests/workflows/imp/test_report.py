@@ -44,10 +44,11 @@ def test_table_and_plots(run_dir):
     text = report(run_dir)
     lines = text.splitlines()
     assert lines[0].startswith(f"{run_dir.name}: 2 replicates")
-    assert "random_reinit acc % (best)" in lines[1]
-    rows = [line.split() for line in lines[3:6]]
+    assert "selected on the test set" in lines[1]  # no validation set: the table says so
+    assert "random_reinit acc % (test-max)" in lines[2]
+    rows = [line.split() for line in lines[4:7]]
     assert [r[0] for r in rows] == ["0", "1", "2"] and [r[1] for r in rows] == ["100.00", "80.00", "64.00"]
-    assert "±" in lines[4]
+    assert "±" in lines[5]
     for name in ("accuracy_vs_density.png", "layer_density.png"):
         png = run_dir / "plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -64,8 +65,33 @@ def test_cli_and_partial_runs(run_dir, tmp_path, capsys):
     assert out.startswith(partial.name) and (partial / "plots" / "accuracy_vs_density.png").exists()
     s = build_summary(partial)
     assert s["levels"]["2"]["random_reinit"]["n"] == 1 and s["levels"]["2"]["main"]["n"] == 2
-    assert len(format_table(s).splitlines()) == 6
+    assert len(format_table(s).splitlines()) == 7
 
     assert lth(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lth report: error: RUN_DIR:")
+
+
+def test_validation_split_selects_the_reported_step(tmp_path):
+    """With --dataset.validation the stages evaluate a class-balanced hold-out of the training images; the
+    table reports the test accuracy at the step of best validation accuracy, not the test maximum."""
+    hp = ImpHparams.from_preset(**{"training.training_steps": "6it", "training.eval_every": "2it", "levels": 1,
+                                   "dataset.validation": 200})
+    path = run_imp(hp, root=tmp_path, progress=False)
+    from lth_kernels.training.metrics import read_metrics
+    from lth_kernels.workflows.imp.report import select_by_validation
+
+    for stage in ("level_0/main", "level_1/main"):
+        recs = read_metrics(path / "replicate_0" / stage / "metrics.jsonl")
+        assert all(r["val_n"] == 200 for r in recs) and len(recs) == 4  # steps 0, 2, 4, 6
+        best = max(recs, key=lambda r: r["val_acc"])
+        assert select_by_validation(recs) == (best["val_acc"], best["test_acc"], best["step"])
+    s = build_summary(path)
+    rec = s["per_replicate"]["0"]["1"]["main"]
+    recs = read_metrics(path / "replicate_0/level_1/main/metrics.jsonl")
+    assert rec["test_acc_at_val_best"] == next(r["test_acc"] for r in recs if r["step"] == rec["val_best_step"])
+    lines = format_table(s).splitlines()
+    assert "200 held-out training images" in lines[1] and "main acc % (val-best)" in lines[2]
+    at_val = f"({100 * s['levels']['1']['main']['test_acc_at_val_best']['mean']:.2f})"
+    assert at_val in lines[-1]
+    assert select_by_validation([{"step": 0, "test_acc": 0.5}]) == (None, None, None)

@@ -1,0 +1,80 @@
+"""IMP branches beyond the core controls: random_prune's start points, branches on a level range, and the lmc
+(instability) branch."""
+
+import json
+
+import pytest
+import torch
+
+from lth_kernels.tickets import Ticket
+from lth_kernels.training.checkpoint import load_step
+from lth_kernels.training.hparams import HparamsError
+from lth_kernels.workflows.imp.branches import branch_dir_name
+from lth_kernels.workflows.imp.hparams import ImpHparams, parse_levels
+from lth_kernels.workflows.imp.report import build_summary, format_table
+from lth_kernels.workflows.imp.runner import ImpRunner
+
+FAST = {"training.training_steps": "4it", "training.eval_every": "0it", "rewind": "2it"}
+
+
+@pytest.mark.parametrize("start_at", ["init", "end"])
+def test_random_prune_start_points(tmp_path, start_at):
+    hp = ImpHparams.from_preset(**FAST, levels=1, branches=("random_prune",), **{"random_prune.start_at": start_at})
+    runner = ImpRunner(hp, tmp_path, progress=False)
+    seen = {}
+    real = runner.train_stage
+
+    def spy(model, ticket, out_dir, training, start_step, **kw):
+        seen[out_dir.name] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, start_step)
+        return real(model, ticket, out_dir, training, start_step, **kw)
+
+    runner.train_stage = spy
+    runner.run()
+    branch = next(d for d in (runner.path / "replicate_0/level_1").iterdir() if d.name.startswith("random_prune"))
+    state, start = seen[branch.name]
+    assert start == 0 and json.loads((branch / "done.json").read_text())["start_step"] == 0
+    expect = runner.new_model(0)
+    if start_at == "init":
+        load_step(runner.replicate_dir(0) / "pretrain", 0, expect)  # θ₀
+    else:
+        runner.load_final(expect, runner.level_dir(0, 1))  # the level's trained weights
+    for k, v in expect.state_dict().items():
+        assert torch.equal(state[k], v), k
+    # not the rewind weights
+    rewound = runner.rewound_model(0).state_dict()
+    assert any(not torch.equal(state[k], rewound[k]) for k in rewound)
+
+
+def test_branches_on_a_level_range_and_parse_levels(tmp_path):
+    hp = ImpHparams.from_preset(**FAST, levels=3, branches=("random_reinit",), branch_levels="2-3")
+    runner = ImpRunner(hp, tmp_path, progress=False)
+    runner.run()
+    has = {lvl: (runner.path / f"replicate_0/level_{lvl}/random_reinit/done.json").exists() for lvl in (1, 2, 3)}
+    assert has == {1: False, 2: True, 3: True}
+    assert hp.hashname() == ImpHparams.from_preset(**FAST, levels=3).hashname()  # a job field
+    assert parse_levels("1,3,5-7") == {1, 3, 5, 6, 7} and parse_levels("") is None
+    for bad in ("3-", "a", "5-2"):
+        with pytest.raises(HparamsError, match="^--branch_levels: "):
+            ImpHparams.from_preset(branch_levels=bad)
+
+
+def test_lmc_branch_writes_the_error_along_the_line(tmp_path):
+    hp = ImpHparams.from_preset(**FAST, levels=1, branches=("lmc",), **{"lmc.points": 3})
+    runner = ImpRunner(hp, tmp_path, progress=False)
+    runner.run()
+    lmc = runner.level_dir(0, 1, branch_dir_name(hp, "lmc"))
+    assert lmc.name.startswith("lmc-")  # non-default options name the branch directory
+    out = json.loads((lmc / "lmc.json").read_text())
+    assert out["alphas"] == [0, 0.5, 1]
+    ends = [json.loads((d / "done.json").read_text())["metrics"]["test_acc"] for d in (lmc, lmc / "copy_b")]
+    assert out["test_error"][0] == pytest.approx(1 - ends[0]) and out["test_error"][-1] == pytest.approx(1 - ends[1])
+    err = out["test_error"]
+    assert out["instability"] == pytest.approx(max(err) - (err[0] + err[2]) / 2)
+    # the two copies share the ticket and θ_K but not the data order: other final weights
+    a, b = (runner.load_final(runner.new_model(0), d).state_dict() for d in (lmc, lmc / "copy_b"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    mine, main = (Ticket.load(d / "mask.safetensors") for d in (lmc, runner.level_dir(0, 1)))
+    assert mine.keys() == main.keys() and all(torch.equal(mine[n], main[n]) for n in main)
+    s = build_summary(runner.path)
+    assert s["levels"]["1"][lmc.name]["instability"]["mean"] == pytest.approx(out["instability"])
+    assert f"{branch_dir_name(hp, 'lmc')} instability %" in format_table(s).splitlines()[2]
