@@ -270,6 +270,10 @@ class Ticket(Mapping[str, torch.Tensor]):
         """Mask ``model`` in place with ``lth_kernels.nn.sparsify``: each ticket layer becomes a masked layer
         whose masked weights are zero. Names and shapes are checked first (see ``match``).
 
+        Pass ``optimizer=opt`` when ``opt`` keeps training the model (e.g. train, prune, keep training): its
+        momentum / Adam state at the pruned positions is zeroed and a post-step hook keeps the pruned weights
+        exactly zero; without it, state from before the pruning moves them again.
+
         Returns what ``sparsify`` returns (the model).
         """
         actual = self.match(model, strict=strict)
