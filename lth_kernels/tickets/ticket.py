@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lth_kernels._io import atomic_save, atomic_write_text
 from lth_kernels.tickets.prunable import canonical_name, iter_maskable, maskable_parameters, model_name
 
 FORMAT = "lth_kernels.ticket"
@@ -144,14 +144,7 @@ class Ticket(Mapping[str, torch.Tensor]):
     def save_report(self, path: str | os.PathLike) -> Path:
         """Write ``report()`` as JSON (``sparsity_report.json``), atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.report(), indent=2) + "\n")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write_text(path, json.dumps(self.report(), indent=2) + "\n")
         return path
 
     # ------------------------------------------------------------------------------------------ comparisons
@@ -288,8 +281,6 @@ class Ticket(Mapping[str, torch.Tensor]):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the ticket as safetensors (atomically: a temp file next to ``path``, then ``os.replace``)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.metadata)
@@ -298,13 +289,7 @@ class Ticket(Mapping[str, torch.Tensor]):
                     shapes_sha256=shapes_hash(self._masks))
         if not any("," in n for n in self._masks):
             meta["order"] = ",".join(self._masks)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            save_file(dict(self._masks), str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_save(dict(self._masks), path, metadata=meta)
         return path
 
     @classmethod
