@@ -128,18 +128,47 @@ class Ticket(Mapping[str, torch.Tensor]):
 
     @property
     def sparsity(self) -> float:
+        """Pruned fraction over *all* entries, excluded layers (kept whole, e.g. LeNet's output layer) included:
+        open_lth's ``1 - unpruned / total``. See ``prunable_sparsity`` for the pruned layers only."""
         return 1.0 - self.density
 
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        """Entries that were not pruned by rule (metadata ``excluded``, written by ``prune``): kept whole."""
+        names = [n for n in self.metadata.get("excluded", "").split(",") if n]
+        return tuple(n for n in self._masks if n in set(names))
+
+    @property
+    def prunable_density(self) -> float:
+        """Kept fraction over the prunable entries only (every entry not in ``excluded``): the density that
+        ``lth``'s tables print as "weights %"."""
+        skip = set(self.excluded)
+        masks = [m for n, m in self._masks.items() if n not in skip]
+        total = sum(m.numel() for m in masks)
+        return sum(int(m.sum()) for m in masks) / total if total else 1.0
+
+    @property
+    def prunable_sparsity(self) -> float:
+        return 1.0 - self.prunable_density
+
     def report(self) -> dict[str, Any]:
-        """The content of ``sparsity_report.json``: open_lth's ``total`` / ``unpruned`` plus per-layer counts."""
+        """The content of ``sparsity_report.json``: open_lth's ``total`` / ``unpruned`` (all entries), the same
+        counts over the prunable entries, the excluded names and per-layer counts."""
         layers = {}
         for name, m in self._masks.items():
             kept, total = int(m.sum()), m.numel()
             layers[name] = {"shape": list(m.shape), "kept": kept, "total": total,
                             "density": kept / total if total else 1.0}
         total, kept = self.num_total, self.num_kept
+        excluded = self.excluded
+        names = [n for n in self._masks if n not in set(excluded)]
+        p_total = sum(layers[n]["total"] for n in names)
+        p_kept = sum(layers[n]["kept"] for n in names)
         return {"total": total, "unpruned": kept, "density": kept / total if total else 1.0,
-                "sparsity": 1.0 - (kept / total if total else 1.0), "layers": layers}
+                "sparsity": 1.0 - (kept / total if total else 1.0),
+                "prunable": {"kept": p_kept, "total": p_total, "density": self.prunable_density,
+                             "sparsity": self.prunable_sparsity, "names": names},
+                "excluded": list(excluded), "layers": layers}
 
     def save_report(self, path: str | os.PathLike) -> Path:
         """Write ``report()`` as JSON (``sparsity_report.json``), atomically."""

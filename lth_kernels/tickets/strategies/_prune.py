@@ -119,7 +119,8 @@ def prune(model: nn.Module, strategy: str, fraction: float | None = None, *,
     except ValueError:
         level = "1"
     meta = {"strategy": strat.name, "structure": str(st), "level": level,
-            "model": base.metadata.get("model", model_name(model))}
+            "model": base.metadata.get("model", model_name(model)),
+            "excluded": ",".join(n for n in masks if n not in params)}
     if not st.fixed_density:
         meta.update(scope=scope, fraction=repr(fraction))
     if rule != "exact":

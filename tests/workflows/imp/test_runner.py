@@ -98,6 +98,9 @@ def test_densities_branch_masks_and_exclusions(default_run):
         assert abs(expected[level] / total - 0.8 ** level) < 1e-4
         report = json.loads((ldir / "main" / "sparsity_report.json").read_text())
         assert report["prunable"]["kept"] == expected[level] and report["excluded"] == ["fc.weight"]
+        assert report == json.loads(json.dumps(ticket.report()))  # the file is Ticket.report(), nothing more
+        assert ticket.prunable_density == pytest.approx(expected[level] / total)
+        assert ticket.sparsity < ticket.prunable_sparsity or level == 0  # the excluded layer counts as kept
         assert set(report["layers"]) == {*PRUNABLE, "fc.weight"}
         assert bool(ticket["fc.weight"].all())  # the output layer is never pruned ...
         assert int((_final(ldir / "main")["fc.weight"] == 0).sum()) == 0  # ... and trains densely
