@@ -57,8 +57,8 @@ def workflow_main(hparams_cls, argv: list[str] | None, *, workflow: str, prog: s
         print(hp.to_json())
         return 0
     logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(message)s")
-    if not ns.verbose:  # one line per stage from the runner; the Trainer's per-evaluation lines on request
-        logging.getLogger("lth_kernels.training.trainer").setLevel(logging.WARNING)
+    if not ns.verbose:  # one line per stage and the resume lines; the per-evaluation lines on request
+        logging.getLogger("lth_kernels.training.trainer.eval").setLevel(logging.WARNING)
     try:
         from lth_kernels.training.distributed import init_distributed
 
