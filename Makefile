@@ -16,8 +16,12 @@ PY     := $(VENV)/bin/python
 # together here; the CPU wheel of torch breaks PyPI's torchvision, which timm needs.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # torch's own CUDA_HOME detection follows an `nvcc` wrapper on PATH to the wrong place; setup.py looks
-# for the toolkit's headers itself, so only an explicit CUDA_HOME is passed through.
-export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0a
+# for the toolkit's headers itself, so only an explicit CUDA_HOME is passed through. TORCH_CUDA_ARCH_LIST
+# is passed only when given (environment or `make TORCH_CUDA_ARCH_LIST=...`): unset, setup.py builds for
+# the visible GPUs (else 8.0;9.0a).
+ifdef TORCH_CUDA_ARCH_LIST
+export TORCH_CUDA_ARCH_LIST
+endif
 export MAX_JOBS ?= 2
 PYTEST_ARGS ?=
 # gpu-check runs on the GPU machine's own Python (torch, Triton and a toolkit come with it; nothing is installed)

@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
+
+
 def _temp_for(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -18,6 +24,9 @@ def _temp_for(path: Path):
 
 def _replace(tmp: Path, path: Path) -> None:
     try:
+        # mkstemp creates 0600 (and writers such as safetensors may recreate the file): the renamed file gets
+        # the mode a plain open() would (0666 minus the umask), or nobody else in a shared group reads a run.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

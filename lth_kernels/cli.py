@@ -18,7 +18,7 @@ from lth_kernels.workflows import WORKFLOWS
 COMMANDS = {
     "info": ("lth_kernels.info", "what is built and live, per op and backend"),
     **{w.command: (w.package, w.help) for w in WORKFLOWS.values()},
-    "report": ("lth_kernels.workflows.imp.report", "print an IMP run's table and write its plots"),
+    "report": ("lth_kernels.workflows.common.report", "print any run directory's table (IMP: also its plots)"),
 }
 
 

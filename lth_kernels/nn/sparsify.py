@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lth_kernels._util import canonical_name
+from lth_kernels.nn.mask_guard import guard_optimizer
 from lth_kernels.nn.masked import MaskedConv2d, MaskedLinear, _Masked
 
 _MASKED = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
@@ -96,7 +97,8 @@ def _ticket_masks(ticket, selected: set[str], model: nn.Module) -> dict[str, tor
     return masks
 
 
-def sparsify(model: nn.Module, ticket: Mapping[str, torch.Tensor] | None = None, include=None, exclude=None):
+def sparsify(model: nn.Module, ticket: Mapping[str, torch.Tensor] | None = None, include=None, exclude=None,
+             optimizer: torch.optim.Optimizer | None = None):
     """Replaces, in place, the ``nn.Linear`` / ``nn.Conv2d`` layers of ``model`` by ``MaskedLinear`` /
     ``MaskedConv2d`` sharing their parameters, and returns ``model`` (the new layer if ``model`` itself is one).
 
@@ -106,8 +108,15 @@ def sparsify(model: nn.Module, ticket: Mapping[str, torch.Tensor] | None = None,
     ``_orig_mod.`` prefixes. Layers already masked are kept (and take the ticket's mask). Layers not in the ticket
     keep their mask (all ones for a new layer). Everything is checked before the model is touched. Subclasses that
     override ``forward`` and the layers inside ``nn.MultiheadAttention`` are never swapped.
+
+    optimizer: the optimizer that keeps training the model (its state may predate the masks): its state is
+    zeroed at the pruned positions and a post-step hook keeps pruned weights exactly zero from then on
+    (``lth_kernels.nn.mask_guard.guard_optimizer``). Without it, only an optimizer without state at the
+    pruned positions (created after the masks, or never stepped) keeps them zero.
     """
     include, exclude = _patterns("include", include), _patterns("exclude", exclude)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer: expected a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
     if ticket is not None and (not isinstance(ticket, Mapping) or not all(isinstance(k, str) for k in ticket)):
         raise TypeError(f"ticket: expected a mapping parameter name (str) -> bool mask, got {type(ticket).__name__}")
     wanted = None if ticket is None or include is not None else {canonical_name(n) for n in ticket}
@@ -126,6 +135,8 @@ def sparsify(model: nn.Module, ticket: Mapping[str, torch.Tensor] | None = None,
     layers = {_weight_name(n): m for n, m in masked_modules(model).items()}
     for name, mask in masks.items():
         layers[name].set_mask(mask)
+    if optimizer is not None:
+        guard_optimizer(model, optimizer)
     return model
 
 

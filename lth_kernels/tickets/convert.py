@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from lth_kernels._io import atomic_save
 from lth_kernels.tickets.prunable import canonical_name, iter_maskable, model_name, unwrap_model
 from lth_kernels.tickets.ticket import Ticket, TicketError
 
@@ -86,12 +86,5 @@ def from_open_lth(path: str | os.PathLike) -> Ticket:
 def to_open_lth(ticket: Ticket, path: str | os.PathLike) -> Path:
     """Write ``ticket`` as an open_lth ``mask.pth`` (int32 0/1 tensors, as open_lth's ``Mask.save``), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        torch.save({k: m.int() for k, m in ticket.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_save({k: m.int() for k, m in ticket.items()}, path)
     return path

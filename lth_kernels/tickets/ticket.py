@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lth_kernels._io import atomic_save, atomic_write_text
 from lth_kernels.tickets.prunable import canonical_name, iter_maskable, maskable_parameters, model_name
 
 FORMAT = "lth_kernels.ticket"
@@ -128,30 +128,52 @@ class Ticket(Mapping[str, torch.Tensor]):
 
     @property
     def sparsity(self) -> float:
+        """Pruned fraction over *all* entries, excluded layers (kept whole, e.g. LeNet's output layer) included:
+        open_lth's ``1 - unpruned / total``. See ``prunable_sparsity`` for the pruned layers only."""
         return 1.0 - self.density
 
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        """Entries that were not pruned by rule (metadata ``excluded``, written by ``prune``): kept whole."""
+        names = [n for n in self.metadata.get("excluded", "").split(",") if n]
+        return tuple(n for n in self._masks if n in set(names))
+
+    @property
+    def prunable_density(self) -> float:
+        """Kept fraction over the prunable entries only (every entry not in ``excluded``): the density that
+        ``lth``'s tables print as "weights %"."""
+        skip = set(self.excluded)
+        masks = [m for n, m in self._masks.items() if n not in skip]
+        total = sum(m.numel() for m in masks)
+        return sum(int(m.sum()) for m in masks) / total if total else 1.0
+
+    @property
+    def prunable_sparsity(self) -> float:
+        return 1.0 - self.prunable_density
+
     def report(self) -> dict[str, Any]:
-        """The content of ``sparsity_report.json``: open_lth's ``total`` / ``unpruned`` plus per-layer counts."""
+        """The content of ``sparsity_report.json``: open_lth's ``total`` / ``unpruned`` (all entries), the same
+        counts over the prunable entries, the excluded names and per-layer counts."""
         layers = {}
         for name, m in self._masks.items():
             kept, total = int(m.sum()), m.numel()
             layers[name] = {"shape": list(m.shape), "kept": kept, "total": total,
                             "density": kept / total if total else 1.0}
         total, kept = self.num_total, self.num_kept
+        excluded = self.excluded
+        names = [n for n in self._masks if n not in set(excluded)]
+        p_total = sum(layers[n]["total"] for n in names)
+        p_kept = sum(layers[n]["kept"] for n in names)
         return {"total": total, "unpruned": kept, "density": kept / total if total else 1.0,
-                "sparsity": 1.0 - (kept / total if total else 1.0), "layers": layers}
+                "sparsity": 1.0 - (kept / total if total else 1.0),
+                "prunable": {"kept": p_kept, "total": p_total, "density": self.prunable_density,
+                             "sparsity": self.prunable_sparsity, "names": names},
+                "excluded": list(excluded), "layers": layers}
 
     def save_report(self, path: str | os.PathLike) -> Path:
         """Write ``report()`` as JSON (``sparsity_report.json``), atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.report(), indent=2) + "\n")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write_text(path, json.dumps(self.report(), indent=2) + "\n")
         return path
 
     # ------------------------------------------------------------------------------------------ comparisons
@@ -270,6 +292,10 @@ class Ticket(Mapping[str, torch.Tensor]):
         """Mask ``model`` in place with ``lth_kernels.nn.sparsify``: each ticket layer becomes a masked layer
         whose masked weights are zero. Names and shapes are checked first (see ``match``).
 
+        Pass ``optimizer=opt`` when ``opt`` keeps training the model (e.g. train, prune, keep training): its
+        momentum / Adam state at the pruned positions is zeroed and a post-step hook keeps the pruned weights
+        exactly zero; without it, state from before the pruning moves them again.
+
         Returns what ``sparsify`` returns (the model).
         """
         actual = self.match(model, strict=strict)
@@ -284,8 +310,6 @@ class Ticket(Mapping[str, torch.Tensor]):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the ticket as safetensors (atomically: a temp file next to ``path``, then ``os.replace``)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.metadata)
@@ -294,13 +318,7 @@ class Ticket(Mapping[str, torch.Tensor]):
                     shapes_sha256=shapes_hash(self._masks))
         if not any("," in n for n in self._masks):
             meta["order"] = ",".join(self._masks)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            save_file(dict(self._masks), str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_save(dict(self._masks), path, metadata=meta)
         return path
 
     @classmethod

@@ -18,7 +18,7 @@ _EXPORTS = {
     "rundir": ["atomic_save", "atomic_write_json", "atomic_write_text", "prepare_run_dir", "run_dir", "stage_done"],
     "distributed": ["broadcast_masks", "destroy_distributed", "init_distributed", "is_main_process", "wrap_ddp",
                     "unwrap"],
-    "masks": ["MaskGuard", "masked_modules"],
+    "masks": ["MaskGuard", "guard_optimizer", "masked_modules"],
     "metrics": ["MetricsLogger", "read_metrics"],
     "seed": ["seed_everything", "get_rng_state", "set_rng_state"],
 }

@@ -42,6 +42,9 @@ from lth_kernels.training.seed import get_rng_state, set_rng_state
 from lth_kernels.training.steps import Step, parse_step_list, parse_steps
 
 log = logging.getLogger(__name__)
+# Per-evaluation lines go to a child logger, so that a CLI can keep them quiet by default while the
+# resume line and the stage lines stay visible.
+eval_log = logging.getLogger(f"{__name__}.eval")
 
 DONE = "done.json"
 METRICS = "metrics.jsonl"
@@ -343,7 +346,12 @@ class Trainer:
         if show:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, leave=False)
+            bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, leave=False,
+                       desc=self.out_dir.name if self.out_dir is not None else None)
+        elif self.progress and self.is_main and self.step < end:
+            # no terminal (a log file, CI): one line when a stage starts instead of a bar
+            log.info("training %s: step %d -> %d (%.1f epochs)", self.out_dir or "(no run directory)", self.step,
+                     end, (end - self.step) / self.steps_per_epoch)
         self.ddp_model.train()
         batches = None
         while self.step < end:
@@ -444,7 +452,7 @@ class Trainer:
         record["elapsed_s"] = self._elapsed()
         self.metrics.log(record)
         if self.is_main:
-            log.info("step %d/%d | epoch %.2f | train_loss %s | test_loss %.4f | test_acc %.4f | lr %.3g",
+            eval_log.info("step %d/%d | epoch %.2f | train_loss %s | test_loss %.4f | test_acc %.4f | lr %.3g",
                      self.step, end, record["epoch"], _fmt(record["train_loss"]), record["test_loss"],
                      record["test_acc"], record["lr"])
         for cb in self.callbacks:

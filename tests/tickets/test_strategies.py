@@ -147,51 +147,6 @@ def test_random_counts_and_seed():
     assert all(0 < int(g1[n].sum()) < sizes[n] for n in names)
 
 
-# --------------------------------------------------------------------------------------------- blocks
-
-
-def _block_norms(w2d, r, c):
-    out, k = w2d.shape
-    rows, cols = -(-out // r), -(-k // c)
-    norms = torch.zeros(rows, cols)
-    for i in range(rows):
-        for j in range(cols):
-            norms[i, j] = w2d[i * r:(i + 1) * r, j * c:(j + 1) * c].norm()
-    return norms
-
-
-@pytest.mark.parametrize("structure,r,c", [("block4", 4, 4), ("block2x3", 2, 3)])
-def test_block_masks_block_constant_and_count(structure, r, c):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(7, 10), nn.ReLU(), nn.Conv2d(3, 5, 3))  # conv 2-D view: (5, 27)
-    t = prune(model, "magnitude", 0.5, structure=structure, scope="layerwise")
-    assert t.metadata["structure"] == f"block{r}x{c}"
-    for name, p in prunable_parameters(model).items():
-        w2d = p.detach().reshape(p.shape[0], -1)
-        m2d = t[name].reshape(w2d.shape)
-        norms = _block_norms(w2d, r, c)
-        keep = torch.zeros_like(norms, dtype=torch.bool)
-        for i in range(norms.shape[0]):
-            for j in range(norms.shape[1]):
-                blk = m2d[i * r:(i + 1) * r, j * c:(j + 1) * c]
-                assert bool(blk.all()) or not bool(blk.any()), "mask is not block-constant"
-                keep[i, j] = bool(blk.all())
-        nb = norms.numel()
-        assert int(keep.sum()) == nb - math.ceil(0.5 * nb)
-        # the kept blocks are the largest-norm ones
-        assert float(norms[keep].min()) > float(norms[~keep].max())
-
-
-def test_block_l1_and_global():
-    w = torch.tensor([[3.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])  # 2x2 blocks: L2 3 vs 2, L1 3 vs 4
-    model = nn.Sequential(_linear(w))
-    assert prune(model, "magnitude", 0.5, structure="block2")["0.weight"][0].tolist() == [True, True, False, False]
-    l1 = prune(model, "magnitude", 0.5, structure="block2", block_norm="l1")
-    assert l1["0.weight"][0].tolist() == [False, False, True, True]
-    g = prune(MLP(), "magnitude", 0.25, structure="block8")
-    assert g.metadata["structure"] == "block8x8" and g.density < 1.0
-
-
 # --------------------------------------------------------------------------------------------- N:M
 
 

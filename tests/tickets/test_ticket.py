@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 
 import pytest
 import torch
@@ -47,6 +48,28 @@ def test_counts_and_report_by_hand():
     assert r["layers"]["a.weight"] == {"shape": [2, 3], "kept": 4, "total": 6, "density": pytest.approx(4 / 6)}
     assert r["layers"]["b.weight"] == {"shape": [2, 2], "kept": 1, "total": 4, "density": 0.25}
     json.dumps(r)  # the report is the content of sparsity_report.json
+    # no "excluded" metadata: every entry is prunable
+    assert r["prunable"] == {"kept": 5, "total": 10, "density": 0.5, "sparsity": 0.5,
+                             "names": ["a.weight", "b.weight"]} and r["excluded"] == []
+    e = t.with_metadata(excluded="b.weight")
+    assert e.excluded == ("b.weight",) and e.prunable_density == pytest.approx(4 / 6)
+    assert e.prunable_sparsity == pytest.approx(2 / 6) and e.sparsity == pytest.approx(0.5)
+    assert e.report()["prunable"]["kept"] == 4 and e.report()["excluded"] == ["b.weight"]
+
+
+def test_prune_names_both_sparsities(tmp_path):
+    """After a 20 % prune of a model whose output layer is excluded: prunable_sparsity is the 20 %,
+    sparsity (all entries) is lower; both survive save/load."""
+    from lth_kernels.tickets import prune
+    from tests.tickets._models import MLP
+
+    t = prune(MLP(), "magnitude", 0.2)
+    assert t.excluded == ("fc.weight",)
+    prunable = 20 * 30 + 30 * 16
+    assert t.prunable_sparsity == pytest.approx(math.ceil(0.2 * prunable) / prunable)
+    assert t.sparsity == pytest.approx(math.ceil(0.2 * prunable) / (prunable + 16 * 5))
+    back = Ticket.load(t.save(tmp_path / "m.safetensors"))
+    assert back.excluded == t.excluded and back.report() == t.report()
 
 
 def test_distance_overlap_equal_by_hand():

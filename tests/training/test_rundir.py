@@ -88,3 +88,28 @@ def test_weights_round_trip_strips_wrapper_prefixes(tmp_path):
     assert strip_prefixes({"module._orig_mod.0.weight": 1}) == {"0.weight": 1}
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_weights(b, tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_respect_the_umask(tmp_path, umask):
+    """Files written through a temp file get the mode a plain open() gives (mkstemp alone makes them 0600)."""
+    import os
+    import stat
+
+    from lth_kernels.tickets import Ticket
+    from lth_kernels.training.metrics import MetricsLogger
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_save({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+        atomic_save({"w": torch.zeros(2)}, tmp_path / "w.pt")
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
+        MetricsLogger(tmp_path / "metrics.jsonl").log({"step": 1})
+        Ticket.ones(tiny_mlp()).save(tmp_path / "mask.safetensors")
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    for name in ("a.json", "w.safetensors", "w.pt", "plain.txt", "metrics.jsonl", "mask.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name

@@ -274,3 +274,30 @@ def test_digits_lenet_end_to_end():
     r = Trainer(model, train, test, TrainingHparams(training_steps="3ep"), batch_size=128).train()
     assert r.step == 3 * (1437 // 128) and r.metrics["test_n"] == 360
     assert r.metrics["test_acc"] > 0.85
+
+
+class _Crash(Callback):
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == 2:
+            raise RuntimeError("simulated kill")
+
+
+def test_progress_lines_without_a_terminal_and_the_resume_line(caplog, tmp_path):
+    """Without a TTY a stage logs one start line (INFO, the trainer's logger); per-evaluation lines go to the
+    ``.eval`` child logger that the CLI keeps quiet by default; a resumed run says from which step."""
+    import logging
+
+    train, test = tiny_data()
+    hp = _hp(training_steps="4ep", eval_every="1ep")
+    caplog.set_level(logging.INFO)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        Trainer(tiny_mlp(), train, test, hp, batch_size=24, out_dir=tmp_path / "stage", callbacks=[_Crash()]).train()
+    start = [r for r in caplog.records if r.name == "lth_kernels.training.trainer" and "training" in r.getMessage()]
+    assert len(start) == 1 and "step 0 -> " in start[0].getMessage()
+    assert any(r.name == "lth_kernels.training.trainer.eval" and r.getMessage().startswith("step ")
+               for r in caplog.records)
+    caplog.clear()
+    res = Trainer(tiny_mlp(), train, test, hp, batch_size=24, out_dir=tmp_path / "stage").train()
+    resumed = [r.getMessage() for r in caplog.records if r.name == "lth_kernels.training.trainer"]
+    assert res.resumed_from is not None and any("resuming from" in m and f"step {res.resumed_from}" in m
+                                                for m in resumed)

@@ -62,8 +62,9 @@ def prune(model: nn.Module, strategy: str, fraction: float | None = None, *,
           current: Mapping[str, torch.Tensor] | None = None, scope: str = "global", structure: str = "unstructured",
           exclude: Iterable[str] = (), use_default_exclude: bool = True, data: Iterable[Any] | None = None,
           loss_fn: Callable[..., torch.Tensor] | None = None, generator: torch.Generator | None = None,
-          block_norm: str = "l2", rule: str = "exact", metadata: Mapping[str, Any] | None = None,
-          fraction_by: Mapping[str, float] | None = None, **options: Any) -> Ticket:
+          block_norm: str = "l2", rule: str = "exact", allow_empty: bool = False,
+          metadata: Mapping[str, Any] | None = None, fraction_by: Mapping[str, float] | None = None,
+          **options: Any) -> Ticket:
     """Remove ``fraction`` of the remaining prunable weights of ``model`` by ``strategy``; return the new ticket.
 
     Args:
@@ -71,9 +72,10 @@ def prune(model: nn.Module, strategy: str, fraction: float | None = None, *,
             maskable; the prunable ones are those not excluded (see ``prunable_parameters``).
         strategy: a registered name (``strategy_names()``): ``magnitude``, ``random``, ``snip``, ``grasp``,
             ``synflow``, ...
-        fraction: share of the *remaining* weights (or blocks) to remove, in (0, 1); open_lth removes
-            ``ceil(fraction * remaining)``, ties at the threshold included (see ``structure.py``). Ignored
-            for N:M structures (fixed density), where it may be ``None``.
+        fraction: share of the *remaining* weights to remove, in (0, 1); open_lth removes
+            ``ceil(fraction * remaining)``, ties at the threshold included; block structures remove whole
+            blocks until at least that many weights are gone (see ``structure.py``). Ignored for N:M
+            structures (fixed density), where it may be ``None``.
         current: the ticket pruned further (default: ``Ticket.from_model(model)``, i.e. the masks of the
             model's masked layers). Weights it prunes stay pruned.
         scope: ``"global"`` (one ranking over all prunable weights) or ``"layerwise"`` (``fraction`` of
@@ -85,9 +87,12 @@ def prune(model: nn.Module, strategy: str, fraction: float | None = None, *,
         data, loss_fn: an iterable of ``(x, y)`` batches and ``loss_fn(output, y)``, for the strategies that
             need them (snip, grasp; synflow takes only the input shape from ``data``).
         generator: ``torch.Generator`` for the random strategy (seeded runs).
-        block_norm: ``"l2"`` or ``"l1"``: block score = that norm of the element scores.
+        block_norm: ``"l2"`` or ``"l1"``: block score = root mean square or mean absolute value of the
+            element scores over the block's alive weights (per weight, so edge blocks compete fairly).
         rule: ``"exact"`` (threshold = the ``n``-th smallest score) or ``"open_lth"`` (open_lth's index
             ``sorted[n]``, one more weight removed when scores are distinct).
+        allow_empty: block structures keep each layer's best block unless ``True`` (then a layer may lose
+            all its weights).
         metadata: extra ticket metadata (``source_run``, ``level``, ...), overriding the defaults.
         fraction_by: ``{glob: fraction}`` per layer group, e.g. ``{"convs.*": 0.1, "fc_layers.*": 0.2,
             "fc.weight": 0.1}`` (the LTH paper's Conv-4 rates): each layer a glob matches loses that fraction
@@ -140,7 +145,8 @@ def prune(model: nn.Module, strategy: str, fraction: float | None = None, *,
            for name, p in params.items()}
 
     ctx = PruneContext(model=model, params=params, current=cur, structure=st, scope=scope, rule=rule,
-                       block_norm=block_norm, data=data, loss_fn=loss_fn, generator=generator,
+                       block_norm=block_norm, allow_empty=bool(allow_empty), data=data, loss_fn=loss_fn,
+                       generator=generator,
                        options={**strat.options, **options})
     count = fraction_count(fraction) if fraction is not None else (lambda unit, remaining: 0)
     new = strat.prune(ctx, count) if not by_layer else _prune_by_layer(strat, ctx, count, by_layer)
@@ -158,7 +164,8 @@ def prune(model: nn.Module, strategy: str, fraction: float | None = None, *,
     except ValueError:
         level = "1"
     meta = {"strategy": strat.name, "structure": str(st), "level": level,
-            "model": base.metadata.get("model", model_name(model))}
+            "model": base.metadata.get("model", model_name(model)),
+            "excluded": ",".join(n for n in masks if n not in params)}
     if not st.fixed_density:
         meta.update(scope=scope, fraction=repr(fraction))
     if by_layer:

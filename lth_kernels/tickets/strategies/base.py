@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lth_kernels.tickets.strategies.structure import Count, Structure, nm_select, threshold_select
+from lth_kernels.tickets.strategies.structure import Count, Structure, block_select, nm_select, threshold_select
 
 
 @dataclass
@@ -29,6 +29,7 @@ class PruneContext:
     scope: str
     rule: str = "exact"
     block_norm: str = "l2"
+    allow_empty: bool = False
     data: Iterable[Any] | None = None
     loss_fn: Callable[..., torch.Tensor] | None = None
     generator: torch.Generator | None = None
@@ -73,6 +74,9 @@ class Strategy:
         st = ctx.structure
         if st.kind == "nm":
             keep = {n: nm_select(groups[n], alive[n], st.n, st.m) for n in groups}
+        elif st.kind == "block":
+            weights = {n: st.group_weights(ctx.current[n]) for n in groups}
+            keep = block_select(groups, alive, weights, ctx.scope, count, rule or ctx.rule, ctx.allow_empty)
         else:
             keep = threshold_select(groups, alive, ctx.scope, count, rule or ctx.rule)
         return {n: ctx.current[n] & st.expand(keep[n], ctx.current[n].shape).to(ctx.current[n].device)

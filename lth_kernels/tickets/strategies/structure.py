@@ -5,9 +5,11 @@ Structures (the ``structure=`` argument of ``prune``):
 * ``"unstructured"``: every weight is its own group.
 * ``"block<b>"`` / ``"block<r>x<c>"``: the 2-D view of a weight (``(out, in)`` for linear,
   ``(out, in*kh*kw)`` for conv) is tiled into ``r x c`` blocks (``block16`` = 16x16; ``r`` runs over
-  output rows, ``c`` over input columns); edge blocks are smaller. A block's score is the L2 (default)
-  or L1 norm of its element scores over the weights still alive (a signed score, GraSP's, is summed);
-  whole blocks are pruned. Counts and ``fraction`` are in blocks.
+  output rows, ``c`` over input columns); edge blocks are smaller. A block's score is *per weight*, so
+  that a small edge block competes fairly with a full one: the root mean square (``block_norm="l2"``,
+  default) or the mean absolute value (``"l1"``) of its element scores over the weights still alive in
+  it (a signed score, GraSP's, is averaged). Whole blocks are pruned, but counts and ``fraction`` are in
+  *weights*, as for unstructured: see the block selection below.
 * ``"N:M"`` (``"2:4"``): in every group of ``M`` consecutive weights along the input dimension of the
   2-D view, the ``N`` best alive weights are kept; a last partial group of length ``L`` keeps
   ``min(N, L)``. The density is fixed, so ``fraction`` and ``scope`` are ignored.
@@ -18,6 +20,13 @@ the threshold is the ``n``-th smallest alive score and a group is kept iff its s
 above it, so ties at the threshold are removed too. ``rule="open_lth"`` reproduces open_lth's index
 exactly (threshold = ``sorted(scores)[n]``, 0-based, i.e. one more weight removed when scores are
 distinct). Groups pruned before stay pruned.
+
+Block selection: of the ``R`` weights still alive in a unit, ``n = ceil(fraction * R)`` are removed by
+removing whole blocks in ascending score order (ties: the earlier block in model order, then row-major,
+goes first) until at least ``n`` weights are gone, so a level removes the fraction it names, overshooting
+by less than one block. Each layer's last block in that order (its best) is never removed (no layer is emptied by a
+fraction < 1) unless ``allow_empty=True``; when only protected blocks are left, fewer than ``n`` go.
+``rule="open_lth"`` removes ``n + 1`` weights' worth.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ STRUCTURE_FORMS = "'unstructured', 'block<b>' (e.g. 'block16'), 'block<r>x<c>' (
 RULES = ("exact", "open_lth")
 BLOCK_NORMS = ("l2", "l1")
 
-# count(unit, remaining) -> number of groups to remove; unit is a layer name, or None for the global unit.
+# count(unit, remaining) -> number to remove: groups (unstructured) or weights (blocks, removed in whole blocks);
+# unit is a layer name, or None for the global unit.
 Count = Callable[[str | None, int], int]
 
 
@@ -72,13 +82,22 @@ class Structure:
         s = _pad_blocks(torch.where(alive, scores, torch.zeros((), dtype=scores.dtype, device=scores.device)),
                         self.rows, self.cols)
         a = _pad_blocks(alive, self.rows, self.cols)
+        # Per-weight scores: a norm summed over a block grows with its size, so partial edge blocks would
+        # always go first. Dead blocks (no alive weight) divide by 1 and score 0; they are not alive anyway.
+        size = a.sum(dim=(1, 3)).clamp_min(1).to(s.dtype)
         if signed:
-            g = s.sum(dim=(1, 3))
+            g = s.sum(dim=(1, 3)) / size
         elif norm == "l2":
-            g = s.square().sum(dim=(1, 3)).sqrt()
+            g = (s.square().sum(dim=(1, 3)) / size).sqrt()
         else:
-            g = s.abs().sum(dim=(1, 3))
+            g = s.abs().sum(dim=(1, 3)) / size
         return g, a.any(dim=3).any(dim=1)
+
+    def group_weights(self, alive: torch.Tensor) -> torch.Tensor:
+        """Element alive flags -> number of alive weights per group (int64, the group-score shape)."""
+        if self.kind != "block":
+            return alive.long()
+        return _pad_blocks(alive, self.rows, self.cols).sum(dim=(1, 3))
 
     def expand(self, keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Group keep flags -> element keep flags of ``shape``."""
@@ -179,6 +198,48 @@ def threshold_select(scores: dict[str, torch.Tensor], alive: dict[str, torch.Ten
     remaining = sum(int(a.sum()) for a in alive.values())
     threshold = _threshold(vec, remaining, count(None, remaining), rule)
     return {n: _keep(scores[n].to(dtype), alive[n], threshold) for n in names}
+
+
+def block_select(scores: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+                 scope: str, count: Count, rule: str = "exact", allow_empty: bool = False) -> dict[str, torch.Tensor]:
+    """Block scores, alive flags and alive-weight counts per block -> keep flags, removing at least
+    ``count(unit, alive weights)`` weights per unit in whole blocks (lowest score first)."""
+    units = [[n] for n in scores] if scope == "layerwise" else [list(scores)]
+    keep = {}
+    for names in units:
+        remaining = sum(int(weights[n][alive[n]].sum()) for n in names)
+        n_remove = count(names[0] if scope == "layerwise" else None, remaining) if remaining else 0
+        if n_remove > 0 and rule == "open_lth":
+            n_remove += 1
+        dtype = torch.float64 if any(scores[n].dtype == torch.float64 for n in names) else torch.float32
+        flat_s, flat_w, flat_a = [], [], []
+        for n in names:
+            a = alive[n].flatten()
+            if not allow_empty and bool(a.any()):
+                # Protect the layer's block that would go last (best score, the later one on ties) so that no
+                # layer is emptied.
+                s = torch.where(a, scores[n].flatten().to(dtype), torch.full((), -math.inf, dtype=dtype,
+                                                                              device=a.device))
+                a = a.clone()
+                a[a.numel() - 1 - int(torch.argmax(s.flip(0)))] = False
+            flat_s.append(scores[n].flatten().to(dtype).cpu())
+            flat_w.append(weights[n].flatten().cpu())
+            flat_a.append(a.cpu())
+        s, w, a = torch.cat(flat_s), torch.cat(flat_w), torch.cat(flat_a)
+        remove = torch.zeros_like(a)
+        if n_remove > 0 and bool(a.any()):
+            cand = a.nonzero().flatten()  # ascending index: the stable sort breaks score ties by position
+            order = cand[torch.sort(s[cand], stable=True).indices]
+            cum = torch.cumsum(w[order], 0)
+            # The shortest prefix that removes >= n_remove weights (all candidates when they hold fewer).
+            take = min(int(torch.searchsorted(cum, torch.tensor(n_remove, dtype=cum.dtype))) + 1, len(order))
+            remove[order[:take]] = True
+        offset = 0
+        for n in names:
+            size = alive[n].numel()
+            keep[n] = alive[n] & ~remove[offset:offset + size].reshape(alive[n].shape).to(alive[n].device)
+            offset += size
+    return keep
 
 
 def nm_select(scores: torch.Tensor, alive: torch.Tensor, n: int, m: int) -> torch.Tensor:

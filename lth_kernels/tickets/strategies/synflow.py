@@ -73,11 +73,10 @@ class SynFlow(Strategy):
             groups, alive = self.reduce(ctx, score(masks))
             return self.select(ctx, groups, alive, count)
 
-        # Targets per unit from the alive counts at the start: keep_final = R0 - count(unit, R0).
-        _, alive0 = self.reduce(ctx, {n: torch.zeros(m.shape, dtype=torch.float64, device=m.device)
-                                      for n, m in masks.items()})
-        units = {n: int(a.sum()) for n, a in alive0.items()} if ctx.scope == "layerwise" \
-            else {None: sum(int(a.sum()) for a in alive0.values())}
+        # Targets per unit from the alive counts at the start (weights: blocks count the weights they hold):
+        # keep_final = R0 - count(unit, R0).
+        alive0 = {n: int(ctx.structure.group_weights(m).sum()) for n, m in masks.items()}
+        units = alive0 if ctx.scope == "layerwise" else {None: sum(alive0.values())}
         final = {u: r - count(u, r) for u, r in units.items()}
 
         for e in range(1, iterations + 1):

@@ -16,6 +16,15 @@ from lth_kernels.training.hparams import parse_cli
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
+def spell(arg: str) -> str:
+    """``--target-density[=v]`` -> ``--target_density[=v]``: every flag is accepted with ``-`` or ``_`` (the
+    parser's names use ``_``); values and non-flags are left as they are."""
+    if not arg.startswith("--") or arg == "--":
+        return arg
+    flag, eq, value = arg.partition("=")
+    return "--" + flag[2:].replace("-", "_") + eq + value
+
+
 def expand_aliases(argv: list[str], aliases: dict[str, str]) -> list[str]:
     """``--short[=v]`` -> ``--long.flag[=v]`` for each alias (argparse would not abbreviate across a group)."""
     out = []
@@ -34,8 +43,14 @@ def workflow_main(hparams_cls, argv: list[str] | None, *, workflow: str, prog: s
                   default_preset: str, run: Callable, aliases: dict[str, str] | None = None,
                   switches: dict[str, str] | None = None, extra_args: Callable | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and call ``run(hp, ns)``; returns the exit status."""
-    argv = expand_aliases(list(sys.argv[1:] if argv is None else argv), aliases or {})
-    argv = expand_switches(argv, switches or {})
+    aliases, switches = aliases or {}, switches or {}
+    short = [f"{k} = {v}" for k, v in aliases.items() if spell(k) != v] + [f"{k} = {v} true"
+                                                                          for k, v in switches.items()]
+    argv = [spell(a) for a in (sys.argv[1:] if argv is None else argv)]
+    argv = expand_aliases(argv, {spell(k): v for k, v in aliases.items()})
+    argv = expand_switches(argv, {spell(k): v for k, v in switches.items()})
+    description = (f"{description} Every flag may be written with - or _ (--target-density = --target_density)."
+                   + (f" Short flags: {', '.join(short)}." if short else ""))
     if "--preset" not in argv and not any(a.startswith("--preset=") for a in argv):
         argv = ["--preset", default_preset, *argv]
 
@@ -59,8 +74,8 @@ def workflow_main(hparams_cls, argv: list[str] | None, *, workflow: str, prog: s
         print(hp.to_json())
         return 0
     logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(message)s")
-    if not ns.verbose:  # one line per stage from the runner; the Trainer's per-evaluation lines on request
-        logging.getLogger("lth_kernels.training.trainer").setLevel(logging.WARNING)
+    if not ns.verbose:  # one line per stage and the resume lines; the per-evaluation lines on request
+        logging.getLogger("lth_kernels.training.trainer.eval").setLevel(logging.WARNING)
     from lth_kernels.training.distributed import destroy_distributed, init_distributed
     from lth_kernels.training.interrupt import TrainingInterrupted
     from lth_kernels.training.rundir import release_run_dirs, set_lock_wait

@@ -23,7 +23,8 @@ def run(hp: EarlyBirdHparams, root: str | Path = "runs", device=None) -> dict:
     train_ds, test_ds, info = build_data(hp.dataset)  # every input is checked before the run directory exists
     make_model(hp.model, info, meta=True)
     out = prepare_run_dir(WORKFLOW, hp, root, write=dist_utils.is_main_process())
-    log.info("lth early-bird -> %s\n%s", out, hp.to_json())
+    # the resolved hparams are in <run>/hparams.json; the console gets the run directory and one line
+    log.info("lth early-bird -> %s (%s on %s; hparams in hparams.json)", out, hp.model.name, hp.dataset.name)
     example = example_batch(train_ds)
     found = search(hp, out, train_ds, test_ds, info, device)
     rows = []

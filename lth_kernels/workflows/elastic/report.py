@@ -157,6 +157,7 @@ def _collect(er) -> dict:
         if p.exists():
             transforms[f"{s}:{t}"] = json.loads(p.read_text())
     return {"run": er.path.name, "workflow": "elastic", "level": er.level, "matched_density": hp.matched_density,
+            "baseline_density": {str(t): _mean(er.matched_density(r, t) for r in reps) for t in targets},
             "targets": targets, "sources": sources, "rows": [{"method": m, "cells": c} for m, c in rows],
             "lmc": lmc, "transforms": transforms,
             "imp_runs": {str(d): str(er.imp(d).path) for d in sorted(set(sources) | set(targets))},
@@ -176,8 +177,11 @@ def format_table(summary: dict) -> str:
     """Markdown: test accuracy % (prunable weights remaining %) per method and target depth, then LMC and cost."""
     targets = [str(t) for t in summary["targets"]]
     head = ["method"] + [f"{summary['models'][t]} (depth {t})" for t in targets]
-    lines = [f"## {summary['run']}: level {summary['level']}, matched density "
+    matched = summary.get("baseline_density") or {}
+    lines = [f"## {summary['run']}: level {summary['level']}, nominal density "
              f"{100 * summary['matched_density']:.2f}% (sparsity {100 * (1 - summary['matched_density']):.2f}%)", "",
+             *([("pruning baselines matched to each target's transformed ticket: "
+                 + ", ".join(f"depth {t} {100 * d:.2f}%" for t, d in matched.items())), ""] if matched else []),
              "test accuracy % at the end (prunable weights remaining %)", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for row in summary["rows"]:

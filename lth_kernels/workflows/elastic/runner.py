@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lth_kernels.models import create_model
-from lth_kernels.tickets import Ticket, prune, shuffle
+from lth_kernels.tickets import Ticket, prunable_parameters, prune, shuffle
 from lth_kernels.tickets.elastic import (
     ElasticError,
     check_mapping,
@@ -89,6 +89,7 @@ class ElasticRunner:
         self.is_main = is_main_process()
         self.path = prepare_run_dir(WORKFLOW, hp, self.root, write=self.is_main)
         self._runners: dict[int, ImpRunner] = {}
+        self._matched: dict[tuple[int, int], float] = {}
         barrier()
 
     def check_pairs(self) -> None:
@@ -206,11 +207,29 @@ class ElasticRunner:
             ticket = shuffle(ticket, scope="layerwise", generator=g, exclude=self.imp(dst).exclude_globs(target))
         return self.train(dst, replicate, model, ticket, out_dir, start=start, data_order_offset=data_order_offset)
 
+    def matched_density(self, replicate: int, depth: int) -> float:
+        """The prunable density of the transformed ticket at ``depth`` (from the first source paired with it):
+        what the baselines there are pruned to. Copied and dropped blocks move the density away from the
+        nominal ``(1 - fraction)^L``, so a baseline at the nominal density would not be matched."""
+        key = (replicate, depth)
+        if key not in self._matched:
+            src = next((s for s, t in self.hp.pair_list if t == depth), None)
+            if src is None:
+                self._matched[key] = self.hp.matched_density
+            else:
+                res, target = self.transformed(replicate, src, depth)
+                names = list(prunable_parameters(target, self.hp.imp.pruning.exclude))
+                total = sum(res.ticket[n].numel() for n in names)
+                self._matched[key] = sum(int(res.ticket[n].sum()) for n in names) / total if total else 1.0
+        return self._matched[key]
+
     def pruned_baseline(self, replicate: int, depth: int, method: str) -> TrainResult:
-        """``method`` at the matched density on the target, trained from the target's own θ_K."""
+        """``method`` at the matched density (the transformed ticket's, see ``matched_density``) on the target,
+        trained from the target's own θ_K."""
         runner = self.imp(depth)
         model = runner.rewound_model(replicate)
-        fraction = 1.0 - self.hp.matched_density
+        # ``prune`` removes ceil(fraction * R) of R prunable weights: the baseline keeps the ticket's count.
+        fraction = min(max(1.0 - self.matched_density(replicate, depth), 1e-12), 1.0 - 1e-12)
         p = self.hp.imp.pruning
 
         def make() -> Ticket:
@@ -300,6 +319,10 @@ class ElasticRunner:
                         log.info("replicate %d | %d -> %d | LMC instability %.2f%%", r, s, t,
                                  100 * res["instability"])
             for t in targets:
+                if self.is_main and any(m in hp.baselines for m in PRUNED_BASELINES):
+                    log.info("replicate %d | target %d | baselines pruned to the transformed ticket's density "
+                             "%.2f%% (nominal %.2f%%)", r, t, 100 * self.matched_density(r, t),
+                             100 * hp.matched_density)
                 for method in PRUNED_BASELINES:
                     if method in hp.baselines:
                         self._log(r, t, method, self.pruned_baseline(r, t, method))

@@ -17,7 +17,8 @@ def run(hp: GfsHparams, root: str | Path = "runs", device=None) -> dict:
     data = open_dataset(hp.dataset)  # every input is checked before the run directory exists
     make_model(hp.model, data[2], meta=True)
     out = prepare_run_dir(WORKFLOW, hp, root, write=dist_utils.is_main_process())
-    log.info("lth gfs -> %s\n%s", out, hp.to_json())
+    # the resolved hparams are in <run>/hparams.json; the console gets the run directory and one line
+    log.info("lth gfs -> %s (%s on %s; hparams in hparams.json)", out, hp.model.name, hp.dataset.name)
     if hp.gfs.budget_study:
         from lth_kernels.workflows.gfs.budget import budget_study
 

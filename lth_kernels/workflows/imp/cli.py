@@ -34,5 +34,5 @@ def main(argv: list[str] | None = None) -> int:
 
     return workflow_main(ImpHparams, argv, workflow=WORKFLOW, prog="lth imp", default_preset=DEFAULT_PRESET,
                          description="Iterative magnitude pruning with rewinding (open_lth parity) and control "
-                                     "branches. Short flags: " + ", ".join(f"{k} = {v}" for k, v in ALIASES.items()),
+                                     "branches.",
                          aliases=ALIASES, extra_args=_job_args, run=_run)

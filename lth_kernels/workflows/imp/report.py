@@ -10,11 +10,9 @@ weights remaining, log x axis, one curve per branch, error bars over replicates)
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 from lth_kernels.training.metrics import read_metrics
@@ -240,13 +238,7 @@ def report(run_dir: str | Path, plots: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lth report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/imp-<hash>")
-    parser.add_argument("--no-plots", "--no_plots", dest="no_plots", action="store_true", help="only the table")
-    ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        print(report(ns.run_dir, plots=not ns.no_plots))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"lth report: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """``lth report``: dispatches on the run's workflow (``workflows/common/report.py``)."""
+    from lth_kernels.workflows.common.report import main as report_main
+
+    return report_main(argv)

@@ -211,12 +211,8 @@ class ImpRunner:
 
     def _save_ticket(self, ticket: Ticket, out_dir: Path, model: nn.Module) -> None:
         prunable = self.prunable(model)
-        kept = sum(int(ticket[n].sum()) for n in prunable)
-        total = sum(ticket[n].numel() for n in prunable)
-        report = {**ticket.report(), "prunable": {"kept": kept, "total": total, "density": kept / total if total
-                                                  else 1.0, "names": list(prunable)},
-                  "excluded": [n for n in ticket if n not in prunable]}
-        atomic_write_json(out_dir / REPORT, report)
+        ticket = ticket.with_metadata(excluded=",".join(n for n in ticket if n not in prunable))
+        ticket.save_report(out_dir / REPORT)  # == Ticket.load(mask).report()
         ticket.save(out_dir / MASK)  # last: an existing mask file means the report is there too
 
     def pretrain(self, replicate: int) -> None:

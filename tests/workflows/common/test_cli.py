@@ -48,3 +48,32 @@ def test_bugs_keep_their_traceback(tmp_path):
     with pytest.raises(KeyError):
         workflow_main(early_bird.EarlyBirdHparams, ["--root", str(tmp_path)], workflow="early-bird",
                       prog="lth early-bird", description="test", default_preset="mlp-digits", run=run)
+
+
+@pytest.mark.parametrize("spelled", [["--target-density", "0.3"], ["--target_density=0.3"], ["--target-density=0.3"]])
+def test_both_spellings_give_the_same_run(spelled, capsys, tmp_path):
+    from lth_kernels.workflows import imp
+
+    assert imp.main(["--root", str(tmp_path), "--target_density", "0.3", "--dry-run"]) == 0
+    want = capsys.readouterr().out
+    assert imp.main(["--root", str(tmp_path), *spelled, "--dry_run"]) == 0
+    assert capsys.readouterr().out == want and json.loads(want.split("\n", 1)[1])["target_density"] == 0.3
+    # job flags and switches too; values keep their dashes
+    assert gfs.main(["--root", str(tmp_path), "--budget_study", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["gfs"]["budget_study"] is True
+
+
+@pytest.mark.parametrize("module,shown", [(gfs, ["--budget-study = --gfs.budget_study true"]),
+                                          (jackpot, ["--random-weights = --source.random_weights true"])])
+def test_help_lists_every_alias_and_switch(module, shown, capsys):
+    from lth_kernels.workflows import imp
+
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for s in [*shown, "written with - or _"]:
+        assert s in text, s
+    with pytest.raises(SystemExit):
+        imp.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(f"--{a} = --pruning.{a}" in text for a in ("structure", "fraction", "scope", "exclude"))

@@ -102,12 +102,18 @@ def test_transformed_ticket_is_the_source_ticket_mapped(tiny_run):
 def test_baselines_at_matched_sparsity_and_lmc(tiny_run):
     hp, root, path = tiny_run
     target = path / "replicate_0" / "target_5"
-    total = sum(t.numel() for n, t in Ticket.load(target / "random" / "mask.safetensors").items() if n != "fc.weight")
-    expected = total - math.ceil(round(0.51 * total, 9))
+    # the baselines keep exactly the transformed ticket's count of prunable weights (not the nominal density,
+    # which copied blocks move away from)
+    ett = json.loads((target / "ett_from_4" / "sparsity_report.json").read_text())["prunable"]
+    nominal = ett["total"] - math.ceil(round(0.51 * ett["total"], 9))
+    assert ett["kept"] != nominal
     for method in ("random", "magnitude", "snip", "grasp", "synflow"):
         rep = json.loads((target / method / "sparsity_report.json").read_text())
-        assert rep["prunable"]["kept"] == expected, method
+        assert rep["prunable"]["kept"] == ett["kept"] and rep["prunable"]["total"] == ett["total"], method
         assert rep["layers"]["fc.weight"]["density"] == 1.0  # the model's exclusion is kept
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["baseline_density"]["5"] == pytest.approx(ett["density"])
+    assert f"depth 5 {100 * ett['density']:.2f}%" in (path / "table.md").read_text()
     lmc = json.loads((target / "lmc_from_4" / "lmc.json").read_text())
     assert lmc["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0] and len(lmc["test_error"]) == 5
     assert lmc["instability"] == pytest.approx(max(lmc["test_error"]) - (lmc["test_error"][0] + lmc["test_error"][-1])
