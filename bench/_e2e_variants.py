@@ -141,12 +141,9 @@ def cifar_pipeline(root: str, pipeline: str, num_workers: int | str):
 def data_ticket_parts():
     """The data-ticket workflow's pieces a student is built from: (PatchSelector, SelectorPatches, StepClock,
     TicketStudent)."""
-    try:  # workflows as packages
-        from lth_kernels.workflows.data_ticket.selector import PatchSelector
-        from lth_kernels.workflows.data_ticket.students import SelectorPatches, StepClock, TicketStudent
-    except ImportError:  # workflows as flat modules
-        from lth_kernels.workflows.data_ticket.selector import PatchSelector
-        from lth_kernels.workflows.data_ticket.students import SelectorPatches, StepClock, TicketStudent
+    from lth_kernels.workflows.data_ticket.selector import PatchSelector
+    from lth_kernels.workflows.data_ticket.students import SelectorPatches, StepClock, TicketStudent
+
     return PatchSelector, SelectorPatches, StepClock, TicketStudent
 
 
