@@ -146,7 +146,7 @@ def test_workflow_end_to_end_channel(tmp_path, capsys):
     methods = [r["method"] for r in summary["rows"]]
     assert methods[0] == "dense (full training)"
     for r in summary["rows"][1:]:
-        if r["eb_epoch"] is None:
+        if r["eb_epoch"] is None or not r["method"].startswith("EB train"):
             continue
         assert r["eb_epoch"] >= 2  # a queue of 3 needs epochs 0, 1, 2
         d = out / f"eb_{r['ratio']}"
@@ -252,5 +252,5 @@ def test_physical_mode_keeps_residual_tied_channels_zero():
     cb = ParamMaskCallback(narrow, channel_param_masks(narrow, tied))
     Trainer(narrow, train, test, TrainingHparams(training_steps="5it", lr=0.1, weight_decay=1e-4, eval_every="0it"),
             batch_size=32, callbacks=[cb], progress=False, eval_at_start=False).train()
-    assert float(bn2.weight[1]) == 0.0 and float(bn2.bias[1]) == 0.0
+    assert float(bn2.weight.detach()[1]) == 0.0 and float(bn2.bias.detach()[1]) == 0.0
     assert bool((bn2.weight[[0, 2, 3]] != 0).all())
