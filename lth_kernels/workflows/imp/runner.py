@@ -100,6 +100,9 @@ class ImpRunner:
                              f"(--training.training_steps {hp.training.training_steps} = {self.end_step} steps of "
                              f"{spe} per epoch)")
         make_model(hp.model, self.data[2], f"{flag_prefix}model", meta=True)  # before the run directory exists
+        for flag, path in (("init.weights", hp.init.weights), ("init.ticket", hp.init.ticket)):
+            if path and not Path(path).is_file():
+                raise FileNotFoundError(f"--{flag_prefix}{flag}: no file at {path}")
         self._set_threads(threads)
         self.num_levels = hp.num_levels
         if ":" in hp.pruning.structure and hp.levels > 1 and hp.target_density is None:

@@ -20,7 +20,8 @@ COMMON = [
     (["--preset", "nope"], "--preset", "nope"),
 ]
 # the training group has a workflow-specific prefix
-TRAINING = {"imp": "training", "early-bird": "training", "gfs": "training", "elastic": "imp.training",
+TRAINING = {"imp": "training", "train": "training", "early-bird": "training", "gfs": "training",
+            "elastic": "imp.training",
             "jackpot": "pretrain", "data-ticket": "training"}
 DATASET = {"elastic": "imp.dataset"}
 MODEL = {"elastic": "imp.model"}
@@ -34,6 +35,13 @@ SPECIFIC = {
         (["--pruning.structure", "block0"], "--pruning.structure", "block0"),
         (["--rewind", "400ep"], "--rewind", "400ep"),  # valid syntax, past the end of training
         (["--threads", "zero"], "--threads", "zero"),
+        (["--init.weights", "{tmp}/no_such_weights.safetensors"], "--init.weights", "no_such_weights"),
+        (["--init.ticket", "{tmp}/no_such_ticket.safetensors"], "--init.ticket", "no_such_ticket"),
+    ],
+    "train": [
+        (["--replicates", "0"], "--replicates", "0"),
+        (["--init.weights", "{tmp}/no_such_weights.safetensors"], "--init.weights", "no_such_weights"),
+        (["--init.ticket", "{tmp}/no_such_ticket.safetensors"], "--init.ticket", "no_such_ticket"),
     ],
     "early-bird": [
         (["--early_bird.ratios", "0.3,1.2"], "--early_bird.ratios", "1.2"),
