@@ -16,7 +16,7 @@ import time
 import torch
 
 from lth_kernels._io import atomic_write_text
-from lth_kernels._util import cuda_time_ms, inner_calls
+from lth_kernels._util import cuda_calls_ms, cuda_time_ms, inner_calls
 
 # Measured peaks (dense bf16 tensor core FLOP/s, HBM copy bytes/s); A100 from the datasheet.
 ROOFS = {"H100": (790e12, 3.0e12), "H200": (790e12, 4.3e12), "A100": (312e12, 2.0e12)}
@@ -37,14 +37,7 @@ def require_cuda(stem: str) -> None:
 
 def _timer(device: torch.device):
     if device.type == "cuda":
-        def run(fn, inner=1):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / inner
+        run = cuda_calls_ms
     else:
         def run(fn, inner=1):
             t0 = time.perf_counter()

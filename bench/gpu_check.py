@@ -59,7 +59,7 @@ def stages(out_dir: str, cores: int, arch: str) -> list[Stage]:
         Stage("build", 120, [[PY, "setup.py", "-q", "build_ext", "--inplace"]], [], env=build_env,
               why=f"extension against this torch, arch {arch}, {cores} jobs (2 .cu + 5 .cpp files)"),
         Stage("live", 20, [[PY, "-m", "bench._gpu_live"]], [[PY, "-m", "bench._gpu_live", "--dry-run"]],
-              why="every CUDA op of _C and every Triton op resolves to its GPU backend and runs once"),
+              why="every CUDA op of _C and every Triton op has its GPU backend live"),
         Stage("tests", 170, [[PY, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                               f"--junitxml={os.path.join(out_dir, 'gpu-check-tests.xml')}"]],
               [[PY, "-m", "pytest", "-m", "gpu", "--collect-only", "-q", "-p", "no:cacheprovider"]],

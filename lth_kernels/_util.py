@@ -39,6 +39,19 @@ def inner_calls(ms_per_call: float, pair_ms: float = 1.0, most: int = 100) -> in
     return max(1, min(most, math.ceil(pair_ms / max(ms_per_call, 1e-4))))
 
 
+def cuda_calls_ms(fn: Callable[[], object], n: int = 1) -> float:
+    """Milliseconds per call of ``n`` back-to-back calls of ``fn()``, between one pair of CUDA events."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / n
+
+
 def cuda_time_ms(fn: Callable[[], object], warmup: int = 10, reps: int = 30, inner: int | None = None) -> float:
     """Median milliseconds per call of ``fn()`` over ``reps`` CUDA-event timings after ``warmup`` calls (the 2:4
     dispatch measurement and the benchmarks share it). Each timing spans ``inner`` back-to-back calls (default:
@@ -48,13 +61,7 @@ def cuda_time_ms(fn: Callable[[], object], warmup: int = 10, reps: int = 30, inn
     import torch
 
     def timed(n: int) -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / n
+        return cuda_calls_ms(fn, n)
 
     for _ in range(warmup):
         fn()
