@@ -71,3 +71,27 @@ def assert_close(actual, expected, dtype=None, msg=""):
     """Compare against an oracle with the tolerance of `dtype` (default: actual's dtype)."""
     atol, rtol = TOLERANCES[dtype or actual.dtype]
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=msg or None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_backend_choices():
+    # resolve() caches its answer per (op, device, backend, env); tests that fake a backend's liveness must not
+    # see another test's cached answer
+    from lth_kernels.ops import _registry
+
+    _registry._RESOLVED.clear()
+    yield
+    _registry._RESOLVED.clear()
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_levels():
+    # the CLI frame quiets the trainer's loggers for the rest of the process; a test calling it must not
+    # silence the next test's log capture
+    import logging
+
+    names = ("lth_kernels.training.trainer", "lth_kernels.training.trainer.eval")
+    levels = {n: logging.getLogger(n).level for n in names}
+    yield
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)

@@ -205,7 +205,7 @@ def test_the_cli_refuses_a_busy_run_directory(tmp_path, capsys):
     path.mkdir(parents=True)
     proc = _hold(path, 60)
     try:
-        rc = main(["--levels", "1", "--training.training_steps", "1ep", "--root", str(tmp_path), "--quiet"])
+        rc = main(["--levels", "1", "--training.training_steps", "1ep", "--root", str(tmp_path), "--verbose"])
     finally:
         proc.kill()
         proc.wait()
