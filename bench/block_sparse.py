@@ -2,7 +2,7 @@
 
     python bench/block_sparse.py                       # ViT-B + ResNet-50 shapes, bf16, writes bench/results/
     python bench/block_sparse.py --blocks 64 --densities 0.1 --dtype fp16 --no-write
-    python bench/block_sparse.py --quick --out-dir /tmp/r   # ViT-B fc1/fc2, blocks 32/128, densities 0.1/0.5
+    python bench/block_sparse.py --quick --out-dir OUT   # ViT-B fc1/fc2, blocks 32/128, densities 0.1/0.5
     python bench/block_sparse.py --smoke               # CPU: tiny shape, reference vs Triton interpreter
 
 Per row: median ms per call (CUDA events over back-to-back calls, >= 20 interleaved repetitions after warm-up;

@@ -1,7 +1,7 @@
 """Static GPU proof: every Triton kernel of lth_kernels.ops compiled for sm_90a and sm_80 on a CPU-only machine.
 
     python -m bench.gpu_proof                        # both targets -> bench/results/<date>-static-sm{90,80}.{md,json}
-    python -m bench.gpu_proof --targets sm_80 --out-dir /tmp/proof
+    python -m bench.gpu_proof --targets sm_80 --out-dir OUT
     python -m bench.gpu_proof --list                 # the cases (one unit of work each)
     python -m bench.gpu_proof --pinned               # CI tier: only the configs LTH_KERNELS_AUTOTUNE=0 runs
 

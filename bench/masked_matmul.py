@@ -1,7 +1,7 @@
 """Masked linear (Triton, design A1) vs dense cuBLAS, F.linear(x, W*M) and torch CSR (cuSPARSE): fwd and fwd+bwd.
 
     python bench/masked_matmul.py                      # ViT-B, DeiT-S, ResNet-50 1x1 shapes, bf16 -> bench/results/
-    python bench/masked_matmul.py --quick --out-dir /tmp/r   # batch 64 ViT-B only, three sparsities
+    python bench/masked_matmul.py --quick --out-dir OUT   # batch 64 ViT-B only, three sparsities
     python bench/masked_matmul.py --smoke              # CPU: tiny shape through the Triton interpreter
     python bench/masked_matmul.py --table PATH         # write the dispatch table elsewhere (or from a --quick run)
 

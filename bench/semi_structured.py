@@ -2,7 +2,7 @@
 
     python bench/semi_structured.py            # ViT-B + ResNet-50 shapes, bf16 and fp16, writes bench/results/
     python bench/semi_structured.py --no-write
-    python bench/semi_structured.py --quick --out-dir /tmp/r   # ViT-B fc1/fc2, bf16
+    python bench/semi_structured.py --quick --out-dir OUT   # ViT-B fc1/fc2, bf16
 
 Providers: dense ``F.linear``; raw ``to_sparse_semi_structured`` weight (compressed once, inference);
 ``semi_structured_linear`` with the measured dispatch (auto) and forced 2:4 (cusparselt), which in training
