@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = {"ddp": ["-m", "torchrun"]}
+SUITES = {"ddp": "torchrun"}  # suite -> pytest marker
+
+
+def marked_files(marker: str) -> list[str]:
+    """Test files that use the marker: collecting only these keeps a round to the runs themselves."""
+    tag = f"@pytest.mark.{marker}"
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py") if tag in p.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs: must be >= 1, got {args.runs}")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITES[args.suite]]
+    marker = SUITES[args.suite]
+    files = marked_files(marker)
+    if not files:
+        print(f"{args.suite}: no test file uses @pytest.mark.{marker}", file=sys.stderr)
+        return 1
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker, *files]
     failed, t0 = [], time.perf_counter()
     for i in range(1, args.runs + 1):
         res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
