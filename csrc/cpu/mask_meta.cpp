@@ -9,12 +9,18 @@ namespace cpu {
 namespace {
 // Below this many mask bytes the OpenMP fork/join costs more than the work.
 constexpr int64_t kParallelGrain = 1 << 16;
+
+// Rows are independent (each owns its output row), so they split across threads without synchronisation.
+template <class RowFn>
+void for_each_row(int64_t rows, int64_t cols, RowFn&& row_fn) {
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelGrain)
+  for (int64_t r = 0; r < rows; ++r) row_fn(r);
+}
 }  // namespace
 
 void pack_mask(const uint8_t* mask, int64_t rows, int64_t cols, int32_t* packed) {
   const int64_t words = (cols + 31) / 32;
-#pragma omp parallel for schedule(static) if (rows * cols > kParallelGrain)
-  for (int64_t r = 0; r < rows; ++r) {
+  for_each_row(rows, cols, [&](int64_t r) {
     const uint8_t* src = mask + r * cols;
     int32_t* dst = packed + r * words;
     for (int64_t w = 0; w < words; ++w) {
@@ -25,19 +31,18 @@ void pack_mask(const uint8_t* mask, int64_t rows, int64_t cols, int32_t* packed)
       for (int64_t j = 0; j < n; ++j) bits |= static_cast<uint32_t>(src[c0 + j] != 0) << j;
       dst[w] = static_cast<int32_t>(bits);
     }
-  }
+  });
 }
 
 void unpack_mask(const int32_t* packed, int64_t rows, int64_t cols, uint8_t* mask) {
   const int64_t words = (cols + 31) / 32;
-#pragma omp parallel for schedule(static) if (rows * cols > kParallelGrain)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t* src = packed + r * words;
-    uint8_t* dst = mask + r * cols;
+  // Words are read unsigned so the shift of bit 31 brings in zeros, not copies of the sign.
+  const uint32_t* words_of = reinterpret_cast<const uint32_t*>(packed);
+  for_each_row(rows, cols, [&](int64_t r) {
     for (int64_t c = 0; c < cols; ++c) {
-      dst[c] = static_cast<uint8_t>((static_cast<uint32_t>(src[c >> 5]) >> (c & 31)) & 1u);
+      mask[r * cols + c] = static_cast<uint8_t>((words_of[r * words + (c >> 5)] >> (c & 31)) & 1u);
     }
-  }
+  });
 }
 
 void tile_occupancy(const uint8_t* mask, int64_t rows, int64_t cols, int64_t bm, int64_t bn,

@@ -288,14 +288,24 @@ def _(x, weight, bias, row_offsets, col_idx, row_idx, col_offsets, t_row_idx, ro
 #   Y = (A . B) at the pattern (sdd; the pattern makes dY sparse) -> dA = (B . dY^T)^T, dB = A^T . dY (dds)
 
 
-def _dds_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1], *inputs[3:10])
-    ctx.bm, ctx.bk, ctx.transpose_w, ctx.backend = inputs[10:]
+def _setup(meta_at: int, scalars: tuple[str, ...]):
+    """setup_context saving the two operands, the 7 pattern tensors at ``inputs[meta_at:]`` and the scalars after
+    them (the three ops differ only in where the pattern starts and which scalars follow)."""
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1], *inputs[meta_at:meta_at + 7])
+        for name, value in zip(scalars, inputs[meta_at + 7:], strict=True):
+            setattr(ctx, name, value)
+    return setup
+
+
+def _saved(ctx):
+    """(operand 0, operand 1, pattern tensors, (bm, bk, backend)) as the setup stored them."""
+    first, second, *meta = ctx.saved_tensors
+    return first, second, meta, (ctx.bm, ctx.bk, ctx.backend)
 
 
 def _dds_backward(ctx, grad):
-    a, w, *meta = ctx.saved_tensors
-    bm, bk, backend = ctx.bm, ctx.bk, ctx.backend
+    a, w, meta, (bm, bk, backend) = _saved(ctx)
     da = dw = db = None
     if ctx.needs_input_grad[0]:
         da = _dds_op(grad, w, None, *meta, bm, bk, not ctx.transpose_w, backend)
@@ -307,14 +317,8 @@ def _dds_backward(ctx, grad):
     return da, dw, db, *([None] * 11)
 
 
-def _sdd_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1], *inputs[2:9])
-    ctx.bm, ctx.bk, ctx.backend = inputs[9:]
-
-
 def _sdd_backward(ctx, grad):
-    a, b, *meta = ctx.saved_tensors
-    bm, bk, backend = ctx.bm, ctx.bk, ctx.backend
+    a, b, meta, (bm, bk, backend) = _saved(ctx)
     da = db = None
     if ctx.needs_input_grad[0]:
         da = _dds_op(b, grad, None, *meta, bm, bk, True, backend).t()
@@ -323,14 +327,8 @@ def _sdd_backward(ctx, grad):
     return da, db, *([None] * 10)
 
 
-def _linear_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1], *inputs[3:10])
-    ctx.bm, ctx.bk, ctx.backend = inputs[10:]
-
-
 def _linear_backward(ctx, grad):
-    x, w, *meta = ctx.saved_tensors
-    bm, bk, backend = ctx.bm, ctx.bk, ctx.backend
+    x, w, meta, (bm, bk, backend) = _saved(ctx)
     g2d = grad.reshape(-1, grad.shape[-1])
     dx = dw = db = None
     if ctx.needs_input_grad[0]:
@@ -342,9 +340,12 @@ def _linear_backward(ctx, grad):
     return dx, dw, db, *([None] * 10)
 
 
-torch.library.register_autograd("lth_kernels::block_sparse_dds", _dds_backward, setup_context=_dds_setup)
-torch.library.register_autograd("lth_kernels::block_sparse_sdd", _sdd_backward, setup_context=_sdd_setup)
-torch.library.register_autograd("lth_kernels::block_sparse_linear", _linear_backward, setup_context=_linear_setup)
+torch.library.register_autograd("lth_kernels::block_sparse_dds", _dds_backward,
+                                setup_context=_setup(3, ("bm", "bk", "transpose_w", "backend")))
+torch.library.register_autograd("lth_kernels::block_sparse_sdd", _sdd_backward,
+                                setup_context=_setup(2, ("bm", "bk", "backend")))
+torch.library.register_autograd("lth_kernels::block_sparse_linear", _linear_backward,
+                                setup_context=_setup(3, ("bm", "bk", "backend")))
 
 # --------------------------------------------------------------------------------------------- public
 

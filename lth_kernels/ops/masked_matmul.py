@@ -363,6 +363,18 @@ def _autocast(x, *tensors):
     return tuple(cast(t) for t in (x, *tensors))
 
 
+def _linear_inputs(x, weight, mask, bias):
+    """Checks of the linear forms (x: (..., K) against weight (N, K)); returns x, weight, bias after autocast."""
+    _check_float("x", x, None)
+    if x.dim() == 0:
+        raise ValueError("x: expected at least 1 dim, got a 0-dim tensor")
+    x, weight, bias = _autocast(x, weight, bias)
+    _check_weight_mask_bias(x, weight, mask, bias, 2)
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x: expected last dim {weight.shape[1]} (weight.shape[1]), got shape {tuple(x.shape)}")
+    return x, weight, bias
+
+
 def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None, *,
                   backend: str | None = None, weight_is_masked: bool = False) -> torch.Tensor:
     """``x · (weight ⊙ mask)ᵀ + bias`` with the masked weight gradient (see the module docstring).
@@ -371,13 +383,7 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
     bias: (N,) or None. Returns (..., N). ``weight_is_masked=True`` promises ``weight`` is 0 wherever ``mask`` is
     False (lets the reference skip a pass). ``backend`` overrides the automatic choice.
     """
-    _check_float("x", x, None)
-    if x.dim() == 0:
-        raise ValueError("x: expected at least 1 dim, got a 0-dim tensor")
-    x, weight, bias = _autocast(x, weight, bias)
-    _check_weight_mask_bias(x, weight, mask, bias, 2)
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"x: expected last dim {weight.shape[1]} (weight.shape[1]), got shape {tuple(x.shape)}")
+    x, weight, bias = _linear_inputs(x, weight, mask, bias)
     return _eager_op.apply(_masked_linear_op, x, weight, mask, bias, bool(weight_is_masked),
                            _registry.resolve("masked_linear", x.device, backend))
 
@@ -390,13 +396,7 @@ def masked_linear_scores(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tens
     ``mask`` is the bool mask the caller derived from ``scores`` (top-k, threshold, swaps: the caller's rule);
     ``weight`` is used unmasked as stored (it need not hold zeros), and gets the masked gradient if it requires one.
     """
-    _check_float("x", x, None)
-    if x.dim() == 0:
-        raise ValueError("x: expected at least 1 dim, got a 0-dim tensor")
-    x, weight, bias = _autocast(x, weight, bias)
-    _check_weight_mask_bias(x, weight, mask, bias, 2)
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"x: expected last dim {weight.shape[1]} (weight.shape[1]), got shape {tuple(x.shape)}")
+    x, weight, bias = _linear_inputs(x, weight, mask, bias)
     _check_float("scores", scores, 2)
     if scores.shape != weight.shape or scores.device != weight.device:
         raise ValueError(f"scores: expected shape {tuple(weight.shape)} on {weight.device} (as weight), got "

@@ -43,6 +43,13 @@ def _perturb_bn(model, seed=1):
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
+def _model_input_bns(name, *, num_classes, img_size, batch):
+    """A model with perturbed BN statistics, an input batch for it, and the names of its BN layers."""
+    model = create_model(name, num_classes=num_classes, in_chans=3, img_size=img_size)
+    _perturb_bn(model)
+    return model, torch.randn(batch, 3, img_size, img_size), [n for n, m in model.named_modules() if isinstance(m, _BN)]
+
+
 def _check_equal(model, masks, x, mode="eval"):
     model.train(mode == "train")
     ref = mask_channels_(copy.deepcopy(model), masks)
@@ -56,10 +63,7 @@ def _check_equal(model, masks, x, mode="eval"):
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_vgg_physical_equals_masked(mode):
-    model = create_model("cifar_vgg_11", num_classes=7, in_chans=3, img_size=16)
-    _perturb_bn(model)
-    x = torch.randn(3, 3, 16, 16)
-    bns = [n for n, m in model.named_modules() if isinstance(m, _BN)]
+    model, x, bns = _model_input_bns("cifar_vgg_11", num_classes=7, img_size=16, batch=3)
     masks = _random_masks(model, bns)
     narrow, record = _check_equal(model, masks, x, mode)
     # VGG has no residual adds: every BN keeps exactly its own mask.
@@ -71,10 +75,7 @@ def test_vgg_physical_equals_masked(mode):
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_cifar_resnet_physical_equals_masked(mode):
-    model = create_model("cifar_resnet_8", num_classes=5, in_chans=3, img_size=8)
-    _perturb_bn(model)
-    x = torch.randn(4, 3, 8, 8)
-    bns = [n for n, m in model.named_modules() if isinstance(m, _BN)]
+    model, x, bns = _model_input_bns("cifar_resnet_8", num_classes=5, img_size=8, batch=4)
     _check_equal(model, _random_masks(model, bns, p=0.4), x, mode)
 
 

@@ -5,15 +5,8 @@ import math
 import pytest
 import torch
 
-from lth_kernels.ops import _registry
-from lth_kernels.ops.sparse_attention import (
-    BlockMask,
-    block_mask_from_dense,
-    local_window_block_mask,
-    sparse_attention,
-    strided_block_mask,
-    swin_window_block_mask,
-)
+from lth_kernels.ops import BlockMask, _registry, block_mask_from_dense, sparse_attention
+from lth_kernels.ops.sparse_attention import local_window_block_mask, strided_block_mask, swin_window_block_mask
 
 from ..conftest import HAS_CUDA, assert_close
 

@@ -6,18 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lth_kernels.training.hparams import (
-    DatasetHparams,
-    Hparams,
-    HparamsError,
-    ModelHparams,
-    PruningHparams,
-    TrainingHparams,
-    hfield,
-    parse_cli,
-    presets,
-    register_preset,
-)
+from lth_kernels.training.hparams.base import Hparams, HparamsError, hfield
+from lth_kernels.training.hparams.cli import parse_cli, presets, register_preset
+from lth_kernels.training.hparams.groups import DatasetHparams, ModelHparams, PruningHparams, TrainingHparams
 
 ROOT = Path(__file__).resolve().parents[2]
 

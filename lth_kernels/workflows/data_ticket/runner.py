@@ -25,6 +25,7 @@ from lth_kernels.training.seed import seed_everything
 from lth_kernels.training.steps import parse_steps
 from lth_kernels.training.trainer import Trainer
 from lth_kernels.workflows.common.inputs import MODEL_FIELDS, as_flags, open_dataset
+from lth_kernels.workflows.data_ticket import students
 from lth_kernels.workflows.data_ticket.hparams import WORKFLOW, DataTicketHparams
 from lth_kernels.workflows.data_ticket.report import (
     STABILITY,
@@ -37,15 +38,6 @@ from lth_kernels.workflows.data_ticket.report import (
 from lth_kernels.workflows.data_ticket.selector import PatchSelector
 from lth_kernels.workflows.data_ticket.sizes import parse_drop_blocks
 from lth_kernels.workflows.data_ticket.stability import augmentation_stability, checkpoint_stability, stability_record
-from lth_kernels.workflows.data_ticket.students import (
-    AllPatches,
-    FixedRandomPatches,
-    RandomPatches,
-    SelectorPatches,
-    StepClock,
-    TicketStudent,
-    compact_side,
-)
 
 
 def run_data_ticket(hp: DataTicketHparams, root: str = "runs", *, export: bool = False, **kwargs):
@@ -135,7 +127,7 @@ class DataTicketRunner:
         on the compact re-tiled image (compact)."""
         hp = self.hp
         if mode == "compact":
-            s = compact_side(num_kept)
+            s = students.compact_side(num_kept)
             return self._create(hp.model.name, hp.model.kwargs, (s * patch[0], s * patch[1]))
         net = self._create(hp.model.name, hp.model.kwargs)
         return ticketize_vit(net) if mode == "tokens" else net
@@ -242,19 +234,21 @@ class DataTicketRunner:
             mode = "zero"  # the all-patches student sees the full image
         n, k = selector.num_patches, selector.num_kept
         src_seed = seed * 1_000_003 + zlib.crc32(name.encode())
-        source = {"ticket": lambda: SelectorPatches(selector), "random": lambda: RandomPatches(n, k, src_seed),
-                  "random_scaled": lambda: RandomPatches(n, k, src_seed),
-                  "random_fixed": lambda: FixedRandomPatches(n, k, src_seed), "all": AllPatches}[name]()
+        source = {"ticket": lambda: students.SelectorPatches(selector),
+                  "random": lambda: students.RandomPatches(n, k, src_seed),
+                  "random_scaled": lambda: students.RandomPatches(n, k, src_seed),
+                  "random_fixed": lambda: students.FixedRandomPatches(n, k, src_seed),
+                  "all": students.AllPatches}[name]()
         # During training the reference evaluates with all patches; a compact student cannot take them.
-        during = SelectorPatches(selector) if mode == "compact" else AllPatches()
+        during = students.SelectorPatches(selector) if mode == "compact" else students.AllPatches()
         seed_everything(seed)
-        model = TicketStudent(self._student_net(mode, k, selector.patch_size), source, during, input_mode=mode,
+        model = students.TicketStudent(self._student_net(mode, k, selector.patch_size), source, during, input_mode=mode,
                               patch=selector.patch_size)
-        trainer = self._trainer(model, training, train_dir, callbacks=[StepClock(source)])
+        trainer = self._trainer(model, training, train_dir, callbacks=[students.StepClock(source)])
         res = trainer.train()
         evals = {}
-        for ename, src in (("all", AllPatches()), ("ticket", SelectorPatches(selector)),
-                           ("random", RandomPatches(n, k, EVAL_SEED))):
+        for ename, src in (("all", students.AllPatches()), ("ticket", students.SelectorPatches(selector)),
+                           ("random", students.RandomPatches(n, k, EVAL_SEED))):
             if mode == "compact" and ename == "all":
                 evals[ename] = None
                 continue
@@ -289,7 +283,8 @@ class DataTicketRunner:
             selector.to(device)
             index = selector.select(images)
             net = self._student_net(mode, selector.num_kept, selector.patch_size).to(device).eval()
-            student = TicketStudent(net, None, _Fixed(index), input_mode=mode, patch=selector.patch_size).eval()
+            student = students.TicketStudent(net, None, _Fixed(index), input_mode=mode,
+                                             patch=selector.patch_size).eval()
             fns[f"student_{r:g}"] = functools.partial(student, images)
             fns[f"selector_{r:g}"] = functools.partial(selector.select, images)
         ips = throughputs(fns, b)

@@ -15,17 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lth_kernels.models import create_model
-from lth_kernels.tickets import Ticket, prunable_parameters, prune, shuffle
-from lth_kernels.tickets.elastic import (
-    ElasticError,
-    check_mapping,
-    generate_mapping,
-    layout_of,
-    model_depth,
-    model_for_depth,
-    parse_mapping,
-    transform,
-)
+from lth_kernels.tickets import Ticket, elastic, prunable_parameters, prune, shuffle
 from lth_kernels.training import TrainResult
 from lth_kernels.training.connectivity import COPY_SEEDS, interpolate
 from lth_kernels.training.distributed import barrier, is_main_process
@@ -82,7 +72,7 @@ class ElasticRunner:
         self.data = data if data is not None else build_data(hp.imp.dataset, "imp.dataset")
         self.level = hp.imp.num_levels
         with as_flags("imp.model", MODEL_FIELDS):
-            self.family_depth = model_depth(hp.imp.model.name, hp.imp.model.kwargs)
+            self.family_depth = elastic.model_depth(hp.imp.model.name, hp.imp.model.kwargs)
         self.check_pairs()
         for depth in self.imp_runs:
             self.imp_hparams(depth)
@@ -99,20 +89,20 @@ class ElasticRunner:
         for pair in self.hp.pair_list:
             for d in pair:
                 if d not in layouts:
-                    name, kwargs = model_for_depth(m.name, m.kwargs, d)
+                    name, kwargs = elastic.model_for_depth(m.name, m.kwargs, d)
                     with torch.device("meta"):  # keys and shapes only: no memory, no initialisation cost
                         model = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans,
                                              img_size=info.img_size, **kwargs)
-                    layouts[d] = layout_of(model.state_dict())
+                    layouts[d] = elastic.layout_of(model.state_dict())
             (s, t), text = pair, self.hp.block_mapping.get(f"{pair[0]}:{pair[1]}")
             src, dst = layouts[s].lengths, layouts[t].lengths
             try:
                 if len(src) != len(dst):
-                    raise ElasticError(f"target: the number of stages must stay fixed, {src} vs {dst} units")
-                given = parse_mapping(text, len(src)) if text is not None else None
-                check_mapping(given or generate_mapping(src, dst, self.hp.strategy), src, dst)
-            except ElasticError as e:
-                raise ElasticError(f"--pairs {s}:{t}: {e}") from None
+                    raise elastic.ElasticError(f"target: the number of stages must stay fixed, {src} vs {dst} units")
+                given = elastic.parse_mapping(text, len(src)) if text is not None else None
+                elastic.check_mapping(given or elastic.generate_mapping(src, dst, self.hp.strategy), src, dst)
+            except elastic.ElasticError as e:
+                raise elastic.ElasticError(f"--pairs {s}:{t}: {e}") from None
 
     # ------------------------------------------------------------------------------------------ IMP runs
     def imp_hparams(self, depth: int) -> ImpHparams:
@@ -122,13 +112,13 @@ class ElasticRunner:
             if not hp_file.exists():
                 raise FileNotFoundError(f"--imp_runs: {self.imp_runs[depth]} is not an IMP run (no hparams.json)")
             hp = ImpHparams.from_json(hp_file.read_text())
-            if model_depth(hp.model.name, hp.model.kwargs) != depth:
+            if elastic.model_depth(hp.model.name, hp.model.kwargs) != depth:
                 raise ValueError(f"--imp_runs: {self.imp_runs[depth]} trains {hp.model.name}, not depth {depth}")
             if hp.dataset.name != self.hp.imp.dataset.name:
                 raise ValueError(f"--imp_runs: {self.imp_runs[depth]} trains on {hp.dataset.name}, this run on "
                                  f"{self.hp.imp.dataset.name}")
             return hp.replace(levels=max(hp.num_levels, self.level), target_density=None, branches=())
-        name, kwargs = model_for_depth(self.hp.imp.model.name, self.hp.imp.model.kwargs, depth)
+        name, kwargs = elastic.model_for_depth(self.hp.imp.model.name, self.hp.imp.model.kwargs, depth)
         model = self.hp.imp.model.replace(name=name, kwargs=kwargs)
         return self.hp.imp.replace(model=model, levels=self.level, target_density=None, branches=())
 
@@ -167,9 +157,10 @@ class ElasticRunner:
         if random_copies:
             seed = derived_seed("elastic_random_copies", replicate, src, dst, self.hp.seed)
             gen = torch.Generator().manual_seed(seed)
-        res = transform(source.state_dict(), target.state_dict(), ticket=s_run.main_ticket(replicate, self.level),
-                        strategy=self.hp.strategy, mapping=self.hp.block_mapping.get(f"{src}:{dst}"),
-                        random_copies=gen, exclude=s_run.exclude_globs(source))
+        res = elastic.transform(source.state_dict(), target.state_dict(),
+                                ticket=s_run.main_ticket(replicate, self.level), strategy=self.hp.strategy,
+                                mapping=self.hp.block_mapping.get(f"{src}:{dst}"), random_copies=gen,
+                                exclude=s_run.exclude_globs(source))
         res.ticket = res.ticket.with_metadata(model=t_run.hp.model.name, source_run=s_run.path.name,
                                               level=self.level, replicate=replicate)
         return res, target
@@ -191,7 +182,7 @@ class ElasticRunner:
         out_dir = out_dir or self.target_dir(replicate, dst) / f"{variant}_from_{src}"
         res, target = self.transformed(replicate, src, dst, random_copies=variant == "ett_random_copies")
         if variant == "ett_random_copies" and not res.copies:
-            return None  # a squeeze copies nothing: the ablation is the plain transform
+            return None  # a squeeze copies nothing: the ablation is the plain elastic.transform
         if self.is_main and variant == "ett":
             atomic_write_json(self.target_dir(replicate, dst) / f"elastic_from_{src}.json",
                               {**res.report, "copies": list(res.copies), "source_run": self.imp(src).path.name})
