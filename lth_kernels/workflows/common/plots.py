@@ -19,16 +19,22 @@ def _plt():
 
 
 def plot_mask_distance(path, matrices: Mapping[str, Sequence[Sequence[float]]], epochs: Sequence[int],
-                       eb_epochs: Mapping[str, int | None], title: str = "") -> None:
-    """One epoch x epoch heatmap of mask distances per pruning ratio, the early-bird epoch marked."""
+                       eb_epochs: Mapping[str, int | None], title: str = "", epsilon: float | None = None) -> None:
+    """One epoch x epoch heatmap of mask distances per pruning ratio on one shared colour scale (so the ratios
+    compare by colour), the ``epsilon`` contour drawn (where the detection rule is met) and the early-bird epoch
+    marked."""
     plt = _plt()
     keys = list(matrices)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.0), squeeze=False)
+    vmax = max([1e-9] + [v for mat in matrices.values() for row in mat for v in row])
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.0 * len(keys) + 1.0, 4.0), squeeze=False)
+    im = None
     for ax, key in zip(axes[0], keys):
         mat = matrices[key]
         n = len(mat)
-        im = ax.imshow(mat, cmap="viridis_r", vmin=0.0, vmax=max(1e-9, max((max(r) for r in mat), default=1.0)),
-                       origin="upper", extent=(-0.5, n - 0.5, n - 0.5, -0.5))
+        im = ax.imshow(mat, cmap="viridis_r", vmin=0.0, vmax=vmax, origin="upper",
+                       extent=(-0.5, n - 0.5, n - 0.5, -0.5))
+        if epsilon is not None and n > 1 and min(v for row in mat for v in row) <= epsilon <= vmax:
+            ax.contour(range(n), range(n), mat, levels=[epsilon], colors="white", linewidths=1.0)
         eb = eb_epochs.get(key)
         label = f"ratio {key}"
         if eb is not None and eb in epochs:
@@ -45,10 +51,13 @@ def plot_mask_distance(path, matrices: Mapping[str, Sequence[Sequence[float]]], 
         ticks = [i for i in range(n) if n <= 12 or i % math.ceil(n / 8) == 0]
         ax.set_xticks(ticks, [str(epochs[i]) for i in ticks])
         ax.set_yticks(ticks, [str(epochs[i]) for i in ticks])
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mask distance")
+    if im is not None:
+        bar = fig.colorbar(im, ax=list(axes[0]), fraction=0.046 / len(keys), pad=0.04, label="mask distance")
+        if epsilon is not None and epsilon <= vmax:
+            bar.ax.axhline(epsilon, color="white", lw=1.5)
+            bar.ax.text(1.6, epsilon, f"ε={epsilon:g}", va="center", fontsize=7, transform=bar.ax.get_yaxis_transform())
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
 

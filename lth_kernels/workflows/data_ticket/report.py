@@ -177,8 +177,11 @@ def _plt():
 
 def plot_tickets(images: torch.Tensor, tickets: dict[float, torch.Tensor], patch: tuple[int, int], mean, std,
                  path: str | Path) -> None:
-    """A grid: the images (first row), then one row per keep rate with the dropped patches greyed out
-    (washed out towards a blue-grey tint, so that black or white kept patches stay distinguishable)."""
+    """A grid: the images (first row), then one row per keep rate with the dropped patches covered by a flat
+    neutral mask with a light cross-hatch (a wash of the image reads as strokes of the digit; a flat fill does
+    not, and the hatch keeps it apart from a kept patch that happens to be grey)."""
+    from matplotlib.patches import Rectangle
+
     plt = _plt()
     x = images.detach().cpu().float() * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
     x = x.clamp(0, 1)
@@ -186,23 +189,25 @@ def plot_tickets(images: torch.Tensor, tickets: dict[float, torch.Tensor], patch
         x = x.expand(-1, 3, -1, -1)
     b, _, h, w = x.shape
     gh, gw = h // patch[0], w // patch[1]
-    tint = torch.tensor([0.55, 0.6, 0.75]).view(1, 3, 1, 1)
-    rows = [("all", x)]
+    rows = [("all", None)]
     for r, idx in tickets.items():
-        keep = torch.zeros(b, gh * gw)
-        keep.scatter_(1, idx.cpu().long(), 1.0)
-        keep = keep.view(b, 1, gh, gw).repeat_interleave(patch[0], 2).repeat_interleave(patch[1], 3)
-        rows.append((f"r={r:g}\nK={idx.shape[1]}/{gh * gw}", x * keep + (0.25 * x + 0.75 * tint) * (1 - keep)))
+        keep = torch.zeros(b, gh * gw, dtype=torch.bool)
+        keep[torch.arange(b).unsqueeze(1), idx.cpu().long()] = True
+        rows.append((f"r={r:g}\nK={idx.shape[1]}/{gh * gw}", keep))
     fig, axes = plt.subplots(len(rows), b, figsize=(1.3 * b, 1.4 * len(rows)), squeeze=False)
-    for i, (label, shown) in enumerate(rows):
+    for i, (label, keep) in enumerate(rows):
         for j in range(b):
             ax = axes[i][j]
-            ax.imshow(shown[j].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.imshow(x[j].permute(1, 2, 0).numpy(), interpolation="nearest")
+            for p in ([] if keep is None else (~keep[j]).nonzero().flatten().tolist()):
+                ax.add_patch(Rectangle(((p % gw) * patch[1] - 0.5, (p // gw) * patch[0] - 0.5), patch[1], patch[0],
+                                       facecolor="#d9d9d9", edgecolor="#9a9a9a", hatch="xx", lw=0.0,
+                                       label="dropped"))
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
-    fig.suptitle("data-level tickets: kept patches as they are, dropped patches greyed out", fontsize=9)
+    fig.suptitle("data-level tickets: kept patches as they are, dropped patches hatched grey", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 

@@ -39,7 +39,8 @@ def run(hp: EarlyBirdHparams, root: str | Path = "runs", device=None) -> dict:
         hist = found["history"]
         plot_mask_distance(out / "plots" / "mask_distance.png", hist["distances"], hist["epochs"],
                            {pct(r): found["epochs"].get(pct(r)) for r in hp.early_bird.ratios},
-                           title=f"{hp.model.name} on {hp.dataset.name} ({hp.early_bird.structure} masks)")
+                           title=f"{hp.model.name} on {hp.dataset.name} ({hp.early_bird.structure} masks)",
+                           epsilon=hp.early_bird.epsilon)
         print(table)
     return summary
 

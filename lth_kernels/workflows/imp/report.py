@@ -164,6 +164,9 @@ def format_table(summary: dict) -> str:
     return "\n".join([title, note, line(head), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+MIN_ACC_SPAN = 10.0  # percentage points the accuracy axis spans at least
+
+
 def plot(summary: dict, run_dir: str | Path) -> list[Path]:
     """Write ``plots/accuracy_vs_density.png`` and ``plots/layer_density.png``; returns their paths."""
     import matplotlib
@@ -184,17 +187,32 @@ def plot(summary: dict, run_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     levels = summary["levels"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    lowest = 100.0
+    densities, ys = set(), []
     for b in summary["branches"]:
-        pts = [(row[b]["density"]["mean"] * 100, row[b]["test_acc_end"]["mean"] * 100,
-                row[b]["test_acc_end"]["std"] * 100) for row in levels.values()
+        pts = [(row[b]["density"]["mean"] * 100, row[b]["test_acc_end"]) for row in levels.values()
                if b in row and row[b]["test_acc_end"]["mean"] is not None]
-        if pts:
-            x, y, e = zip(*pts)
-            lowest = min(lowest, *x)
-            ax.errorbar(x, y, yerr=e, marker="o", ms=4, capsize=3, label=b)
+        if not pts:
+            continue
+        x = [d for d, _ in pts]
+        y = [a["mean"] * 100 for _, a in pts]
+        lo = [min(a["values"]) * 100 for _, a in pts]
+        hi = [max(a["values"]) * 100 for _, a in pts]
+        line = ax.errorbar(x, y, yerr=[a["std"] * 100 for _, a in pts], marker="o", ms=4, capsize=3, label=b)
+        if summary["replicates"] > 1:  # the replicates' range, not only their standard deviation
+            ax.fill_between(x, lo, hi, color=line[0].get_color(), alpha=0.15, lw=0)
+        densities.update(round(d, 6) for d in x)
+        ys += lo + hi
     ax.set_xscale("log")
-    log_ticks(ax.xaxis, lowest)
+    if len(densities) <= 12:  # few levels: a tick at each level's density, labelled with it
+        ax.xaxis.set_major_locator(FixedLocator(sorted(densities)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelsize=7)
+    else:
+        log_ticks(ax.xaxis, min(densities, default=100.0))
+    if ys:  # at least MIN_ACC_SPAN points of accuracy shown, so replicate noise is not blown up to full height
+        pad = max(0.0, MIN_ACC_SPAN - (max(ys) - min(ys))) / 2 + 1.0
+        ax.set_ylim(max(0.0, min(ys) - pad), min(100.0, max(ys) + pad))
     ax.invert_xaxis()  # pruning goes left to right
     ax.set_xlabel("% of prunable weights remaining (log)")
     ax.set_ylabel("test accuracy at the end (%)")

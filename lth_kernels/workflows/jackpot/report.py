@@ -74,13 +74,15 @@ def write_report(run_dir: str | Path, summary: dict, hp=None) -> None:
             xs, ys = zip(*r["curve"]) if r["curve"] else ((), ())
             ax_acc.plot(xs, [100 * y for y in ys], marker=".", label=rule)
             if r["swaps"]:
-                ax_sw.plot([h["epoch"] for h in r["swaps"]], [max(h["swaps"], 0.5) for h in r["swaps"]],
-                           marker=".", label=rule)
+                ax_sw.plot([h["epoch"] for h in r["swaps"]], [h["swaps"] for h in r["swaps"]], marker=".", label=rule)
         ax_acc.axhline(100 * summary["dense_acc"], color="k", ls="--", lw=1, label="dense")
         ax_acc.set(title=f"sparsity {s}: test accuracy (epoch 0 = magnitude mask)", xlabel="search epoch",
                    ylabel="top-1 %")
         ax_acc.legend(fontsize=8)
-        ax_sw.set(title="mask swaps per epoch (all layers)", xlabel="search epoch", ylabel="swaps", yscale="log")
+        # symlog: linear near 0 (an epoch without swaps sits at 0, not at a made-up 0.5), log above 1.
+        ax_sw.set_yscale("symlog", linthresh=1.0)
+        ax_sw.set(title="mask swaps per epoch (all layers)", xlabel="search epoch", ylabel="swaps (symlog)",
+                  ylim=(0, None))
         ax_sw.legend(fontsize=8)
         keys = list(e["overlap"])
         ax_ov.bar(range(len(keys)), [e["overlap"][k] for k in keys], color="tab:blue")
