@@ -69,3 +69,46 @@ def cuda_time_ms(fn: Callable[[], object], warmup: int = 10, reps: int = 30, inn
     if inner is None:
         inner = inner_calls(timed(1))
     return statistics.median(timed(inner) for _ in range(reps))
+
+
+class Progress:
+    """Progress of a loop as the user sees it: a tqdm bar on a terminal; without one (a log file, CI) one
+    ``logger.info`` line when the loop starts (a bar's redraws would flood the log). ``enabled=False`` (not the
+    main rank, or the caller asked for quiet) shows nothing. Use as a context manager; ``update`` and ``note``
+    are no-ops when there is no bar."""
+
+    def __init__(self, total: int | None, *, desc: str | None, unit: str = "step", initial: int = 0,
+                 enabled: bool = True, logger=None, line: str | None = None) -> None:
+        import logging
+        import sys
+
+        self.bar = None
+        if not enabled:
+            return
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, leave=False, desc=desc)
+        elif total is not None and initial < total:
+            (logger or logging.getLogger("lth_kernels")).info(
+                line if line is not None else f"{desc}: {unit} {initial} -> {total}")
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def note(self, **values) -> None:
+        """Values shown after the bar (the last evaluation, a loss)."""
+        if self.bar is not None:
+            self.bar.set_postfix(**values)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

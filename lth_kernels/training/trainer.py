@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lth_kernels._util import Progress
 from lth_kernels.training import distributed as dist_utils
 from lth_kernels.training.checkpoint import (
     CHECKPOINT,
@@ -210,13 +211,17 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
-        for x, y in self.feed.test_batches(split):
-            x = self._layout(x)
-            with self._autocast():
-                out = self.model(x)
-            acc[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
-            acc[1] += (out.argmax(dim=1) == y).sum()
-            acc[2] += y.numel()
+        # a bar on a terminal only: an evaluation is part of its stage, whose start line the log already has
+        with Progress(None, desc=f"evaluate {split}", unit="batch",
+                      enabled=self.progress and self.is_main and sys.stderr.isatty()) as bar:
+            for x, y in self.feed.test_batches(split):
+                x = self._layout(x)
+                with self._autocast():
+                    out = self.model(x)
+                acc[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
+                acc[1] += (out.argmax(dim=1) == y).sum()
+                acc[2] += y.numel()
+                bar.update()
         dist_utils.all_reduce_sum(acc)
         self.model.train(was_training)
         loss, correct, n = acc.tolist()
@@ -341,17 +346,10 @@ class Trainer:
 
     def _loop(self, end: int) -> dict:
         spe, last = self.steps_per_epoch, {}
-        show = self.progress and self.is_main and sys.stderr.isatty()
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, leave=False,
-                       desc=self.out_dir.name if self.out_dir is not None else None)
-        elif self.progress and self.is_main and self.step < end:
-            # no terminal (a log file, CI): one line when a stage starts instead of a bar
-            log.info("training %s: step %d -> %d (%.1f epochs)", self.out_dir or "(no run directory)", self.step,
-                     end, (end - self.step) / self.steps_per_epoch)
+        bar = Progress(end, initial=self.step, desc=self.out_dir.name if self.out_dir is not None else None,
+                       enabled=self.progress and self.is_main, logger=log,
+                       line=f"training {self.out_dir or '(no run directory)'}: step {self.step} -> {end} "
+                            f"({(end - self.step) / self.steps_per_epoch:.1f} epochs)")
         self.ddp_model.train()
         batches = None
         while self.step < end:
@@ -374,8 +372,7 @@ class Trainer:
             self._maybe_save_step()
             if self.step == end or self._stop or (self.eval_every and self.step % self.eval_every == 0):
                 last = self._eval_and_log(end)
-                if bar is not None:
-                    bar.set_postfix(test_acc=f"{last['test_acc']:.4f}", loss=f"{last['train_loss']:.4g}")
+                bar.note(test_acc=f"{last['test_acc']:.4f}", loss=f"{last['train_loss']:.4g}")
             for cb in self.callbacks:
                 cb.on_step_end(self, self.step)
             if self.step % spe == 0:
@@ -385,16 +382,13 @@ class Trainer:
                     self._fold_loss()  # on every rank: the checkpoint carries the global running loss
                     if self.is_main:
                         save_checkpoint(self.out_dir / CHECKPOINT, self.state_dict(*self._segment))
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if self._stop:
                 break
             if self._sigterm.agreed(self.device):
-                if bar is not None:
-                    bar.close()
+                bar.close()
                 self._interrupt(end)
-        if bar is not None:
-            bar.close()
+        bar.close()
         if self._stop and last.get("step") != self.step:
             last = self._eval_and_log(end)
         return last

@@ -209,19 +209,20 @@ def model_cost(model: nn.Module, example: torch.Tensor) -> dict:
     return {"params": count_parameters(model), "flops": count_flops(model, example) // example.shape[0]}
 
 
-def markdown_table(rows: Sequence[Mapping], columns: Sequence[tuple[str, str]]) -> str:
-    """``columns``: (key, header). Floats get 4 significant digits; missing values are ``-``."""
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[tuple[str, str]], percent: Sequence[str] = ()) -> str:
+    """``columns``: (key, header). Floats get 4 significant digits, the keys in ``percent`` (fractions, e.g.
+    accuracies) are shown in % with 2 decimals; missing values are ``-``."""
 
-    def fmt(v):
+    def fmt(v, key):
         if v is None:
             return "-"
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return f"{100 * v:.2f}" if key in percent else f"{v:.4g}"
         return str(v)
 
     head = "| " + " | ".join(h for _, h in columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    body = ["| " + " | ".join(fmt(r.get(k), k) for k, _ in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body]) + "\n"
 
 

@@ -18,12 +18,11 @@ def summary_table(rows: list[dict]) -> str:
         for k in ("flops", "train_flops"):
             if isinstance(r.get(k), (int, float)):
                 r[k] = f"{r[k] / 1e6:.4g}" if k == "flops" else f"{r[k] / 1e12:.4g}"
-        if isinstance(r.get("test_acc"), float):
-            r["test_acc"] = f"{100 * r['test_acc']:.2f}"
         if isinstance(r.get("wall_s"), float):
             r["wall_s"] = f"{r['wall_s']:.1f}"
         shown.append(r)
     return markdown_table(shown, [("method", "method"), ("ratio", "ratio %"), ("eb_epoch", "EB epoch"),
                                   ("params", "params"), ("flops", "MFLOPs/sample"),
                                   ("train_flops", "train TFLOPs"), ("flop_saving", "FLOPs saved"),
-                                  ("wall_s", "wall s"), ("time_saving", "time saved"), ("test_acc", "top-1 %")])
+                                  ("wall_s", "wall s"), ("time_saving", "time saved"), ("test_acc", "top-1 %")],
+                          percent=("test_acc",))

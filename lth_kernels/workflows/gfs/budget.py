@@ -8,6 +8,7 @@ import logging
 import math
 from pathlib import Path
 
+from lth_kernels._util import Progress
 from lth_kernels.training.rundir import atomic_write_json, atomic_write_text
 from lth_kernels.workflows.common.structured import accuracy, markdown_table
 
@@ -101,6 +102,9 @@ def budget_study(hp, out: Path, device=None, data=None) -> dict:
     example = example_batch(train_full)
     sizes = sorted({min(int(m), len(train_full)) for m in opts.train_sizes})
     rows, curves, eb_iters = [], {}, {}
+    bar = Progress(len(sizes) * bud.replicates, desc="budget study", unit="run", logger=log,
+                   line=f"budget study: {len(sizes)} training-set sizes x {bud.replicates} replicate(s), "
+                        f"{len(opts.pretrain_steps)} pre-training budgets each")
     for m in sizes:
         train_ds = subset(train_full, m, seed=hp.training.data_order_seed)
         eval_ds = subset(plain_full, m, seed=hp.training.data_order_seed)  # the same m examples, un-augmented
@@ -136,7 +140,7 @@ def budget_study(hp, out: Path, device=None, data=None) -> dict:
                     load_step(d / "pretrain", t, model)
                     model.to(trainer.device)
                     pr = gfs_prune(model, train_ds, test_ds, opts, batch_size=batch, example=example, seed=seed,
-                                   device=trainer.device, eval_ds=eval_ds, fixed_size=bud.fixed_size)
+                                   device=trainer.device, eval_ds=eval_ds, fixed_size=bud.fixed_size, progress=False)
                     sub = pr["model"]
                     if opts.budget_finetune:
                         final_finetune(sub, train_ds, test_ds, hp, device=trainer.device)
@@ -146,11 +150,13 @@ def budget_study(hp, out: Path, device=None, data=None) -> dict:
                            "kept": sum(x["kept"] for x in pr["layers"]),
                            "channels": sum(x["channels"] for x in pr["layers"]), "params": count_parameters(sub)}
                     atomic_write_json(cache, row)
-                log.info("budget m=%d rep=%d t=%d: subnetwork %d/%d channels, train %.4f, test %.4f", m, rep, t,
-                         row["kept"], row["channels"], row["train_acc"], row["test_acc"])
+                log.info("budget m=%d rep=%d t=%d: subnetwork %d/%d channels, train %.2f %%, test %.2f %%", m, rep,
+                         t, row["kept"], row["channels"], 100 * row["train_acc"], 100 * row["test_acc"])
                 rows.append(row)
                 curve.append((t, row[opts.threshold_metric]))
             curves[m].append(curve)
+            bar.update()
+    bar.close()
     thresholds = {m: threshold(mean_curve(curves[m]), opts.threshold_delta) for m in sizes}
     intervals = {m: bootstrap_threshold(curves[m], opts.threshold_delta, bud.bootstrap, hp.training.seed)
                  for m in sizes}

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lth_kernels._util import Progress
 from lth_kernels.nn.channel_prune import analyse, channel_param_masks, prune_channels
 from lth_kernels.tickets.gfs import fold_gate_, fold_gate_after_act_, select_layer
 from lth_kernels.training.rundir import atomic_write_json, atomic_write_text
@@ -93,7 +94,8 @@ def layer_finetune_steps(steps: str, n: int, batch_size: int) -> str:
 
 
 def gfs_prune(model: nn.Module, train_ds, test_ds, opts, *, batch_size: int, example: torch.Tensor, seed: int = 0,
-              device=None, finetune_between: bool = True, eval_ds=None, fixed_size: int = 0) -> dict:
+              device=None, finetune_between: bool = True, eval_ds=None, fixed_size: int = 0,
+              progress: bool = True) -> dict:
     """Prune ``model`` in place with GFS, layer by layer; returns ``{"masks", "layers", "dense_acc", "model"}``
     where ``model`` is the narrower dense network (``nn.channel_prune``) and ``masks`` the kept channels.
 
@@ -101,7 +103,8 @@ def gfs_prune(model: nn.Module, train_ds, test_ds, opts, *, batch_size: int, exa
     default ``train_ds``) of ``opts.eval_samples`` examples. With ``opts.target == "current"`` (the reference's
     ``prune_a_layer``) each layer's target is the top-1 of the network as it is when the layer starts (already
     pruned and fine-tuned below it); ``"dense"`` fixes it to the dense network's. ``fixed_size > 0`` grows every
-    layer to exactly that many channels instead (Wolfe et al.'s fixed subnetwork size)."""
+    layer to exactly that many channels instead (Wolfe et al.'s fixed subnetwork size). ``progress``: a bar over
+    the layers on a terminal, one start line otherwise."""
     from lth_kernels.workflows.common.structured import balanced_subset
 
     dev = device or next(model.parameters()).device
@@ -117,6 +120,8 @@ def gfs_prune(model: nn.Module, train_ds, test_ds, opts, *, batch_size: int, exa
     masks, layers = {}, []
     names = prunable_layers(model, example, opts.exclude)
     gates = gate_points(model, example.to(dev), names)
+    bar = Progress(len(names), desc="gfs", unit="layer", enabled=progress, logger=log,
+                   line=f"gfs: growing {len(names)} layers bottom-up ({opts.candidates} candidates per step)")
     for name in names:
         gate = gates[name]
         target = dense_acc if opts.target == "dense" else evaluate()
@@ -144,13 +149,16 @@ def gfs_prune(model: nn.Module, train_ds, test_ds, opts, *, batch_size: int, exa
                        "restored_dense": restored,
                        "curve": [{"kept": len({x.chosen for x in res.steps[:i + 1]}), "loss": st.loss,
                                   "eval_acc": st.eval_acc} for i, st in enumerate(res.steps)]})
-        log.info("gfs %s: kept %d/%d channels in %d steps (train top-1 %s, target %.4f)%s", name, res.kept,
-                 res.alpha.numel(), len(res.steps), "-" if res.eval_acc is None else f"{res.eval_acc:.4f}",
-                 target, " -> dense layer restored" if restored else "")
+        log.info("gfs %s: kept %d/%d channels in %d steps (train top-1 %s %%, target %.2f %%)%s", name, res.kept,
+                 res.alpha.numel(), len(res.steps), "-" if res.eval_acc is None else f"{100 * res.eval_acc:.2f}",
+                 100 * target, " -> dense layer restored" if restored else "")
         if finetune_between and not restored:
             finetune(model, train_ds, test_ds, lr=opts.finetune_lr, steps=ft_steps,
                      batch_size=min(batch_size, len(train_ds)), weight_decay=opts.finetune_weight_decay,
                      masks=channel_param_masks(model, masks), seed=seed, device=dev)
+        bar.update()
+        bar.note(layer=name, kept=f"{res.kept}/{res.alpha.numel()}")
+    bar.close()
     narrow, record = prune_channels(model, masks, example.to(dev))
     return {"masks": masks, "layers": layers, "dense_acc": dense_acc, "model": narrow, "record": record}
 
@@ -216,11 +224,12 @@ def prune_run(hp, out: Path, device=None, data=None) -> dict:
             {"model": "GFS subnetwork", **cost, "test_acc": after_gfs},
             {"model": "GFS subnetwork, fine-tuned", **cost, "test_acc": tuned.get("test_acc", after_gfs)}]
     table = markdown_table(rows, [("model", "model"), ("params", "params"), ("flops", "FLOPs/sample"),
-                                  ("test_acc", "top-1")])
+                                  ("test_acc", "top-1 %")], percent=("test_acc",))
     table += "\n" + markdown_table(res["layers"], [("layer", "layer"), ("channels", "channels"), ("kept", "kept"),
-                                                   ("steps", "GFS steps"), ("target_acc", "target top-1"),
-                                                   ("eval_acc", "train top-1 at stop"),
-                                                   ("restored_dense", "dense layer restored")])
+                                                   ("steps", "GFS steps"), ("target_acc", "target top-1 %"),
+                                                   ("eval_acc", "train top-1 % at stop"),
+                                                   ("restored_dense", "dense layer restored")],
+                                    percent=("target_acc", "eval_acc"))
     plot_gfs(out / "plots" / "gfs.png", res["layers"], hp.gfs.tolerance,
              title=f"GFS on {hp.model.name} / {hp.dataset.name}")
     summary = {"run_dir": str(out), "dense": {**dense_cost, **dense_metrics}, "layers": res["layers"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 
 import pytest
 import torch
@@ -358,3 +359,28 @@ def test_gate_after_relu6_selects_and_folds_exactly():
         torch.testing.assert_close(model(x), expected)
         assert not torch.allclose(old(x), expected, atol=1e-3)
     assert int((model[2].weight != 0).sum()) == 3
+
+
+def test_progress_line_and_percent_accuracies(caplog):
+    """Without a terminal the greedy loop announces itself once (no silent minutes); accuracies print in %."""
+    from lth_kernels.data.tensor import TensorImageDataset
+    from lth_kernels.workflows.common.structured import markdown_table
+    from lth_kernels.workflows.gfs.prune import gfs_prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    ds = TensorImageDataset(torch.randn(40, 4, 1, 1), torch.arange(40) % 3)
+    with caplog.at_level(logging.INFO, logger="lth_kernels"):
+        res = gfs_prune(model, ds, ds, GfsOptions(layer_finetune_steps="0it"), batch_size=10,
+                        example=ds.tensors[0][:2], fixed_size=2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("gfs: growing 1 layers bottom-up") for m in lines)
+    assert any("kept 2/5 channels" in m and "%" in m for m in lines)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lth_kernels"):
+        gfs_prune(model, ds, ds, GfsOptions(layer_finetune_steps="0it"), batch_size=10,
+                  example=ds.tensors[0][:2], fixed_size=2, progress=False)
+    assert not any(r.getMessage().startswith("gfs: growing") for r in caplog.records)
+    table = markdown_table([{"acc": 0.975, "n": 0.5}], [("acc", "top-1 %"), ("n", "n")], percent=("acc",))
+    assert "| 97.50 | 0.5 |" in table
+    assert res["layers"][0]["kept"] == 2
