@@ -58,8 +58,9 @@ def _run_dir(root: Path) -> Path | None:
     return max(dirs, key=lambda d: d.stat().st_mtime) if dirs else None
 
 
-def run_entry(entry: Entry, root: Path) -> dict:
-    """Runs one entry in ``root/<name>`` (resuming what is there); returns its record."""
+def run_entry(entry: Entry, root: Path, shown_root: str) -> dict:
+    """Runs one entry in ``root/<name>`` (resuming what is there); returns its record, in which the directory
+    reads ``shown_root/<name>`` (the --root as given, so the result file names no directory of the machine)."""
     where = root / entry.name
     cmd = [sys.executable, "-m", "lth_kernels.cli", *entry.argv, "--root", str(where)]
     t0 = time.perf_counter()
@@ -67,9 +68,12 @@ def run_entry(entry: Entry, root: Path) -> dict:
                          env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
     wall = time.perf_counter() - t0
     run = _run_dir(where)
-    table = (run / "table.md").read_text() if run is not None and (run / "table.md").exists() else None
+    # The workflows write table.md (IMP prints its table instead).
+    table = (run / "table.md").read_text() if run is not None and (run / "table.md").exists() else res.stdout
+    table = table.replace(str(where.resolve()), f"{shown_root}/{entry.name}")
     return {"entry": entry, "rc": res.returncode, "wall_s": wall, "run": run, "table": table,
-            "stdout": res.stdout, "stderr_tail": res.stderr[-2000:]}
+            "from_table_md": run is not None and (run / "table.md").exists(), "stdout": res.stdout,
+            "stderr_tail": res.stderr[-2000:]}
 
 
 def _environment() -> str:
@@ -98,11 +102,13 @@ def render(records: list[dict], env: str) -> str:
         e = r["entry"]
         lines += [f"## {e.name}: {e.what}", "", "```", "lth " + " ".join(e.argv), "```", "",
                   f"exit {r['rc']}, {r['wall_s']:.0f} s, run directory `{r['run'].name if r['run'] else '-'}`", ""]
-        if r["table"]:
+        if r["rc"] != 0:
+            lines += ["The command failed; the last lines of its output:", "", "```",
+                      (r["stdout"][-1500:] + r["stderr_tail"]).rstrip(), "```", ""]
+        elif r["from_table_md"]:
             lines += [r["table"].rstrip(), ""]
         else:
-            lines += ["(no table.md: the run failed or writes none; last lines of its output)", "", "```",
-                      (r["stdout"][-1500:] + r["stderr_tail"]).rstrip(), "```", ""]
+            lines += ["As printed:", "", "```", r["table"].rstrip(), "```", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.readme_numbers", description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated entry names (default: all)")
     p.add_argument("--skip-slow", action="store_true", help="leave out the entries marked slow")
-    p.add_argument("--root", default="runs/readme", help="where the runs go [runs/readme]")
+    p.add_argument("--root", default="runs/readme", help="where the runs go, relative to the checkout [runs/readme]")
     p.add_argument("--out-dir", default=None, help="where the result file goes (default bench/results)")
     p.add_argument("--list", action="store_true", help="print the entries and their commands, run nothing")
     args = p.parse_args(argv)
@@ -127,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for e in chosen:
         print(f"{e.name}: lth {' '.join(e.argv)}", flush=True)
-        records.append(run_entry(e, Path(args.root)))
+        root = Path(args.root) if Path(args.root).is_absolute() else ROOT / args.root
+        records.append(run_entry(e, root, "<root>" if Path(args.root).is_absolute() else args.root))
         print(f"  exit {records[-1]['rc']} in {records[-1]['wall_s']:.0f} s", flush=True)
     from lth_kernels._io import atomic_write_text
 
