@@ -44,6 +44,10 @@ class DatasetHparams(Hparams):
                                       "a count (0: in the training process)", named=False)
     validation: int = hfield(0, "training images held out (seeded, class-balanced) as a validation set that "
                                 "selects the best step instead of the test set; 0: none")
+    crop_scale: str = hfield("", "imagefolder: area range of the training RandomResizedCrop, e.g. 0.1,1 (open_lth's "
+                                 "ImageNet); empty: torchvision's 0.08,1")
+    interpolation: str = hfield("bilinear", "imagefolder: interpolation of the training crop and the test resize "
+                                            "(DeiT: bicubic)", choices=("bilinear", "bicubic"))
 
     def validate(self):
         if self.batch_size < 1:
@@ -52,6 +56,26 @@ class DatasetHparams(Hparams):
             raise HparamsError("num_workers", f"expected 'auto' or an int >= 0, got {self.num_workers!r}")
         if self.validation < 0:
             raise HparamsError("validation", f"must be >= 0, got {self.validation}")
+        if self.crop_scale:
+            try:
+                lo, hi = (float(v) for v in self.crop_scale.split(","))
+            except ValueError:
+                lo = hi = -1.0
+            if not 0 < lo <= hi <= 1:
+                raise HparamsError("crop_scale", f"expected two areas 0 < lo <= hi <= 1, e.g. 0.1,1, got "
+                                                 f"{self.crop_scale!r}")
+        if (self.crop_scale or self.interpolation != "bilinear") and self.name != "imagefolder":
+            raise HparamsError("crop_scale" if self.crop_scale else "interpolation",
+                               f"only imagefolder resizes its images, got --dataset.name {self.name}")
+
+    def builder_kwargs(self) -> dict:
+        """The data-set builder's options these hparams set (none at their defaults: old builders, old runs)."""
+        out = {}
+        if self.crop_scale:
+            out["crop_scale"] = tuple(float(v) for v in self.crop_scale.split(","))
+        if self.interpolation != "bilinear":
+            out["interpolation"] = self.interpolation
+        return out
 
 
 @dataclass(frozen=True)
