@@ -7,7 +7,9 @@ weights the training starts from (a rewound model: its rewind weights). As in De
 model stays the run's model (its ``test_acc`` is reported and its weights are the stage's result); the average
 is evaluated beside it at every evaluation (``ema_test_acc``, ``ema_test_loss``) and saved as
 ``ema.safetensors`` when the stage ends. Its state is in the rolling checkpoint, so a resumed run averages
-on bit-exactly.
+on bit-exactly. Masks are not weights (non-persistent buffers): the average's masked layers take the model's
+current masks (``set_mask``, which zeroes the average's pruned weights) when it starts, is evaluated and is
+saved, so a mask changed during training (a callback's swap, a resumed run's masks) is the one it is used with.
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ class WeightAverage:
     def reset(self, model: nn.Module) -> None:
         """Start the average at ``model``'s weights (a training that starts rather than resumes)."""
         self.ema.set(model)
+        self.synced(model)
+
+    @torch.no_grad()
+    def synced(self, model: nn.Module) -> nn.Module:
+        """The averaged module with ``model``'s current masks."""
+        for (_, mine), (_, theirs) in zip(self.module.named_modules(), model.named_modules()):
+            mask = getattr(theirs, "mask", None)
+            if hasattr(mine, "set_mask") and isinstance(mask, torch.Tensor) and not torch.equal(
+                    mine.mask, mask.to(mine.mask.device)):
+                mine.set_mask(mask)
+        return self.module
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -51,5 +64,6 @@ class WeightAverage:
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["weights"])
 
-    def save(self, directory: str | Path, step: int) -> None:
-        save_weights(self.module, Path(directory) / EMA_WEIGHTS, {"step": str(step), "ema_decay": str(self.decay)})
+    def save(self, directory: str | Path, step: int, model: nn.Module) -> None:
+        save_weights(self.synced(model), Path(directory) / EMA_WEIGHTS,
+                     {"step": str(step), "ema_decay": str(self.decay)})

@@ -429,7 +429,8 @@ class Trainer:
             "samples_per_s": w["samples"] / w["train_time"] if w["samples"] and w["train_time"] > 0 else None,
             **self.evaluate(),
             **(self.evaluate("val") if self.val_ds is not None else {}),
-            **({f"ema_{k}": v for k, v in self.evaluate(model=self.ema.module).items()} if self.ema else {}),
+            **({f"ema_{k}": v for k, v in self.evaluate(model=self.ema.synced(self.model)).items()}
+               if self.ema is not None else {}),
         }
         if self.guard.modules:
             self.guard.verify()
@@ -457,7 +458,7 @@ class Trainer:
         if self.out_dir is not None and self.is_main:
             save_step(self.out_dir, self.step, self.model, self.optimizer)
             if self.ema is not None:
-                self.ema.save(self.out_dir, self.step)
+                self.ema.save(self.out_dir, self.step, self.model)
             atomic_write_json(self.out_dir / DONE, {"start_step": start, "end_step": end, "step": self.step,
                                                     "metrics": last})
             remove_checkpoint(self.out_dir / CHECKPOINT)

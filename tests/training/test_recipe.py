@@ -169,3 +169,22 @@ def test_defaults_keep_the_run_names():
     named = _hp(min_lr=0.0, ema_decay=0.0, repeated_augment=1).non_default()
     assert not {"min_lr", "ema_decay", "repeated_augment"} & set(named)
     assert "ema_decay" in _hp(ema_decay=0.5).non_default()
+
+
+def test_ema_takes_the_models_current_masks(tmp_path):
+    train, test = tiny_data()
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    new = torch.rand(16, 8) > 0.5
+
+    class Swap(Callback):
+        def on_after_optimizer_step(self, trainer, step):
+            if step == 6:
+                trainer.model[0].set_mask(new)
+
+    t = Trainer(model, train, test, _hp(ema_decay=0.9), batch_size=24, out_dir=tmp_path, callbacks=[Swap()])
+    t.train()
+    assert torch.equal(t.ema.module[0].mask, new)  # evaluated and saved with the mask in force at the end
+    saved = load_file(tmp_path / EMA_WEIGHTS)
+    assert torch.equal(saved["0.weight"][~new], torch.zeros(int((~new).sum())))
+    assert (saved["0.weight"][new] != 0).all()
