@@ -124,6 +124,7 @@ def create_dataset(name: str, *, data_dir: str | os.PathLike | None = None, down
 
 def dataset_from_hparams(hp, **kwargs):
     """``create_dataset`` for a ``DatasetHparams`` (name, data_dir, download, augment, pipeline,
-    num_workers); ``kwargs`` go to the builder."""
+    num_workers, and its ``builder_kwargs()``: crop_scale, interpolation); ``kwargs`` go to the builder."""
+    extra = hp.builder_kwargs() if hasattr(hp, "builder_kwargs") else {}
     return create_dataset(hp.name, data_dir=hp.data_dir, download=hp.download, augment=hp.augment,
-                          pipeline=hp.pipeline, num_workers=hp.num_workers, **kwargs)
+                          pipeline=hp.pipeline, num_workers=hp.num_workers, **extra, **kwargs)

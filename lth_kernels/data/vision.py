@@ -12,7 +12,9 @@ Transforms (augmentation only on the training split, and only with ``augment=Tru
 * ``mnist``: none; normalised with mean 0.1307, std 0.3081 (as open_lth).
 * ``cifar10`` / ``cifar100``: random crop 32 with 4-pixel padding + horizontal flip; per-channel normalisation.
 * ``imagefolder`` (ImageNet layout ``data_dir/train/<class>/*``, ``data_dir/val/<class>/*``): train
-  RandomResizedCrop(img_size) + flip; test Resize(img_size / 0.875) + CenterCrop(img_size); ImageNet statistics.
+  RandomResizedCrop(img_size, scale=crop_scale) + flip; test Resize(img_size / 0.875) + CenterCrop(img_size);
+  ImageNet statistics. ``crop_scale`` (default torchvision's (0.08, 1); open_lth's ImageNet: (0.1, 1)) and
+  ``interpolation`` of the crop and the resize (default bilinear; DeiT: bicubic).
 
 ``randaugment="rand-m9-mstd0.5-inc1"`` (cifar10, cifar100, imagefolder; only with ``augment=True``) adds timm's
 RandAugment after the crop and flip, as DeiT does (loader pipeline). The Trainer seeds the random transforms
@@ -128,7 +130,8 @@ def _cifar100(*, data_dir, download, augment, pipeline="auto", randaugment: str 
 
 
 @register_dataset("imagefolder")
-def _imagefolder(*, data_dir, download, augment, pipeline="auto", img_size: int = 224, randaugment: str = ""):
+def _imagefolder(*, data_dir, download, augment, pipeline="auto", img_size: int = 224, randaugment: str = "",
+                 crop_scale: tuple[float, float] = (0.08, 1.0), interpolation: str = "bilinear"):
     from torchvision import transforms as T
     from torchvision.datasets import ImageFolder
 
@@ -139,17 +142,23 @@ def _imagefolder(*, data_dir, download, augment, pipeline="auto", img_size: int 
         raise ValueError("download: imagefolder data cannot be downloaded; pass --dataset.data_dir (train/, val/)")
     if not isinstance(img_size, int) or img_size < 1:
         raise ValueError(f"img_size: expected a positive int, got {img_size!r}")
+    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise ValueError(f"crop_scale: expected (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale!r}")
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"interpolation: expected bilinear or bicubic, got {interpolation!r}")
+    mode = T.InterpolationMode(interpolation)
     root = resolve_data_dir(data_dir)
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(root, split)):
             raise missing_data("imagefolder", os.path.join(root, split), can_download=False)
     norm = [T.ToTensor(), T.Normalize(*_IMAGENET_STATS)]
     if augment:
-        train_tf = [T.RandomResizedCrop(img_size), T.RandomHorizontalFlip(),
+        train_tf = [T.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=mode),
+                    T.RandomHorizontalFlip(),
                     *_randaugment(randaugment, img_size, _IMAGENET_STATS[0])]
     else:
-        train_tf = [T.Resize(round(img_size / 0.875)), T.CenterCrop(img_size)]
-    test_tf = [T.Resize(round(img_size / 0.875)), T.CenterCrop(img_size)]
+        train_tf = [T.Resize(round(img_size / 0.875), interpolation=mode), T.CenterCrop(img_size)]
+    test_tf = [T.Resize(round(img_size / 0.875), interpolation=mode), T.CenterCrop(img_size)]
     train = ImageFolder(os.path.join(root, "train"), transform=T.Compose(train_tf + norm))
     test = ImageFolder(os.path.join(root, "val"), transform=T.Compose(test_tf + norm))
     if train.classes != test.classes:

@@ -6,6 +6,12 @@ same number of samples); rank ``r`` of ``w`` takes elements ``r, r + w, ...`` of
 restarted or rewound at step K therefore sees exactly the batches of an uninterrupted run. The same
 indices drive the device-resident path and the DataLoader path, and the random transforms of batch ``s`` are
 seeded with ``batch_seed(seed, s, rank)`` on both.
+
+Repeated augmentation (``repeats`` R > 1, DeiT's ``RASampler``): each element of the permutation is taken R
+times in a row before the cut, so an epoch (still ``n // batch_size`` batches) holds about n / R distinct
+images, each R times, with R different random transforms; under DDP the R copies land on R different ranks,
+as in DeiT. timm's ``RepeatAugSampler`` is an epoch-seeded ``DistributedSampler``: it could not resume
+mid-epoch or feed the device-resident path, hence the two lines here.
 """
 
 from __future__ import annotations
@@ -36,13 +42,16 @@ class EpochSampler(torch.utils.data.Sampler):
     whose permutation is shared with the in-memory fast path). ``set_epoch(e, start_batch)`` selects the
     epoch and skips the batches already trained on when resuming mid-epoch."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 repeats: int = 1):
         if batch_size % world_size:
             raise ValueError(f"--dataset.batch_size: {batch_size} is not divisible by the {world_size} ranks")
         if num_samples < batch_size:
             raise ValueError(f"--dataset.batch_size: {batch_size} is larger than the training set "
                              f"({num_samples} samples)")
-        self.n, self.batch_size, self.seed = num_samples, batch_size, seed
+        if repeats < 1:
+            raise ValueError(f"--training.repeated_augment: must be >= 1, got {repeats}")
+        self.n, self.batch_size, self.seed, self.repeats = num_samples, batch_size, seed, repeats
         self.rank, self.world_size = rank, world_size
         self.local_batch_size = batch_size // world_size
         self.num_batches = num_samples // batch_size
@@ -51,7 +60,10 @@ class EpochSampler(torch.utils.data.Sampler):
     def batch_indices(self, epoch: int) -> torch.Tensor:
         """``[num_batches, local_batch_size]`` int64 indices of this rank for ``epoch``."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        perm = torch.randperm(self.n, generator=g)[: self.num_batches * self.batch_size]
+        perm = torch.randperm(self.n, generator=g)
+        if self.repeats > 1:
+            perm = perm.repeat_interleave(self.repeats)
+        perm = perm[: self.num_batches * self.batch_size]
         return perm.view(self.num_batches, self.batch_size)[:, self.rank :: self.world_size]
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

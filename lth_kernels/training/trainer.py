@@ -22,6 +22,7 @@ from torch import nn
 
 from lth_kernels._util import Progress
 from lth_kernels.training import distributed as dist_utils
+from lth_kernels.training.callbacks import Callback
 from lth_kernels.training.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
@@ -32,6 +33,7 @@ from lth_kernels.training.checkpoint import (
     step_paths,
 )
 from lth_kernels.training.data_order import EpochSampler
+from lth_kernels.training.ema import WeightAverage
 from lth_kernels.training.feed import Feed
 from lth_kernels.training.hparams import HparamsError, TrainingHparams
 from lth_kernels.training.interrupt import SigtermFlag, TrainingInterrupted
@@ -50,32 +52,6 @@ eval_log = logging.getLogger(f"{__name__}.eval")
 DONE = "done.json"
 METRICS = "metrics.jsonl"
 
-
-
-class Callback:
-    """Hooks for workflows; every method is optional. ``step`` is the absolute step *state* (steps done).
-
-    Order per iteration s: ``on_epoch_start`` (when s is an epoch boundary), ``on_step_start(s)``, forward /
-    backward / optimizer step, ``on_after_optimizer_step(s + 1)`` (mask swaps go here: the mask guard then
-    zeroes newly pruned weights and their optimizer state), save/eval, ``on_step_end(s + 1)``,
-    ``on_epoch_end`` (then the per-epoch checkpoint). ``trainer.request_stop()`` ends training after the
-    current step (from a start hook: before it). Callbacks with state implement ``state_dict`` /
-    ``load_state_dict`` (saved in checkpoints).
-    """
-
-    def on_train_start(self, trainer: Trainer, step: int) -> None: ...
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
-    def on_step_start(self, trainer: Trainer, step: int) -> None: ...
-    def on_after_optimizer_step(self, trainer: Trainer, step: int) -> None: ...
-    def on_step_end(self, trainer: Trainer, step: int) -> None: ...
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None: ...
-    def on_eval(self, trainer: Trainer, step: int, record: dict) -> None: ...
-    def on_train_end(self, trainer: Trainer, step: int) -> None: ...
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -142,11 +118,13 @@ class Trainer:
         self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last \
             else model.to(self.device)
         self.ddp_model = dist_utils.wrap_ddp(self.model, self.device)
+        self.ema = WeightAverage(self.model, training.ema_decay) if training.ema_decay else None
         # Compiled forward (and, through AOTAutograd, backward) for training steps only; evaluation stays eager.
         self.train_model = torch.compile(self.ddp_model, **(compile_options or {})) if training.compile \
             else self.ddp_model
         self.train_ds, self.test_ds, self.val_ds = train_ds, test_ds, val_ds
-        self.sampler = EpochSampler(len(train_ds), batch_size, training.data_order_seed, self.rank, self.world_size)
+        self.sampler = EpochSampler(len(train_ds), batch_size, training.data_order_seed, self.rank, self.world_size,
+                                    training.repeated_augment)
         self.steps_per_epoch = self.sampler.num_batches
         self.total_steps = self.to_step(training.training_steps, "--training.training_steps")
         self.eval_every = self.to_step(training.eval_every, "--training.eval_every")
@@ -154,7 +132,7 @@ class Trainer:
             training.lr, self.total_steps, training.lr_schedule,
             tuple(s.iteration for s in parse_step_list(training.milestone_steps, self.steps_per_epoch,
                                                        "--training.milestone_steps")),
-            training.gamma, self.to_step(training.warmup_steps, "--training.warmup_steps"))
+            training.gamma, self.to_step(training.warmup_steps, "--training.warmup_steps"), training.min_lr)
         self.optimizer = build_optimizer(self.model.parameters(), training)
         self.amp_dtype = self._amp_dtype(training.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -201,15 +179,17 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- eval
     @torch.no_grad()
-    def evaluate(self, split: str = "test") -> dict:
+    def evaluate(self, split: str = "test", model: nn.Module | None = None) -> dict:
         """Loss (plain cross entropy, mean) and top-1 accuracy over the whole ``split`` set, ``"test"`` or
-        ``"val"`` (all ranks): ``{"<split>_loss", "<split>_acc", "<split>_n"}``."""
+        ``"val"`` (all ranks): ``{"<split>_loss", "<split>_acc", "<split>_n"}``, of the trained model or of
+        ``model`` (e.g. the weight average ``self.ema.module``)."""
         if split not in ("test", "val"):
             raise ValueError(f"split: expected 'test' or 'val', got {split!r}")
         if split == "val" and self.val_ds is None:
             raise ValueError("split: 'val' needs a Trainer built with val_ds")
-        was_training = self.model.training
-        self.model.eval()
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
         acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
         # a bar on a terminal only: an evaluation is part of its stage, whose start line the log already has
         with Progress(None, desc=f"evaluate {split}", unit="batch",
@@ -217,13 +197,13 @@ class Trainer:
             for x, y in self.feed.test_batches(split):
                 x = self._layout(x)
                 with self._autocast():
-                    out = self.model(x)
+                    out = model(x)
                 acc[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
                 acc[1] += (out.argmax(dim=1) == y).sum()
                 acc[2] += y.numel()
                 bar.update()
         dist_utils.all_reduce_sum(acc)
-        self.model.train(was_training)
+        model.train(was_training)
         loss, correct, n = acc.tolist()
         return {f"{split}_loss": loss / max(n, 1), f"{split}_acc": correct / max(n, 1), f"{split}_n": int(n)}
 
@@ -251,7 +231,7 @@ class Trainer:
             "window": {**{k: v for k, v in self._window.items() if k != "t0"},
                        "train_time": self._window["train_time"] + time.perf_counter() - self._window["t0"]},
             "elapsed": self._elapsed(), "callbacks": [cb.state_dict() for cb in self.callbacks],
-            "training": self.hp.to_dict(),
+            "training": self.hp.to_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -260,6 +240,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         for cb, s in zip(self.callbacks, state["callbacks"]):
             cb.load_state_dict(s)
         self.step = state["step"]
@@ -300,6 +282,8 @@ class Trainer:
             self.metrics.truncate(0)
             dist_utils.broadcast_masks(self.model)
             self._sync_from_rank0()
+            if self.ema is not None:
+                self.ema.reset(self.model)  # the average starts at the weights this training starts from
         for cb in self.callbacks:
             cb.on_train_start(self, self.step)
         first = {}
@@ -369,6 +353,8 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_after_optimizer_step(self, self.step)
             self.guard.after_step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             self._maybe_save_step()
             if self.step == end or self._stop or (self.eval_every and self.step % self.eval_every == 0):
                 last = self._eval_and_log(end)
@@ -437,6 +423,8 @@ class Trainer:
             "samples_per_s": w["samples"] / w["train_time"] if w["samples"] and w["train_time"] > 0 else None,
             **self.evaluate(),
             **(self.evaluate("val") if self.val_ds is not None else {}),
+            **({f"ema_{k}": v for k, v in self.evaluate(model=self.ema.synced(self.model)).items()}
+               if self.ema is not None else {}),
         }
         if self.guard.modules:
             self.guard.verify()
@@ -463,6 +451,8 @@ class Trainer:
     def _finish(self, start: int, end: int, resumed: int | None, last: dict) -> TrainResult:
         if self.out_dir is not None and self.is_main:
             save_step(self.out_dir, self.step, self.model, self.optimizer)
+            if self.ema is not None:
+                self.ema.save(self.out_dir, self.step, self.model)
             atomic_write_json(self.out_dir / DONE, {"start_step": start, "end_step": end, "step": self.step,
                                                     "metrics": last})
             remove_checkpoint(self.out_dir / CHECKPOINT)

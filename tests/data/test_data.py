@@ -134,3 +134,34 @@ def test_imagefolder_missing_split(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=f"no imagefolder data at {tmp_path / 'val'}; pass --dataset.data_dir"):
         create_dataset("imagefolder", data_dir=tmp_path)
+
+
+def test_imagefolder_crop_scale_and_interpolation(tmp_path):
+    from torchvision.transforms import CenterCrop, InterpolationMode, RandomResizedCrop, Resize
+
+    from lth_kernels.data import dataset_from_hparams
+    from lth_kernels.training.hparams import DatasetHparams, HparamsError
+
+    _write_image_folder(tmp_path)
+
+    def crops(**fields):
+        train, test, _ = dataset_from_hparams(DatasetHparams(name="imagefolder", data_dir=str(tmp_path), **fields),
+                                              img_size=16)
+        return train.transform.transforms[0], test.transform.transforms[:2]
+
+    crop, (resize, center) = crops()  # defaults: torchvision's crop area, bilinear
+    assert isinstance(crop, RandomResizedCrop) and crop.scale == (0.08, 1.0)
+    assert crop.interpolation == resize.interpolation == InterpolationMode.BILINEAR
+    assert isinstance(resize, Resize) and isinstance(center, CenterCrop)
+    crop, (resize, _) = crops(crop_scale="0.1,1", interpolation="bicubic")  # open_lth's area, DeiT's resize
+    assert crop.scale == (0.1, 1.0) and crop.interpolation == resize.interpolation == InterpolationMode.BICUBIC
+    # the crop keeps at least 10% of the image area: 2000 draws of (i, j, h, w) on a 20x24 image
+    torch.manual_seed(0)
+    areas = [h * w / (20 * 24) for _, _, h, w in (crop.get_params(torch.zeros(3, 20, 24), crop.scale, crop.ratio)
+                                                  for _ in range(2000))]
+    assert 0.1 - 0.02 <= min(areas) < 0.2 and max(areas) <= 1.0  # (rounded to whole pixels)
+    assert DatasetHparams().builder_kwargs() == {} and DatasetHparams().non_default() == {}
+    with pytest.raises(HparamsError, match="--crop_scale: expected two areas"):
+        DatasetHparams(name="imagefolder", crop_scale="0.5")
+    with pytest.raises(HparamsError, match="--interpolation: only imagefolder resizes its images, got --dataset.name"):
+        DatasetHparams(interpolation="bicubic")

@@ -44,6 +44,10 @@ class DatasetHparams(Hparams):
                                       "a count (0: in the training process)", named=False)
     validation: int = hfield(0, "training images held out (seeded, class-balanced) as a validation set that "
                                 "selects the best step instead of the test set; 0: none")
+    crop_scale: str = hfield("", "imagefolder: area range of the training RandomResizedCrop, e.g. 0.1,1 (open_lth's "
+                                 "ImageNet); empty: torchvision's 0.08,1")
+    interpolation: str = hfield("bilinear", "imagefolder: interpolation of the training crop and the test resize "
+                                            "(DeiT: bicubic)", choices=("bilinear", "bicubic"))
 
     def validate(self):
         if self.batch_size < 1:
@@ -52,6 +56,26 @@ class DatasetHparams(Hparams):
             raise HparamsError("num_workers", f"expected 'auto' or an int >= 0, got {self.num_workers!r}")
         if self.validation < 0:
             raise HparamsError("validation", f"must be >= 0, got {self.validation}")
+        if self.crop_scale:
+            try:
+                lo, hi = (float(v) for v in self.crop_scale.split(","))
+            except ValueError:
+                lo = hi = -1.0
+            if not 0 < lo <= hi <= 1:
+                raise HparamsError("crop_scale", f"expected two areas 0 < lo <= hi <= 1, e.g. 0.1,1, got "
+                                                 f"{self.crop_scale!r}")
+        if (self.crop_scale or self.interpolation != "bilinear") and self.name != "imagefolder":
+            raise HparamsError("crop_scale" if self.crop_scale else "interpolation",
+                               f"only imagefolder resizes its images, got --dataset.name {self.name}")
+
+    def builder_kwargs(self) -> dict:
+        """The data-set builder's options these hparams set (none at their defaults: old builders, old runs)."""
+        out = {}
+        if self.crop_scale:
+            out["crop_scale"] = tuple(float(v) for v in self.crop_scale.split(","))
+        if self.interpolation != "bilinear":
+            out["interpolation"] = self.interpolation
+        return out
 
 
 @dataclass(frozen=True)
@@ -74,8 +98,9 @@ class TrainingHparams(Hparams):
     nesterov: bool = hfield(False, "Nesterov momentum (SGD only)")
     weight_decay: float = hfield(0.0, "weight decay (L2 for sgd/adam, decoupled for adamw)")
     training_steps: str = hfield("20ep", "training length: '160ep', '2000it' or '2ep500it'")
-    lr_schedule: str = hfield("multistep", "multistep: x gamma at each milestone; cosine: to 0 at the end",
-                              choices=("multistep", "cosine"))
+    lr_schedule: str = hfield("multistep", "multistep: x gamma at each milestone; cosine: to --training.min_lr at "
+                                           "the end", choices=("multistep", "cosine"))
+    min_lr: float = hfield(0.0, "learning rate the cosine schedule ends at (DeiT's --min-lr 1e-5)")
     milestone_steps: str = hfield("", "multistep milestones, e.g. '80ep,120ep'")
     gamma: float = hfield(0.1, "multistep decay factor")
     warmup_steps: str = hfield("0it", "linear warmup length from lr 0, e.g. '5ep' or '500it'")
@@ -87,6 +112,12 @@ class TrainingHparams(Hparams):
     seed: int = hfield(0, "seed of initialisation and other randomness")
     eval_every: str = hfield("1ep", "evaluate every this many steps (and at the end); '0it': only at the end")
     compile: bool = hfield(False, "torch.compile the model's training forward and backward (CPU and CUDA)")
+    ema_decay: float = hfield(0.0, "keep an exponential moving average of the weights with this decay per step "
+                                   "(DeiT: 0.99996), evaluated beside the model (ema_test_acc) and saved as "
+                                   "ema.safetensors; 0: none")
+    repeated_augment: int = hfield(1, "repeated augmentation: each epoch draws n / R distinct images, each R times "
+                                      "in a row (so in one batch, on R ranks under DDP), with its own random "
+                                      "transform (DeiT: 3); 1: off")
 
     def validate(self):
         for name in ("lr", "gamma"):
@@ -99,6 +130,13 @@ class TrainingHparams(Hparams):
                 raise HparamsError(name, f"must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
             raise HparamsError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        if self.min_lr < 0 or (self.min_lr and (self.lr_schedule != "cosine" or self.min_lr >= self.lr)):
+            raise HparamsError("min_lr", f"needs --training.lr_schedule cosine and 0 <= min_lr < lr ({self.lr}), "
+                                         f"got {self.min_lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise HparamsError("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        if self.repeated_augment < 1:
+            raise HparamsError("repeated_augment", f"must be >= 1, got {self.repeated_augment}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise HparamsError("nesterov", "needs --training.optimizer sgd and --training.momentum > 0")
         _check_step("training_steps", self.training_steps, positive=True)

@@ -10,7 +10,8 @@ import contextlib
 from collections.abc import Iterator, Mapping
 
 DATASET_FIELDS = {"dataset": "name", "name": "name", "data_dir": "data_dir", "download": "download",
-                  "pipeline": "pipeline", "num_workers": "num_workers"}
+                  "pipeline": "pipeline", "num_workers": "num_workers", "crop_scale": "crop_scale",
+                  "interpolation": "interpolation"}
 MODEL_FIELDS = {"model": "name", "name": "name", "kwargs": "kwargs"}
 
 

@@ -49,9 +49,20 @@ class SelectorHparams(Hparams):
                                           "(safetensors or torch state dict, e.g. official DeiT weights)")
     drop_blocks: str = hfield("", "0-based blocks that drop tokens, e.g. '3,6,9' (empty: 3, 6, 9 of 12 scaled "
                                   "to the depth)")
+    keep_rate_schedule: str = hfield("constant", "keep rate during the fine-tune: constant = r throughout; cosine = "
+                                                 "the reference's ramp (EViT): 1 for --selector.shrink_start_epoch "
+                                                 "epochs, then a cosine from 1 to r over --selector.shrink_epochs",
+                                     choices=("constant", "cosine"))
+    shrink_start_epoch: int = hfield(10, "cosine keep-rate schedule: epochs at keep rate 1 before the ramp")
+    shrink_epochs: int = hfield(100, "cosine keep-rate schedule: epochs of the ramp from 1 to r (then r)")
     training: TrainingHparams = hfield(default_factory=lambda: TrainingHparams(
         optimizer="adamw", lr=2e-4, momentum=0.9, weight_decay=1e-6, training_steps="5ep", lr_schedule="cosine",
         eval_every="5ep"))
+
+    def validate(self):
+        for name in ("shrink_start_epoch", "shrink_epochs"):
+            if getattr(self, name) < 0:
+                raise HparamsError(name, f"must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

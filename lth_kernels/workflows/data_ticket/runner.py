@@ -35,7 +35,7 @@ from lth_kernels.workflows.data_ticket.report import (
     plot_tickets,
     write_summary,
 )
-from lth_kernels.workflows.data_ticket.selector import PatchSelector
+from lth_kernels.workflows.data_ticket.selector import KeepRateClock, PatchSelector
 from lth_kernels.workflows.data_ticket.sizes import parse_drop_blocks
 from lth_kernels.workflows.data_ticket.stability import augmentation_stability, checkpoint_stability, stability_record
 
@@ -180,10 +180,18 @@ class DataTicketRunner:
         return vit
 
     def _selector(self, r: float, base, drop: tuple[int, ...]) -> PatchSelector:
+        sel = self.hp.selector
         selector = PatchSelector(copy.deepcopy(base), r, drop)
-        seed_everything(self.hp.selector.training.seed)
-        res = self._trainer(selector, self.hp.selector.training, self.path / keep_dir_name(r) / "selector",
-                            save_steps=self._selector_checkpoints()).train()
+        clock = [KeepRateClock(selector, sel.shrink_start_epoch, sel.shrink_epochs)] \
+            if sel.keep_rate_schedule == "cosine" else []
+        seed_everything(sel.training.seed)
+        trainer = self._trainer(selector, sel.training, self.path / keep_dir_name(r) / "selector", callbacks=clock,
+                                save_steps=self._selector_checkpoints())
+        if clock and (sel.shrink_start_epoch + sel.shrink_epochs) * trainer.steps_per_epoch > trainer.total_steps:
+            log.warning("keep %g: the keep-rate ramp (%d + %d epochs) ends after the %d-step fine-tune: the selector "
+                        "is fine-tuned at keep rates above %g only", r, sel.shrink_start_epoch, sel.shrink_epochs,
+                        trainer.total_steps, r)
+        res = trainer.train()
         log.info("keep %g: selector (K = %d of %d, stages %s) test_acc %.4f", r, selector.num_kept,
                  selector.num_patches, selector.counts, res.metrics.get("test_acc", float("nan")))
         return selector.cpu().eval()

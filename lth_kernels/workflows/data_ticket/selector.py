@@ -10,7 +10,9 @@ patch positions. The final ticket of an image is its ``K = ceil(r ceil(r ceil(r 
 
 ``PatchSelector(vit, keep_rate)`` wraps a timm ``VisionTransformer`` (the modules are shared, so its state
 dict is the ViT's): ``forward(images)`` returns the logits with dropping active (for fine-tuning the
-selector), ``select(images)`` returns the (B, K) ticket in inference mode.
+selector), ``select(images)`` returns the (B, K) ticket in inference mode. ``set_training_keep_rate(r_s)``
+makes training forwards keep ``ceil(r_s * N_cur)`` per stage instead (the keep-rate schedule of the
+fine-tune, ``KeepRateClock``); evaluation and ``select`` always use the selector's own ``keep_rate``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import torch
 from torch import nn
 
 from lth_kernels.ops.token_gather import gather_tokens
+from lth_kernels.training.callbacks import Callback
 from lth_kernels.workflows.data_ticket.sizes import (
     check_keep_rate,
     default_drop_blocks,
     parse_drop_blocks,
+    scheduled_keep_rate,
     stage_counts,
 )
 
@@ -91,12 +95,17 @@ class PatchSelector(nn.Module):
         self.num_patches = self.grid[0] * self.grid[1]
         self.counts = stage_counts(self.num_patches, self.keep_rate, len(self.drop_blocks))
         self.num_kept = self.counts[-1]
+        self.training_counts = self.counts
+
+    def set_training_keep_rate(self, keep_rate: float) -> None:
+        """Keep ``ceil(keep_rate * N_cur)`` tokens per stage in training forwards (eval and ``select``: unchanged)."""
+        self.training_counts = stage_counts(self.num_patches, keep_rate, len(self.drop_blocks))
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Final normalised tokens (B, 1 + K, D) and the per-stage relative keep indices."""
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
-        stages, drop = [], dict(zip(self.drop_blocks, self.counts))
+        stages, drop = [], dict(zip(self.drop_blocks, self.training_counts if self.training else self.counts))
         for i, blk in enumerate(vit.blocks):
             if i not in drop:
                 x = blk(x)
@@ -140,3 +149,15 @@ class PatchSelector(nn.Module):
                 "stage_counts": ",".join(map(str, self.counts)), "num_patches": str(self.num_patches),
                 "grid": f"{self.grid[0]}x{self.grid[1]}", "patch_size": f"{self.patch_size[0]}x{self.patch_size[1]}",
                 "selector_sha256": h.hexdigest()[:16]}
+
+
+class KeepRateClock(Callback):
+    """Sets the selector's training keep rate before every fine-tune step: ``scheduled_keep_rate`` of the step."""
+
+    def __init__(self, selector: PatchSelector, start_epoch: int, epochs: int):
+        self.selector, self.start_epoch, self.epochs = selector, start_epoch, epochs
+
+    def on_step_start(self, trainer, step: int) -> None:
+        self.selector.set_training_keep_rate(scheduled_keep_rate(step, trainer.steps_per_epoch,
+                                                                 self.selector.keep_rate, self.start_epoch,
+                                                                 self.epochs))

@@ -31,6 +31,21 @@ def stage_counts(num_patches: int, keep_rate: float, num_stages: int) -> list[in
     return counts
 
 
+def scheduled_keep_rate(step: int, steps_per_epoch: int, keep_rate: float, start_epoch: int, epochs: int) -> float:
+    """The keep rate of training step ``step`` under the reference's cosine ramp (EViT's ``adjust_keep_rate``,
+    which DynamicViT-style token dropping uses): 1 during the first ``start_epoch`` epochs, then
+    ``r + (1 - r) * (1 + cos(pi * t)) / 2`` with ``t`` the fraction of the ``epochs`` ramp epochs done (per step),
+    ``r`` from epoch ``start_epoch + epochs`` on."""
+    r = check_keep_rate(keep_rate)
+    epoch = step // steps_per_epoch
+    if epoch < start_epoch:
+        return 1.0
+    if epoch >= start_epoch + epochs:
+        return r
+    t = (step - start_epoch * steps_per_epoch) / (epochs * steps_per_epoch)
+    return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 def default_drop_blocks(depth: int) -> tuple[int, ...]:
     """Blocks 3, 6, 9 of 12 (the reference's ``drop_loc``) scaled to ``depth``: ``floor(i * depth / 4)``,
     i = 1, 2, 3 (depth 4 -> 1, 2, 3; depth 6 -> 1, 3, 4), duplicates removed."""

@@ -21,9 +21,12 @@ given with ``--imp_runs DEPTH=DIR`` is used as it is. Layout (``--root``/``elast
         random  magnitude  snip  grasp  synflow                        (pruning at the matched sparsity)
         lmc_from_<S>/copy_a  copy_b  lmc.json                          (linear mode connectivity)
         elastic_from_<S>.json                                          (mapping and resulting sparsity)
+        level_<l>/...                                                  (the same for source level l, --levels)
 
-Every stage is skipped when its output exists; rerunning with more ``--pairs`` or ``--baselines`` only runs
-what is missing. This module does not import torch: ``lth elastic --help`` is instant.
+The stages of the last source level sit directly in ``target_<T>/``; ``--levels all|3-8|2,4,6`` adds the
+other chosen levels' under ``level_<l>/``, each with baselines matched to its own transformed ticket. Every
+stage is skipped when its output exists; rerunning with more ``--pairs``, ``--baselines`` or ``--levels`` only
+runs what is missing. This module does not import torch: ``lth elastic --help`` is instant.
 """
 
 # The package's face: the hparams (torch-free, so ``lth elastic --help`` is instant), the presets (registered on

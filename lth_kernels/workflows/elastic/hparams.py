@@ -26,7 +26,25 @@ BASELINES = ("imp", "random", "shuffled", "magnitude", "snip", "grasp", "synflow
 
 
 # Fields that say how much to do, not what a stage computes: extending them extends the same run.
-JOB_FIELDS = ("pairs", "baselines", "lmc")
+JOB_FIELDS = ("pairs", "baselines", "lmc", "levels")
+
+
+def parse_levels(text: str, last: int) -> list[int]:
+    """``--levels``: ``""`` -> [last]; ``all`` -> 1..last; ``3-8`` -> 3..8; ``2,4,6`` (ranges and lists mix)."""
+    text = text.strip()
+    if not text:
+        return [last]
+    if text == "all":
+        return list(range(1, last + 1))
+    out: set[int] = set()
+    for item in (x.strip() for x in text.split(",")):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise HparamsError("levels", f"expected all, a range like 3-8 or a list like 2,4,6, got {text!r}")
+        out.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    if min(out) < 1 or max(out) > last:
+        raise HparamsError("levels", f"the source IMP run has pruned levels 1..{last} (--imp.levels), got {text!r}")
+    return sorted(out)
 
 
 log = logging.getLogger(__name__)
@@ -64,6 +82,8 @@ class ElasticHparams(Hparams):
     start_at_step_zero: bool = hfield(False, "train the transformed ticket from step 0 instead of the rewind step")
     prune_batches: int = hfield(8, "training batches SNIP and GraSP score on")
     seed: int = hfield(0, "seed of the random masks, the re-initialisation and the random copies")
+    levels: str = hfield("", "IMP levels of the source run whose tickets are transformed, each with its own baselines "
+                             "and LMC: all, a range 3-8 or a list 2,4,6 (empty: the last level, --imp.levels)")
 
     def validate(self):
         if not self.pairs:
@@ -88,6 +108,7 @@ class ElasticHparams(Hparams):
         if self.imp.branches:
             raise HparamsError("imp.branches", f"elastic trains its own controls (--baselines), got "
                                                f"{','.join(self.imp.branches)}")
+        parse_levels(self.levels, self.imp.num_levels)
         if ":" in self.imp.pruning.structure:
             raise HparamsError("imp.pruning.structure", "elastic tickets are unstructured or block masks, got "
                                                         f"{self.imp.pruning.structure!r}")
@@ -101,6 +122,15 @@ class ElasticHparams(Hparams):
         return [tuple(int(d) for d in p.split(":")) for p in self.pairs]
 
     @property
+    def level_list(self) -> list[int]:
+        """The source levels transformed (``--levels``), ascending."""
+        return parse_levels(self.levels, self.imp.num_levels)
+
+    def nominal_density(self, level: int | None = None) -> float:
+        """The nominal density of the level-``level`` IMP ticket (default the last), ``(1 - fraction)^level``."""
+        return (1.0 - self.imp.pruning.fraction) ** (self.imp.num_levels if level is None else level)
+
+    @property
     def matched_density(self) -> float:
-        """The nominal density of the IMP ticket, ``(1 - fraction)^L``: the baselines' density."""
-        return (1.0 - self.imp.pruning.fraction) ** self.imp.num_levels
+        """The nominal density of the last level's IMP ticket, ``(1 - fraction)^L``."""
+        return self.nominal_density()

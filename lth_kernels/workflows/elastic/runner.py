@@ -78,8 +78,9 @@ class ElasticRunner:
             self.imp_hparams(depth)
         self.is_main = is_main_process()
         self.path = prepare_run_dir(WORKFLOW, hp, self.root, write=self.is_main)
+        self.levels = hp.level_list
         self._runners: dict[int, ImpRunner] = {}
-        self._matched: dict[tuple[int, int], float] = {}
+        self._matched: dict[tuple[int, int, int], float] = {}
         barrier()
 
     def check_pairs(self) -> None:
@@ -145,11 +146,16 @@ class ElasticRunner:
             write_summary(runner.path)
 
     # ------------------------------------------------------------------------------------------ stages
-    def target_dir(self, replicate: int, depth: int) -> Path:
-        return self.path / f"replicate_{replicate}" / f"target_{depth}"
+    def target_dir(self, replicate: int, depth: int, level: int | None = None) -> Path:
+        """The stages on target ``depth`` for the source tickets of ``level``: the last IMP level's directly in
+        ``target_<T>/`` (where a run from before ``--levels`` has them), other levels in ``target_<T>/level_<l>/``."""
+        base = self.path / f"replicate_{replicate}" / f"target_{depth}"
+        return base if level is None or level == self.level else base / f"level_{level}"
 
-    def transformed(self, replicate: int, src: int, dst: int, random_copies: bool = False):
-        """The source's level-L ticket and rewind weights transformed to depth ``dst``."""
+    def transformed(self, replicate: int, src: int, dst: int, random_copies: bool = False, level: int | None = None):
+        """The source's level-``level`` ticket (default the last level) and rewind weights transformed to
+        depth ``dst``."""
+        level = self.level if level is None else level
         s_run, t_run = self.imp(src), self.imp(dst)
         source = s_run.rewound_model(replicate)
         target = t_run.new_model(t_run.training_for(replicate).seed)
@@ -158,11 +164,11 @@ class ElasticRunner:
             seed = derived_seed("elastic_random_copies", replicate, src, dst, self.hp.seed)
             gen = torch.Generator().manual_seed(seed)
         res = elastic.transform(source.state_dict(), target.state_dict(),
-                                ticket=s_run.main_ticket(replicate, self.level), strategy=self.hp.strategy,
+                                ticket=s_run.main_ticket(replicate, level), strategy=self.hp.strategy,
                                 mapping=self.hp.block_mapping.get(f"{src}:{dst}"), random_copies=gen,
                                 exclude=s_run.exclude_globs(source))
         res.ticket = res.ticket.with_metadata(model=t_run.hp.model.name, source_run=s_run.path.name,
-                                              level=self.level, replicate=replicate)
+                                              level=level, replicate=replicate)
         return res, target
 
     def train(self, depth: int, replicate: int, model, ticket, out_dir: Path, *, start: int | None = None,
@@ -175,16 +181,16 @@ class ElasticRunner:
         return runner.train_stage(model, ticket, out_dir, training, start)
 
     def ett(self, replicate: int, src: int, dst: int, variant: str = "ett", out_dir: Path | None = None,
-            data_order_offset: int = 0) -> TrainResult | None:
+            data_order_offset: int = 0, level: int | None = None) -> TrainResult | None:
         """``ett``: the transformed ticket; ``ett_random_copies``: its copies' masks permuted; ``ett_shuffled``:
         every layer's kept weights moved to random places in the layer (the same per-layer density), from the
         same weights; ``reinit``: the transformed mask on a fresh initialisation."""
-        out_dir = out_dir or self.target_dir(replicate, dst) / f"{variant}_from_{src}"
-        res, target = self.transformed(replicate, src, dst, random_copies=variant == "ett_random_copies")
+        out_dir = out_dir or self.target_dir(replicate, dst, level) / f"{variant}_from_{src}"
+        res, target = self.transformed(replicate, src, dst, random_copies=variant == "ett_random_copies", level=level)
         if variant == "ett_random_copies" and not res.copies:
             return None  # a squeeze copies nothing: the ablation is the plain elastic.transform
         if self.is_main and variant == "ett":
-            atomic_write_json(self.target_dir(replicate, dst) / f"elastic_from_{src}.json",
+            atomic_write_json(self.target_dir(replicate, dst, level) / f"elastic_from_{src}.json",
                               {**res.report, "copies": list(res.copies), "source_run": self.imp(src).path.name})
         if variant == "reinit":
             model = self.imp(dst).new_model(derived_seed("elastic_reinit", replicate, src, dst, self.hp.seed))
@@ -198,29 +204,30 @@ class ElasticRunner:
             ticket = shuffle(ticket, scope="layerwise", generator=g, exclude=self.imp(dst).exclude_globs(target))
         return self.train(dst, replicate, model, ticket, out_dir, start=start, data_order_offset=data_order_offset)
 
-    def matched_density(self, replicate: int, depth: int) -> float:
-        """The prunable density of the transformed ticket at ``depth`` (from the first source paired with it):
-        what the baselines there are pruned to. Copied and dropped blocks move the density away from the
-        nominal ``(1 - fraction)^L``, so a baseline at the nominal density would not be matched."""
-        key = (replicate, depth)
+    def matched_density(self, replicate: int, depth: int, level: int | None = None) -> float:
+        """The prunable density of the level-``level`` transformed ticket at ``depth`` (from the first source
+        paired with it): what the baselines there are pruned to. Copied and dropped blocks move the density away
+        from the nominal ``(1 - fraction)^level``, so a baseline at the nominal density would not be matched."""
+        level = self.level if level is None else level
+        key = (replicate, depth, level)
         if key not in self._matched:
             src = next((s for s, t in self.hp.pair_list if t == depth), None)
             if src is None:
-                self._matched[key] = self.hp.matched_density
+                self._matched[key] = self.hp.nominal_density(level)
             else:
-                res, target = self.transformed(replicate, src, depth)
+                res, target = self.transformed(replicate, src, depth, level=level)
                 names = list(prunable_parameters(target, self.hp.imp.pruning.exclude))
                 total = sum(res.ticket[n].numel() for n in names)
                 self._matched[key] = sum(int(res.ticket[n].sum()) for n in names) / total if total else 1.0
         return self._matched[key]
 
-    def pruned_baseline(self, replicate: int, depth: int, method: str) -> TrainResult:
-        """``method`` at the matched density (the transformed ticket's, see ``matched_density``) on the target,
-        trained from the target's own θ_K."""
+    def pruned_baseline(self, replicate: int, depth: int, method: str, level: int | None = None) -> TrainResult:
+        """``method`` at the matched density (the level-``level`` transformed ticket's, see ``matched_density``)
+        on the target, trained from the target's own θ_K. Its random draws do not depend on the level."""
         runner = self.imp(depth)
         model = runner.rewound_model(replicate)
         # ``prune`` removes ceil(fraction * R) of R prunable weights: the baseline keeps the ticket's count.
-        fraction = min(max(1.0 - self.matched_density(replicate, depth), 1e-12), 1.0 - 1e-12)
+        fraction = min(max(1.0 - self.matched_density(replicate, depth, level), 1e-12), 1.0 - 1e-12)
         p = self.hp.imp.pruning
 
         def make() -> Ticket:
@@ -237,7 +244,7 @@ class ElasticRunner:
                 kwargs.update(data=self.prune_batches(), loss_fn=F.cross_entropy)
             return prune(scorer, method, fraction, scope=p.scope, exclude=p.exclude, metadata=meta, **kwargs)
 
-        return self.train(depth, replicate, model, make, self.target_dir(replicate, depth) / method)
+        return self.train(depth, replicate, model, make, self.target_dir(replicate, depth, level) / method)
 
     def prune_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The first ``--prune_batches`` batches of a fixed shuffle of the training set."""
@@ -252,15 +259,15 @@ class ElasticRunner:
         return out
 
     # ------------------------------------------------------------------------------------------ LMC
-    def lmc(self, replicate: int, src: int, dst: int) -> dict:
+    def lmc(self, replicate: int, src: int, dst: int, level: int | None = None) -> dict:
         """Two copies of the transformed ticket with different data orders, and the test error along the line
         between their final weights: ``instability`` = max error - mean of the two ends' errors."""
-        base = self.target_dir(replicate, dst) / f"lmc_from_{src}"
+        base = self.target_dir(replicate, dst, level) / f"lmc_from_{src}"
         out = base / "lmc.json"
         if out.exists():
             return json.loads(out.read_text())
         for name, offset in zip(("copy_a", "copy_b"), LMC_SEEDS):
-            self.ett(replicate, src, dst, out_dir=base / name, data_order_offset=offset)
+            self.ett(replicate, src, dst, out_dir=base / name, data_order_offset=offset, level=level)
         if not self.is_main:
             return {}
         runner = self.imp(dst)
@@ -285,8 +292,10 @@ class ElasticRunner:
         sources = sorted({s for s, _ in pairs})
         targets = sorted({t for _, t in pairs})
         if self.is_main:
-            log.info("elastic run %s: pairs %s, level %d (nominal density %.2f%%), baselines %s", self.path,
-                     ",".join(hp.pairs), self.level, 100 * hp.matched_density, ",".join(hp.baselines) or "none")
+            log.info("elastic run %s: pairs %s, levels %s of %d (nominal density %s), baselines %s", self.path,
+                     ",".join(hp.pairs), ",".join(map(str, self.levels)), self.level,
+                     ", ".join(f"{100 * hp.nominal_density(lv):.2f}%" for lv in self.levels),
+                     ",".join(hp.baselines) or "none")
         for r in range(hp.imp.replicates):
             for s in sources:
                 self.ensure_imp(s, r, self.level)
@@ -296,37 +305,42 @@ class ElasticRunner:
                 if t in sources:
                     levels = self.level
                 self.ensure_imp(t, r, levels)
-            for s, t in pairs:
-                self._log(r, t, f"ett_from_{s}", self.ett(r, s, t))
-                if "random_copies" in hp.baselines:
-                    self._log(r, t, f"ett_random_copies_from_{s}", self.ett(r, s, t, "ett_random_copies"))
-                if "shuffled" in hp.baselines:
-                    self._log(r, t, f"ett_shuffled_from_{s}", self.ett(r, s, t, "ett_shuffled"))
-                if "reinit" in hp.baselines:
-                    self._log(r, t, f"reinit_from_{s}", self.ett(r, s, t, "reinit"))
-                if hp.lmc:
-                    res = self.lmc(r, s, t)
-                    if self.is_main:
-                        log.info("replicate %d | %d -> %d | LMC instability %.2f%%", r, s, t,
-                                 100 * res["instability"])
-            for t in targets:
-                if self.is_main and any(m in hp.baselines for m in PRUNED_BASELINES):
-                    log.info("replicate %d | target %d | baselines pruned to the transformed ticket's density "
-                             "%.2f%% (nominal %.2f%%)", r, t, 100 * self.matched_density(r, t),
-                             100 * hp.matched_density)
-                for method in PRUNED_BASELINES:
-                    if method in hp.baselines:
-                        self._log(r, t, method, self.pruned_baseline(r, t, method))
+            for level in self.levels:  # each level's stages are skipped when done: a killed run resumes per level
+                self.run_level(r, level)
             if self.is_main:
                 write_report(self)
         barrier()
         return self.path
 
-    def _log(self, replicate: int, depth: int, name: str, res: TrainResult | None) -> None:
+    def run_level(self, r: int, level: int) -> None:
+        """Replicate ``r``'s transformed tickets of source level ``level``, their controls, LMC and baselines."""
+        hp = self.hp
+        for s, t in hp.pair_list:
+            self._log(r, t, f"ett_from_{s}", self.ett(r, s, t, level=level), level)
+            for variant in ("random_copies", "shuffled", "reinit"):
+                if variant in hp.baselines:
+                    stage = variant if variant == "reinit" else f"ett_{variant}"
+                    self._log(r, t, f"{stage}_from_{s}", self.ett(r, s, t, stage, level=level), level)
+            if hp.lmc:
+                res = self.lmc(r, s, t, level)
+                if self.is_main:
+                    log.info("replicate %d | level %d | %d -> %d | LMC instability %.2f%%", r, level, s, t,
+                             100 * res["instability"])
+        for t in sorted({t for _, t in hp.pair_list}):
+            if self.is_main and any(m in hp.baselines for m in PRUNED_BASELINES):
+                log.info("replicate %d | level %d | target %d | baselines pruned to the transformed ticket's "
+                         "density %.2f%% (nominal %.2f%%)", r, level, t, 100 * self.matched_density(r, t, level),
+                         100 * hp.nominal_density(level))
+            for method in PRUNED_BASELINES:
+                if method in hp.baselines:
+                    self._log(r, t, method, self.pruned_baseline(r, t, method, level), level)
+
+    def _log(self, replicate: int, depth: int, name: str, res: TrainResult | None, level: int) -> None:
         if not self.is_main or res is None:
             return
-        rep = json.loads((self.target_dir(replicate, depth) / name / "sparsity_report.json").read_text())
-        log.info("replicate %d | target %d | %-28s | density %6.2f%% | test_acc %.4f%s", replicate, depth, name,
+        rep = json.loads((self.target_dir(replicate, depth, level) / name / "sparsity_report.json").read_text())
+        log.info("replicate %d | level %d | target %d | %-28s | density %6.2f%% | test_acc %.4f%s", replicate, level,
+                 depth, name,
                  100 * rep["prunable"]["density"], res.metrics.get("test_acc", float("nan")),
                  " (done before)" if res.skipped else "")
 

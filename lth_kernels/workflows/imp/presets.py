@@ -47,9 +47,10 @@ PRESETS = {
     "cifar_vgg_16-cifar10": {**_CIFAR_SGD, "model.name": "cifar_vgg_16", "rewind": "200it"},
     # open_lth imagenet_resnet_50: batch 1024, SGD 0.4 with 5 warmup epochs, x0.1 at 30/60/80, 90 epochs;
     # rewound to epoch 5 (Frankle et al., "Linear mode connectivity"). timm's ResNet-50 with open_lth's init
-    # (Kaiming-normal convs and fc, BN scales U[0, 1); model.kwargs init=timm for timm's), ImageFolder data.
+    # (Kaiming-normal convs and fc, BN scales U[0, 1); model.kwargs init=timm for timm's), ImageFolder data with
+    # open_lth's training crop: RandomResizedCrop(224, scale=(0.1, 1)).
     "resnet50-imagenet": {"model.name": "timm:resnet50", "model.kwargs": {"init": "kaiming_normal"},
-                          "dataset.name": "imagefolder", "dataset.batch_size": 1024,
+                          "dataset.name": "imagefolder", "dataset.batch_size": 1024, "dataset.crop_scale": "0.1,1",
                           "training.optimizer": "sgd", "training.lr": 0.4, "training.momentum": 0.9,
                           "training.weight_decay": 1e-4, "training.warmup_steps": "5ep",
                           "training.training_steps": "90ep", "training.milestone_steps": "30ep,60ep,80ep",

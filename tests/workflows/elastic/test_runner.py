@@ -112,7 +112,7 @@ def test_baselines_at_matched_sparsity_and_lmc(tiny_run):
         assert rep["prunable"]["kept"] == ett["kept"] and rep["prunable"]["total"] == ett["total"], method
         assert rep["layers"]["fc.weight"]["density"] == 1.0  # the model's exclusion is kept
     summary = json.loads((path / "summary.json").read_text())
-    assert summary["baseline_density"]["5"] == pytest.approx(ett["density"])
+    assert summary["baseline_density"]["1"]["5"] == pytest.approx(ett["density"])
     assert f"depth 5 {100 * ett['density']:.2f}%" in (path / "table.md").read_text()
     lmc = json.loads((target / "lmc_from_4" / "lmc.json").read_text())
     assert lmc["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0] and len(lmc["test_error"]) == 5

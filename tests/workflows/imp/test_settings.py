@@ -67,3 +67,10 @@ def test_moving_the_data_keeps_the_run_and_old_names_still_resume(tmp_path):
     (old / "replicate_0/level_2/main/done.json").unlink()  # killed in the last level
     assert run_imp(hp, root=tmp_path, progress=False) == old
     assert (old / "replicate_0/level_2/main/done.json").exists() and not path.exists()
+
+
+def test_resnet50_preset_uses_open_lths_crop(capsys):
+    assert lth(["imp", "--preset", "resnet50-imagenet", "--dry-run"]) == 0
+    hp = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert hp["dataset"]["crop_scale"] == "0.1,1" and hp["dataset"]["interpolation"] == "bilinear"
+    assert "crop_scale" not in json.dumps(ImpHparams.from_preset("cifar_resnet_20-cifar10").non_default())
