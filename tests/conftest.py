@@ -67,6 +67,36 @@ def device():
     return torch.device("cuda" if HAS_CUDA else "cpu")
 
 
+def backends(op: str) -> list[str]:
+    """The backends ``op`` implements, to parametrize its tests over (``cuda`` only where a CUDA device is): a
+    backend the op lacks is no test case, so nothing skips as "not implemented"."""
+    from lth_kernels.ops import _registry
+
+    impls = _registry.ops()[op].impls
+    return [b for b in _registry.BACKENDS if b in impls and (b != "cuda" or HAS_CUDA)]
+
+
+def require_live(op: str, backend: str, device) -> None:
+    """Skip a test of ``op`` on ``backend`` only where the machine lacks what the backend needs (a device, the
+    interpreter, an extension that was never built), with the registry's reason; fail where the suite itself is
+    wrong (a backend the op does not implement) or the build is broken (``_C`` was built but does not import, or
+    lacks the op)."""
+    from lth_kernels import _ext
+    from lth_kernels.ops import _registry
+
+    entry = _registry.ops()[op]
+    if backend not in entry.impls:
+        pytest.fail(f"{op} has no {backend!r} backend (it has {', '.join(entry.impls)}): parametrize over the "
+                    f"backends it implements")
+    live, why = entry.status(backend, device)
+    if live:
+        return
+    if backend in ("cpu", "cuda") and not _ext.skipped and (
+            (_ext.C is None and _ext.was_built()) or why.startswith("_C has no")):
+        pytest.fail(f"{op} on {backend}: {why}, though the extension was built")
+    pytest.skip(f"{op} on {backend}: {why}")
+
+
 def assert_close(actual, expected, dtype=None, msg=""):
     """Compare against an oracle with the tolerance of `dtype` (default: actual's dtype)."""
     atol, rtol = TOLERANCES[dtype or actual.dtype]

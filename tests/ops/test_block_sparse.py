@@ -7,15 +7,10 @@ import torch
 from lth_kernels.ops import _registry
 from lth_kernels.ops import block_sparse as bs
 
-from ..conftest import HAS_CUDA, TOLERANCES, assert_close
+from ..conftest import HAS_CUDA, TOLERANCES, assert_close, require_live
 
 BACKENDS = ["reference", "triton"]
 
-
-def _live(op, backend, device):
-    live, why = _registry.ops()[op].status(backend, device)
-    if not live:
-        pytest.skip(f"{backend}: {why}")
 
 
 def _block_map(shape, block, density, device="cpu"):
@@ -119,7 +114,7 @@ CASES = [  # (N, K, M, block, density, dtype)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("N,K,M,block,density,dtype", CASES)
 def test_linear_fwd_bwd_vs_float64(backend, N, K, M, block, density, dtype):
-    _live("block_sparse_linear", backend, "cpu")
+    require_live("block_sparse_linear", backend, "cpu")
     w = torch.randn(N, K, dtype=dtype)
     lay = bs.BlockSparseLayout.from_block_map(_block_map((N, K), block, density), (N, K), block)
     emask = lay.element_mask()
@@ -140,7 +135,7 @@ def test_linear_fwd_bwd_vs_float64(backend, N, K, M, block, density, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_linear_element_mask_and_block_map_inputs(backend):
-    _live("block_sparse_linear", backend, "cpu")
+    require_live("block_sparse_linear", backend, "cpu")
     w, x = torch.randn(48, 40), torch.randn(7, 40)
     bmap = _block_map((48, 40), (16, 16), 0.5)
     emask = bs.expand_block_map(bmap, (48, 40), (16, 16))
@@ -161,7 +156,7 @@ def test_non_contiguous_operands():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_functional_sdd_dsd_dds_and_their_gradients(backend):
-    _live("block_sparse_dds", backend, "cpu")
+    require_live("block_sparse_dds", backend, "cpu")
     N, K, M = 64, 80, 24
     lay = bs.BlockSparseLayout.from_block_map(_block_map((N, K), (32, 16), 0.5), (N, K), (32, 16))
     em = lay.element_mask().double()
@@ -301,7 +296,9 @@ def test_gpu_small_m_decode_regime():
 
 def test_gpu_autotune_config_pruning():
     """The autotuned GPU configs must fit every block shape (checked here because autotuning needs CUDA)."""
-    bst = pytest.importorskip("lth_kernels.ops._block_sparse_triton")
+    pytest.importorskip("triton")  # an optional dependency (the 'triton' extra); its reason names it
+    from lth_kernels.ops import _block_sparse_triton as bst
+
     for bq in bs.BLOCK_SIZES:
         for m in (1, 15, 300):
             kept = bst._prune_dds(bst._DDS_CONFIGS, {"M": m}, BQ=bq, BP=16)

@@ -10,7 +10,7 @@ from lth_kernels.ops import _registry
 from lth_kernels.ops import cpu_sparse as cs
 from lth_kernels.ops.cpu_sparse import SparseWeight, cpu_sparse_linear
 
-from ..conftest import assert_close
+from ..conftest import assert_close, require_live
 
 BACKENDS = ["reference", "cpu"]
 SHAPES = [(1, 1), (7, 1), (1, 7), (97, 129), (129, 97), (33, 768)]  # (out_features, in_features)
@@ -19,9 +19,7 @@ BATCHES = [(1,), (2,), (3,), (8,), (13,), (64,), (65,), (2, 5), (3, 1, 7)]
 
 def _live(backend):
     for op in ("csr_from_dense", "cpu_sparse_linear"):
-        live, why = _registry.ops()[op].status(backend, "cpu")
-        if not live:
-            pytest.skip(f"{backend}: {why}")
+        require_live(op, backend, "cpu")
 
 
 def _masks(shape):

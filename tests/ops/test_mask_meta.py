@@ -11,16 +11,10 @@ from lth_kernels import ops
 from lth_kernels.ops import _registry
 from lth_kernels.ops.mask_meta import pack_mask_reference, tile_occupancy_reference, unpack_mask_reference
 
-from ..conftest import HAS_CUDA
+from ..conftest import backends, require_live
 
 SHAPES = [(1,), (31,), (32,), (33,), (7, 97), (129, 1), (3, 5, 64), (0, 5), (4, 0)]
-BACKENDS = ["reference", "cpu", "triton"] + (["cuda"] if HAS_CUDA else [])
 
-
-def _live(op, backend, device):
-    live, why = _registry.ops()[op].status(backend, device)
-    if not live:
-        pytest.skip(f"{backend}: {why}")
 
 
 def _masks(shape, device):
@@ -66,12 +60,12 @@ def test_reference_occupancy_hand_case():
     assert occ.tolist() == [[True, False, False], [False, False, False], [False, False, True]]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("pack_mask"))
 @pytest.mark.parametrize("shape", SHAPES)
 def test_pack_unpack_matches_the_definition(backend, shape, device):
     if backend == "cpu":
         device = torch.device("cpu")
-    _live("pack_mask", backend, device)
+    require_live("pack_mask", backend, device)
     for mask in _masks(shape, device):
         packed = ops.pack_mask(mask, backend=backend)
         assert packed.dtype == torch.int32 and packed.shape == (*shape[:-1], (shape[-1] + 31) // 32)
@@ -79,13 +73,13 @@ def test_pack_unpack_matches_the_definition(backend, shape, device):
         assert torch.equal(ops.unpack_mask(packed, shape[-1], backend=backend).cpu(), mask.cpu())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("tile_occupancy"))
 @pytest.mark.parametrize("shape,block", [((7, 97), (2, 32)), ((64, 64), (64, 64)), ((129, 70), (16, 32)),
                                          ((33, 9), (4, 4)), ((10, 10), (3, 5)), ((0, 4), (2, 2))])
 def test_tile_occupancy_matches_the_definition(backend, shape, block, device):
     if backend == "cpu":
         device = torch.device("cpu")
-    _live("tile_occupancy", backend, device)
+    require_live("tile_occupancy", backend, device)
     for mask in _masks(shape, device):
         occ = ops.tile_occupancy(mask, block, backend=backend)
         assert torch.equal(occ.cpu(), _occupancy_oracle(mask.cpu(), *block))

@@ -5,11 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from lth_kernels import ops
-from lth_kernels.ops import _registry
 
-from ..conftest import HAS_CUDA, assert_close
+from ..conftest import assert_close, backends, require_live
 
-BACKENDS = ["reference", "triton"] + (["cuda"] if HAS_CUDA else [])
 LINEAR_SHAPES = [  # (batch dims of x, K, N)
     ((1,), 1, 1),
     ((7,), 97, 129),
@@ -20,11 +18,6 @@ LINEAR_SHAPES = [  # (batch dims of x, K, N)
 ]
 MASKS = ["zeros", "ones", "0.5", "0.9", "0.99", "blocks"]
 
-
-def _live(op, backend, device):
-    live, why = _registry.ops()[op].status(backend, device)
-    if not live:
-        pytest.skip(f"{backend}: {why}")
 
 
 def _mask(kind, shape, device):
@@ -62,11 +55,11 @@ def _grads(y, gy, *tensors):
     return [t.grad if t is not None else None for t in tensors]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_linear"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("batch,k,n", LINEAR_SHAPES)
 def test_masked_linear_matches_oracle(backend, dtype, batch, k, n, device):
-    _live("masked_linear", backend, device)
+    require_live("masked_linear", backend, device)
     for kind in MASKS:
         x, w, b = (t.requires_grad_() for t in _inputs(batch, k, n, dtype, device))
         m = _mask(kind, (n, k), device)
@@ -80,9 +73,9 @@ def test_masked_linear_matches_oracle(backend, dtype, batch, k, n, device):
         assert torch.all(dw[~m] == 0), f"dw not exactly 0 at pruned entries (mask={kind})"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_linear"))
 def test_masked_linear_no_bias_non_contiguous_and_batched(backend, device):
-    _live("masked_linear", backend, device)
+    require_live("masked_linear", backend, device)
     k, n = 97, 33
     x = torch.randn(5, k, 2, 3, device=device).permute(2, 3, 0, 1)[:, :, ::2]  # (2, 3, 3, k), non-contiguous
     assert not x.is_contiguous()
@@ -97,9 +90,9 @@ def test_masked_linear_no_bias_non_contiguous_and_batched(backend, device):
         assert_close(got, want, torch.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_linear"))
 def test_weight_is_masked_and_non_finite_pruned_weights(backend, device):
-    _live("masked_linear", backend, device)
+    require_live("masked_linear", backend, device)
     x, w, b = _inputs((9,), 13, 11, torch.float32, device)
     m = _mask("0.5", w.shape, device)
     zeroed = torch.where(m, w, 0)
@@ -113,10 +106,10 @@ def test_weight_is_masked_and_non_finite_pruned_weights(backend, device):
     assert_close(y, want, torch.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_linear"))
 @pytest.mark.parametrize("batch,k,n", LINEAR_SHAPES[:5])
 def test_masked_linear_scores_matches_oracle(backend, batch, k, n, device):
-    _live("masked_linear", backend, device)
+    require_live("masked_linear", backend, device)
     for kind in ("zeros", "ones", "0.5", "0.99", "blocks"):
         x, w, b = (t.requires_grad_() for t in _inputs(batch, k, n, torch.float32, device))
         m = _mask(kind, (n, k), device)
@@ -167,11 +160,11 @@ CONV_CASES = [  # (B, C, H, W), (O, kh, kw), stride, padding, dilation, groups
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_conv2d"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV_CASES)
 def test_masked_conv2d_matches_oracle(backend, dtype, xs, ws, stride, padding, dilation, groups, device):
-    _live("masked_conv2d", backend, device)
+    require_live("masked_conv2d", backend, device)
     wshape = (ws[0], xs[1] // groups, ws[1], ws[2])
     for kind in ("zeros", "ones", "0.5", "0.9", "blocks"):
         x = torch.randn(xs, dtype=dtype, device=device, requires_grad=True)
@@ -311,11 +304,11 @@ def test_bad_input_conv(kwargs, match):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_linear"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("batch,k,n", [((8, 197), 384, 1536), ((4097,), 769, 129)])
 def test_masked_linear_gpu_full_size(backend, dtype, batch, k, n):
-    _live("masked_linear", backend, "cuda")
+    require_live("masked_linear", backend, "cuda")
     for kind in ("zeros", "ones", "0.5", "0.9", "0.99", "blocks"):
         x, w, b = (t.requires_grad_() for t in _inputs(batch, k, n, dtype, "cuda"))
         m = _mask(kind, (n, k), "cuda")

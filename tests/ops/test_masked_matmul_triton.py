@@ -4,8 +4,10 @@ the metadata cache, the backend through the public op, and full-size GPU checks.
 import pytest
 import torch
 
+from lth_kernels.nn.masked import MaskedLinear
 from lth_kernels.ops import _mask_cache, _registry
 from lth_kernels.ops import _masked_matmul_triton as T
+from lth_kernels.ops.masked_matmul import masked_linear
 
 from ..conftest import assert_close
 
@@ -196,7 +198,6 @@ def test_bad_input_names_the_argument(bad, match, device):
 
 
 def test_pruned_weights_stay_zero_under_sgd_momentum_wd(device):
-    mm = pytest.importorskip("lth_kernels.ops.masked_matmul")
     n, k = 33, 70
     mask = _mask("0.9", n, k, device)
     w = torch.where(mask, torch.randn(n, k, device=device), 0).requires_grad_()
@@ -204,7 +205,7 @@ def test_pruned_weights_stay_zero_under_sgd_momentum_wd(device):
     opt = torch.optim.SGD([w, b], lr=0.1, momentum=0.9, weight_decay=5e-4)
     for _ in range(3):
         x = torch.randn(6, k, device=device)
-        loss = mm.masked_linear(x, w, mask, b, backend="triton", weight_is_masked=True).square().mean()
+        loss = masked_linear(x, w, mask, b, backend="triton", weight_is_masked=True).square().mean()
         opt.zero_grad()
         loss.backward()
         assert torch.all(w.grad[~mask] == 0)
@@ -259,9 +260,8 @@ def test_gpu_fp32_tf32_switch():
 
 @pytest.mark.gpu
 def test_gpu_compile_fullgraph_masked_linear_model():
-    nn_masked = pytest.importorskip("lth_kernels.nn.masked")
     torch.manual_seed(1)
-    layers = [nn_masked.MaskedLinear(768, 3072), torch.nn.GELU(), nn_masked.MaskedLinear(3072, 768)]
+    layers = [MaskedLinear(768, 3072), torch.nn.GELU(), MaskedLinear(3072, 768)]
     model = torch.nn.Sequential(*layers).cuda().to(torch.bfloat16)
     for layer in (layers[0], layers[2]):
         layer.set_mask(torch.rand(layer.weight.shape, device="cuda") > 0.8)
