@@ -4,6 +4,7 @@ are skipped, and the shapes stay small. `pytest -m gpu` on a GPU machine runs th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -36,6 +37,45 @@ TOLERANCES = {
     torch.float16: (2e-2, 2e-2),
     torch.bfloat16: (5e-2, 5e-2),
 }
+
+
+def torch_error_bound(want: torch.Tensor, torch_own: torch.Tensor, factor: float = 2.0) -> float:
+    """The GPU tolerance rule: ``factor`` x torch's own error in the dtype (``torch_own``: the same function by
+    plain torch ops on the low-precision inputs, e.g. cuBLAS/cuDNN) against the float64 oracle ``want``, as a max
+    abs error, plus a tiny floor (float32 eps at the output's scale) for outputs torch happens to get exactly."""
+    want = want.double()
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    own = float((torch_own.double() - want).abs().max()) if want.numel() else 0.0
+    return factor * own + torch.finfo(torch.float32).eps * scale
+
+
+def assert_within_torch_error(got: torch.Tensor, want: torch.Tensor, torch_own: torch.Tensor, factor: float = 2.0,
+                              msg: str = "") -> None:
+    """``max |got - want| <= torch_error_bound(want, torch_own, factor)``: ours no worse than ``factor`` x torch's
+    own error in that dtype against the float64 oracle (compare fp32 with TF32 off: the ``no_tf32`` fixture)."""
+    assert got.shape == want.shape == torch_own.shape, f"{msg}: shapes {got.shape}, {want.shape}, {torch_own.shape}"
+    bound = torch_error_bound(want, torch_own, factor)
+    err = float((got.double() - want.double()).abs().max()) if got.numel() else 0.0
+    assert err <= bound, (f"{msg}{': ' if msg else ''}max abs error {err:.3g} > {bound:.3g} "
+                          f"({factor:g} x torch's own {got.dtype} error + floor)")
+
+
+@contextlib.contextmanager
+def tf32_off():
+    """fp32 matmuls and convolutions in full fp32 inside the block (the flags are restored after)."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+@pytest.fixture
+def no_tf32():
+    """The test runs with TF32 off: a fp32 comparison is about fp32 (tests about TF32 set the flags themselves)."""
+    with tf32_off():
+        yield
 
 
 def pytest_collection_modifyitems(config, items):
