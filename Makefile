@@ -71,4 +71,4 @@ bench: build $(VENV)/.bench-stamp
 	$(PY) -m bench.run
 
 clean:
-	rm -rf build lth_kernels/_C*.so
+	rm -rf build lth_kernels/_C*.so lth_kernels/_build_info.json

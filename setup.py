@@ -117,7 +117,17 @@ def extensions():
         extra_link_args=["-fopenmp"],
     )
     ext = CUDAExtension(**kwargs) if with_cuda else CppExtension(**{**kwargs, "extra_compile_args": cxx})
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+    class BuildAndRecord(BuildExtension.with_options(use_ninja=True)):
+        """Writes ``_build_info.json`` beside the built extension once the build succeeded: the tests then know
+        that ``_C`` must import (a silent pure-Python fallback would otherwise skip the compiled kernels' tests)."""
+
+        def run(self):
+            super().run()
+            path = self.get_ext_fullpath("lth_kernels._C")
+            write_build_record(os.path.join(os.path.dirname(path), "_build_info.json"), os.path.basename(path), info)
+
+    return [ext], {"build_ext": BuildAndRecord}
 
 
 def compiler_version() -> str:
@@ -126,6 +136,15 @@ def compiler_version() -> str:
         return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return cxx
+
+
+def write_build_record(path: str, extension: str, info: dict[str, str]) -> None:
+    import json
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"extension": extension, "build_info": info}, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def write_build_info(path: str, info: dict[str, str]) -> None:

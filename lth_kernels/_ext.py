@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sysconfig
 
 import torch
 
@@ -15,7 +17,8 @@ log = logging.getLogger("lth_kernels")
 C = None
 load_error: str | None = None
 
-if os.environ.get("LTH_KERNELS_SKIP_C") == "1":
+skipped = os.environ.get("LTH_KERNELS_SKIP_C") == "1"
+if skipped:
     load_error = "skipped (LTH_KERNELS_SKIP_C=1)"
 else:
     try:
@@ -23,6 +26,26 @@ else:
     except ImportError as e:  # a pure-Python checkout, or a torch the extension was not built against
         load_error = f"{type(e).__name__}: {e}".splitlines()[0]
         log.warning("lth_kernels._C is not available, using reference/Triton ops only: %s", load_error)
+
+
+BUILD_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_info.json")
+
+
+def build_record() -> dict | None:
+    """What setup.py recorded after it built ``_C`` here (``{"extension": file name, "build_info": ...}``), or None
+    when no build wrote one (a pure-Python install, or an extension built before the record existed)."""
+    try:
+        with open(BUILD_RECORD) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def was_built() -> bool:
+    """Whether a compiled ``_C`` for this interpreter was built into the package: then it must load."""
+    name = "_C" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
+    record = build_record()
+    return (record or {}).get("extension") == name or os.path.exists(os.path.join(os.path.dirname(BUILD_RECORD), name))
 
 
 def build_info() -> dict[str, str]:

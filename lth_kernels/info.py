@@ -75,7 +75,8 @@ def collect() -> dict:
         "triton": _version("triton"),
         "timm": _version("timm"),
         "threads": torch.get_num_threads(),
-        "extension": _ext.build_info() or {"error": _ext.load_error},
+        "extension": _ext.build_info() or {"error": _ext.load_error,
+                                                      "built": _ext.was_built() and not _ext.skipped},
         "gpu": gpu,
         "ops": ops,
         "layers": layer_rules(),
@@ -90,7 +91,8 @@ def format_info(info: dict) -> str:
     ]
     ext = info["extension"]
     if "error" in ext:
-        lines.append(f"extension    _C not loaded: {ext['error']}")
+        built = " (it was built here: the compiled kernels are off until it imports)" if ext.get("built") else ""
+        lines.append(f"extension    _C not loaded{built}: {ext['error']}")
     else:
         cuda = f"CPU + CUDA (archs {ext.get('archs')})" if ext.get("with_cuda") == "1" else "CPU only"
         lines.append(f"extension    _C built: {cuda}; {ext.get('cuda_decision')}; {ext.get('compiler')}")

@@ -2,8 +2,9 @@
 
 Every op has a plain-PyTorch ``reference`` backend (any device, the test oracle) and optionally ``cpu``
 (compiled C++/OpenMP), ``cuda`` (compiled CUDA) and ``triton`` backends. Selection, in order: the
-per-call ``backend=`` argument, the ``LTH_KERNELS_BACKEND`` environment variable (a backend name, or
-``op=backend,op=backend``), then the first live backend in the op's preference order for the device.
+per-call ``backend=`` argument, the ``LTH_KERNELS_BACKEND`` environment variable (a backend name, for every op
+that implements it, or ``op=backend,op=backend``, strict), then the first live backend in the op's preference
+order for the device.
 
 An op may instead have a per-call *rule* on a device type (:func:`set_rule`): when more than one of the rule's
 candidate backends is live, :func:`resolve` returns ``"auto"`` and the op itself picks, call by call, from the
@@ -151,6 +152,11 @@ def resolve(op: str, device: torch.device | str, backend: str | None = None) -> 
 def _resolve(op: str, device: torch.device, backend: str | None) -> str:
     entry = _OPS[op]
     choice = backend or _env_choice(op)
+    env_all = not backend and "=" not in os.environ.get("LTH_KERNELS_BACKEND", "")
+    if env_all and choice in BACKENDS and choice not in entry.impls:
+        # LTH_KERNELS_BACKEND=triton asks for that backend wherever an op has it; an op without one (the masked
+        # convolution has no Triton kernel) keeps its automatic choice instead of failing the whole model
+        choice = None
     if choice and choice != AUTO:
         if choice not in BACKENDS:
             raise ValueError(f"backend: unknown backend {choice!r} for {op}; valid: {', '.join(BACKENDS)}")

@@ -7,7 +7,8 @@ import pytest
 
 from bench import block_sparse, cpu_sparse, masked_matmul
 from bench.common import rows_json, write_results
-from lth_kernels.ops import _registry
+
+from ..conftest import require_live
 
 
 def test_write_results_one_row_per_line(tmp_path):
@@ -57,10 +58,9 @@ def test_masked_matmul_table_from_rows(tmp_path):
     assert D.crossover(4096, 768, 3072, torch.bfloat16, table) == bf16["crossover"]
 
 
-@pytest.mark.skipif(not _registry.ops()["cpu_sparse_linear"].status("cpu", "cpu")[0],
-                    reason="needs the compiled kernel")
 @pytest.mark.parametrize("mode", [[], ["--model"]])
 def test_cpu_sparse_smoke(mode, capsys):
+    require_live("cpu_sparse_linear", "cpu", "cpu")
     # Layers (every installed library baseline checked against F.linear) and whole models (outputs checked).
     assert cpu_sparse.main(["--smoke", "--no-write", "--threads", "1", *mode]) == 0
     out = capsys.readouterr().out

@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from lth_kernels.nn.block_sparse import BlockSparseLinear
-from lth_kernels.ops import _registry
 from lth_kernels.ops.block_sparse import expand_block_map
 
-from ..conftest import assert_close
+from ..conftest import assert_close, require_live
 
 BACKENDS = ["reference", "triton"]
 
@@ -74,8 +73,7 @@ def test_from_linear_shares_parameters_and_deepcopies():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pruned_weights_stay_zero_with_sgd_momentum_wd(backend):
-    if not _registry.ops()["block_sparse_linear"].status(backend, "cpu")[0]:
-        pytest.skip(f"{backend} not live")
+    require_live("block_sparse_linear", backend, "cpu")
     torch.manual_seed(1)
     layer = BlockSparseLinear(50, 70, block=(32, 16), mask=_bmap(70, 50, (32, 16), 0.4), backend=backend)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)

@@ -4,10 +4,16 @@ block-structured masks. Both must give the masked op's result and follow mask ch
 import pytest
 import torch
 
-from lth_kernels._ext import C
 from lth_kernels.nn import MaskedLinear
 from lth_kernels.nn import masked as masked_mod
 from lth_kernels.ops import cpu_sparse
+
+from ..conftest import require_live
+
+
+@pytest.fixture
+def cpu_kernel():
+    require_live("cpu_sparse_linear", "cpu", "cpu")
 
 
 def _oracle(layer, x):
@@ -15,8 +21,7 @@ def _oracle(layer, x):
     return x.double() @ w.t() + layer.bias.double()
 
 
-@pytest.mark.skipif(C is None, reason="needs the compiled CPU kernels")
-def test_eval_uses_cpu_sparse_above_crossover_and_follows_the_mask(monkeypatch):
+def test_eval_uses_cpu_sparse_above_crossover_and_follows_the_mask(monkeypatch, cpu_kernel):
     layer = MaskedLinear(768, 3072)
     layer.set_mask(torch.rand(3072, 768) > 0.97)
     x = torch.randn(8, 768)
@@ -44,10 +49,9 @@ def test_eval_uses_cpu_sparse_above_crossover_and_follows_the_mask(monkeypatch):
     assert not calls, "training mode must run the masked op (masked weight gradient)"
 
 
-@pytest.mark.skipif(C is None, reason="needs the compiled CPU kernels")
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_eval_pointwise_conv_uses_cpu_sparse(monkeypatch, stride, channels_last):
+def test_eval_pointwise_conv_uses_cpu_sparse(monkeypatch, stride, channels_last, cpu_kernel):
     from lth_kernels.nn import MaskedConv2d
 
     layer = MaskedConv2d(37, 29, 1, stride=stride).eval()

@@ -10,7 +10,7 @@ from lth_kernels.ops import _registry
 from lth_kernels.ops import cpu_sparse as cs
 from lth_kernels.ops.cpu_sparse import SparseWeight, cpu_sparse_linear
 
-from ..conftest import assert_close
+from ..conftest import assert_close, require_live
 
 BACKENDS = ["reference", "cpu"]
 SHAPES = [(1, 1), (7, 1), (1, 7), (97, 129), (129, 97), (33, 768)]  # (out_features, in_features)
@@ -19,9 +19,7 @@ BATCHES = [(1,), (2,), (3,), (8,), (13,), (64,), (65,), (2, 5), (3, 1, 7)]
 
 def _live(backend):
     for op in ("csr_from_dense", "cpu_sparse_linear"):
-        live, why = _registry.ops()[op].status(backend, "cpu")
-        if not live:
-            pytest.skip(f"{backend}: {why}")
+        require_live(op, backend, "cpu")
 
 
 def _masks(shape):
@@ -36,6 +34,19 @@ def _oracle(x, weight, mask, bias):
     return F.linear(x.double(), w, None if bias is None else bias.double())
 
 
+def _csr_oracle(weight, mask):
+    """CSR of ``weight * mask`` built row by row (the definition, independent of the reference's cumsum and
+    whole-matrix ``nonzero``): each row's kept columns ascending, their values, and the running count."""
+    row_ptr, cols, vals = [0], [], []
+    for w_row, m_row in zip(weight.tolist(), mask.tolist()):
+        kept = [j for j, keep in enumerate(m_row) if keep]
+        cols += kept
+        vals += [w_row[j] for j in kept]
+        row_ptr.append(len(cols))
+    return (torch.tensor(row_ptr, dtype=torch.int64), torch.tensor(cols, dtype=torch.int32),
+            torch.tensor(vals, dtype=torch.float32))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_csr_layout(backend, shape):
@@ -43,7 +54,7 @@ def test_csr_layout(backend, shape):
     for mask in _masks(shape):
         weight = torch.randn(shape)
         sw = SparseWeight.from_dense(weight, mask, backend=backend)
-        ref = cs.csr_from_dense_reference(weight, mask)
+        ref = _csr_oracle(weight, mask)
         assert sw.row_ptr.dtype == torch.int64 and sw.col_idx.dtype == torch.int32 and sw.values.dtype == torch.float32
         for got, want in zip((sw.row_ptr, sw.col_idx, sw.values), ref, strict=True):
             assert torch.equal(got, want)
@@ -309,5 +320,41 @@ def test_eval_forward_applies_only_to_inference():
     with torch.no_grad():
         assert not cs.eval_forward_applies(layer, x.double())
         assert cs.eval_forward_applies(layer, x)
-        expected = cs.use_sparse_cpu(1 - layer.mask.float().mean().item(), 8, 768, 768)
-        assert cs.uses_kernel(layer, x) == expected
+
+
+def _mask_with_sparsity(shape, sparsity):
+    mask = torch.ones(shape, dtype=torch.bool).flatten()
+    mask[torch.randperm(mask.numel())[:round(sparsity * mask.numel())]] = False
+    return mask.view(shape)
+
+
+def test_uses_kernel_compares_the_layers_sparsity_with_the_crossover_of_its_rows(monkeypatch):
+    """The kernel serves a call when the compiled kernel is live and the layer's sparsity reaches the table's
+    crossover for (rows of the call, K, N); a fixed crossover of 0.9 stands in for the machine's table."""
+    asked = []
+
+    def crossover(batch, k, n):
+        asked.append((batch, k, n))
+        return 0.9
+
+    monkeypatch.setattr(cs, "_shipped_crossover", crossover)
+    live = _registry.ops()["cpu_sparse_linear"].status("cpu", "cpu")[0]
+    layer = _TinyMasked(96, 40, _mask_with_sparsity((40, 96), 0.95)).eval()
+    with torch.no_grad():
+        assert cs.uses_kernel(layer, torch.randn(2, 3, 96)) is live
+        if live:
+            assert asked[-1] == (6, 96, 40)  # rows: every leading dimension
+        layer.set_mask(_mask_with_sparsity((40, 96), 0.85))
+        assert cs.uses_kernel(layer, torch.randn(5, 96)) is False  # 85 % sparse, below the crossover
+        layer.set_mask(_mask_with_sparsity((40, 96), 0.9))
+        assert cs.uses_kernel(layer, torch.randn(5, 96)) is live  # at the crossover: the kernel
+        conv = torch.nn.Conv2d(96, 40, 1, stride=2)
+        conv.register_buffer("mask", _mask_with_sparsity((40, 96, 1, 1), 0.95))
+        conv.mask_version = 0
+        assert cs.uses_kernel(conv, torch.randn(2, 96, 5, 7)) is live
+        if live:
+            assert asked[-1] == (2 * 3 * 4, 96, 40)  # a 1x1 conv's rows: its output pixels
+        conv3 = torch.nn.Conv2d(96, 40, 3)
+        conv3.register_buffer("mask", _mask_with_sparsity((40, 96, 3, 3), 0.99))
+        conv3.mask_version = 0
+        assert cs.uses_kernel(conv3, torch.randn(1, 96, 5, 5)) is False  # not a GEMM over pixels

@@ -5,11 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from lth_kernels import ops
-from lth_kernels.ops import _registry
 
-from ..conftest import HAS_CUDA, assert_close
+from ..conftest import assert_close, assert_within_torch_error, backends, require_live
 
-BACKENDS = ["reference", "triton"] + (["cuda"] if HAS_CUDA else [])
 LINEAR_SHAPES = [  # (batch dims of x, K, N)
     ((1,), 1, 1),
     ((7,), 97, 129),
@@ -20,11 +18,6 @@ LINEAR_SHAPES = [  # (batch dims of x, K, N)
 ]
 MASKS = ["zeros", "ones", "0.5", "0.9", "0.99", "blocks"]
 
-
-def _live(op, backend, device):
-    live, why = _registry.ops()[op].status(backend, device)
-    if not live:
-        pytest.skip(f"{backend}: {why}")
 
 
 def _mask(kind, shape, device):
@@ -40,13 +33,14 @@ def _mask(kind, shape, device):
     return torch.rand(shape, device=device) > float(kind)
 
 
-def _linear_oracle(x, w, m, b, gy, scores=False):
-    """float64 autograd on torch.where(m, w, 0); the score gradient is d/d(float mask) of x·(w ⊙ mask)ᵀ."""
-    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    bd = b.detach().double().requires_grad_() if b is not None else None
-    md = m.double().requires_grad_()
+def _linear_oracle(x, w, m, b, gy, scores=False, dtype=torch.float64):
+    """float64 autograd on torch.where(m, w, 0); the score gradient is d/d(float mask) of x·(w ⊙ mask)ᵀ. With a
+    low-precision ``dtype``: torch's own result in that dtype (the GPU tolerance rule's yardstick)."""
+    xd, wd = x.detach().to(dtype).requires_grad_(), w.detach().to(dtype).requires_grad_()
+    bd = b.detach().to(dtype).requires_grad_() if b is not None else None
+    md = m.to(dtype).requires_grad_()
     y = F.linear(xd, torch.where(m, wd, 0) if not scores else wd * md, bd)
-    y.backward(gy.double())
+    y.backward(gy.to(dtype))
     return y, xd.grad, torch.where(m, wd.grad, 0) if scores else wd.grad, bd.grad if b is not None else None, md.grad
 
 
@@ -62,11 +56,11 @@ def _grads(y, gy, *tensors):
     return [t.grad if t is not None else None for t in tensors]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_linear"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("batch,k,n", LINEAR_SHAPES)
 def test_masked_linear_matches_oracle(backend, dtype, batch, k, n, device):
-    _live("masked_linear", backend, device)
+    require_live("masked_linear", backend, device)
     for kind in MASKS:
         x, w, b = (t.requires_grad_() for t in _inputs(batch, k, n, dtype, device))
         m = _mask(kind, (n, k), device)
@@ -80,9 +74,9 @@ def test_masked_linear_matches_oracle(backend, dtype, batch, k, n, device):
         assert torch.all(dw[~m] == 0), f"dw not exactly 0 at pruned entries (mask={kind})"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_linear"))
 def test_masked_linear_no_bias_non_contiguous_and_batched(backend, device):
-    _live("masked_linear", backend, device)
+    require_live("masked_linear", backend, device)
     k, n = 97, 33
     x = torch.randn(5, k, 2, 3, device=device).permute(2, 3, 0, 1)[:, :, ::2]  # (2, 3, 3, k), non-contiguous
     assert not x.is_contiguous()
@@ -97,9 +91,9 @@ def test_masked_linear_no_bias_non_contiguous_and_batched(backend, device):
         assert_close(got, want, torch.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_linear"))
 def test_weight_is_masked_and_non_finite_pruned_weights(backend, device):
-    _live("masked_linear", backend, device)
+    require_live("masked_linear", backend, device)
     x, w, b = _inputs((9,), 13, 11, torch.float32, device)
     m = _mask("0.5", w.shape, device)
     zeroed = torch.where(m, w, 0)
@@ -113,10 +107,10 @@ def test_weight_is_masked_and_non_finite_pruned_weights(backend, device):
     assert_close(y, want, torch.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_linear"))
 @pytest.mark.parametrize("batch,k,n", LINEAR_SHAPES[:5])
 def test_masked_linear_scores_matches_oracle(backend, batch, k, n, device):
-    _live("masked_linear", backend, device)
+    require_live("masked_linear", backend, device)
     for kind in ("zeros", "ones", "0.5", "0.99", "blocks"):
         x, w, b = (t.requires_grad_() for t in _inputs(batch, k, n, torch.float32, device))
         m = _mask(kind, (n, k), device)
@@ -167,11 +161,11 @@ CONV_CASES = [  # (B, C, H, W), (O, kh, kw), stride, padding, dilation, groups
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_conv2d"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV_CASES)
 def test_masked_conv2d_matches_oracle(backend, dtype, xs, ws, stride, padding, dilation, groups, device):
-    _live("masked_conv2d", backend, device)
+    require_live("masked_conv2d", backend, device)
     wshape = (ws[0], xs[1] // groups, ws[1], ws[2])
     for kind in ("zeros", "ones", "0.5", "0.9", "blocks"):
         x = torch.randn(xs, dtype=dtype, device=device, requires_grad=True)
@@ -311,11 +305,11 @@ def test_bad_input_conv(kwargs, match):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("masked_linear"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("batch,k,n", [((8, 197), 384, 1536), ((4097,), 769, 129)])
-def test_masked_linear_gpu_full_size(backend, dtype, batch, k, n):
-    _live("masked_linear", backend, "cuda")
+def test_masked_linear_gpu_full_size(backend, dtype, batch, k, n, no_tf32):
+    require_live("masked_linear", backend, "cuda")
     for kind in ("zeros", "ones", "0.5", "0.9", "0.99", "blocks"):
         x, w, b = (t.requires_grad_() for t in _inputs(batch, k, n, dtype, "cuda"))
         m = _mask(kind, (n, k), "cuda")
@@ -329,31 +323,35 @@ def test_masked_linear_gpu_full_size(backend, dtype, batch, k, n):
                 y = ops.masked_linear(x, w, m, b, backend=backend)
             gy = torch.randn_like(y)
             y.backward(gy)
-            ry, rdx, rdw, rdb, rds = _linear_oracle(x, w, m, b, gy, scores=True)
-            # K up to 769 and M up to 4097 accumulate: scale the tolerance with the reduction length
-            atol = {torch.float32: 1e-2, torch.float16: 0.5, torch.bfloat16: 4.0}[dtype]
-            for got, want in ((y, ry), (x.grad, rdx), (w.grad, rdw), (b.grad, rdb)):
-                torch.testing.assert_close(got.double(), want, atol=atol, rtol=5e-2)
+            want = _linear_oracle(x, w, m, b, gy, scores=True)
+            own = _linear_oracle(x, w, m, b, gy, scores=True, dtype=dtype)  # cuBLAS in the dtype
+            for got, r, o, what in zip((y, x.grad, w.grad, b.grad), want, own, ("y", "dx", "dw", "db")):
+                assert_within_torch_error(got, r, o, msg=f"{what} mask={kind} scores={with_scores}")
             assert torch.all(w.grad[~m] == 0)
             if scores.grad is not None:
-                torch.testing.assert_close(scores.grad.double(), rds, atol=atol, rtol=5e-2)
+                assert_within_torch_error(scores.grad, want[4], own[4], msg=f"dscores mask={kind}")
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_masked_conv2d_gpu(dtype):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_masked_conv2d_gpu(dtype, no_tf32):
     x = torch.randn(8, 64, 32, 32, dtype=dtype, device="cuda", requires_grad=True)
     w = torch.randn(128, 64, 3, 3, dtype=dtype, device="cuda", requires_grad=True)
     m = _mask("0.9", w.shape, "cuda")
     y = ops.masked_conv2d(x, w, m, None, 1, 1)
     gy = torch.randn_like(y)
     y.backward(gy)
-    xd, wd = (t.detach().double().requires_grad_() for t in (x, w))
-    ry = F.conv2d(xd, torch.where(m, wd, 0), None, 1, 1)
-    ry.backward(gy.double())
-    for got, want in ((y, ry), (x.grad, xd.grad), (w.grad, wd.grad)):
-        torch.testing.assert_close(got.double(), want, atol=2.0, rtol=5e-2)
+    want, own = (_conv_oracle(x, w, m, gy, d) for d in (torch.float64, dtype))  # own: cuDNN in the dtype
+    for got, r, o, what in zip((y, x.grad, w.grad), want, own, ("y", "dx", "dw")):
+        assert_within_torch_error(got, r, o, msg=what)
     assert torch.all(w.grad[~m] == 0)
+
+
+def _conv_oracle(x, w, m, gy, dtype):
+    xd, wd = (t.detach().to(dtype).requires_grad_() for t in (x, w))
+    y = F.conv2d(xd, torch.where(m, wd, 0), None, 1, 1)
+    y.backward(gy.to(dtype))
+    return y, xd.grad, torch.where(m, wd.grad, 0)
 
 
 @pytest.mark.gpu

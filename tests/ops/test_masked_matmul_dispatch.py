@@ -14,7 +14,7 @@ from lth_kernels.nn import MaskedConv2d, MaskedLinear
 from lth_kernels.ops import _mask_cache, _registry, masked_matmul
 from lth_kernels.ops import _masked_matmul_dispatch as D
 
-from ..conftest import assert_close
+from ..conftest import assert_close, require_live
 
 LINEAR_OPS = ("masked_linear", "masked_linear_grad_input", "masked_linear_grad_weight",
               "masked_linear_grad_weight_and_scores")
@@ -105,6 +105,20 @@ def test_resolve_says_auto_only_where_the_rule_has_two_live_candidates(monkeypat
     assert _registry.resolve("masked_linear", "cpu") == "reference"
 
 
+def test_env_backend_applies_to_the_ops_that_have_it(monkeypatch):
+    # one name for all ops: the ops with that backend take it, the others keep their automatic choice
+    monkeypatch.setenv("LTH_KERNELS_BACKEND", "triton")
+    assert _registry.resolve("masked_linear", "cpu") == "triton"
+    assert _registry.resolve("masked_conv2d", "cpu") == "reference"  # no Triton convolution
+    # named per op, or per call, the choice is strict: a backend the op lacks is an error
+    monkeypatch.setenv("LTH_KERNELS_BACKEND", "masked_conv2d=triton")
+    with pytest.raises(RuntimeError, match="'triton' is not available for masked_conv2d on cpu: not implemented"):
+        _registry.resolve("masked_conv2d", "cpu")
+    monkeypatch.delenv("LTH_KERNELS_BACKEND")
+    with pytest.raises(RuntimeError, match="not implemented"):
+        _registry.resolve("masked_conv2d", "cpu", "triton")
+
+
 # --------------------------------------------------------------------------------------------- through the ops
 
 
@@ -112,8 +126,7 @@ def test_resolve_says_auto_only_where_the_rule_has_two_live_candidates(monkeypat
 def tile_rule(device, monkeypatch):
     """The CUDA rule on the test device (on CPU the Triton kernels run in the interpreter), with spies that record
     which implementation each op ran."""
-    if not _registry.backend_status("triton", device)[0]:
-        pytest.skip("triton not live")
+    require_live("masked_linear", "triton", device)
     calls = []
     for op in (*LINEAR_OPS, "masked_linear_grad_scores"):
         entry = _registry.ops()[op]
@@ -194,8 +207,7 @@ def test_score_path_fuses_dw_and_scores(kind, tile_rule, device):
 
 def test_fused_grad_weight_and_scores_every_backend_matches(device):
     for backend in ("reference", "triton"):
-        if not _registry.ops()["masked_linear_grad_weight_and_scores"].status(backend, device)[0]:
-            continue
+        require_live("masked_linear_grad_weight_and_scores", backend, device)
         for mask in (MASKS["corner"]().to(device), torch.zeros(128, 128, dtype=torch.bool, device=device)):
             g, x, w = (torch.randn(*s, device=device) for s in ((7, 128), (7, 128), (128, 128)))
             dw, ds = masked_matmul._grad_weight_and_scores_op(g, x, w, mask, backend)

@@ -5,18 +5,13 @@ import math
 import pytest
 import torch
 
-from lth_kernels.ops import BlockMask, _registry, block_mask_from_dense, sparse_attention
+from lth_kernels.ops import BlockMask, block_mask_from_dense, sparse_attention
 from lth_kernels.ops.sparse_attention import local_window_block_mask, strided_block_mask, swin_window_block_mask
 
-from ..conftest import HAS_CUDA, assert_close
+from ..conftest import HAS_CUDA, assert_close, require_live
 
 BACKENDS = ["reference", "triton"]
 
-
-def _live(backend, device):
-    live, why = _registry.ops()["sparse_attention"].status(backend, device)
-    if not live:
-        pytest.skip(f"{backend}: {why}")
 
 
 def _oracle(q, k, v, mask=None, scale=None):
@@ -62,7 +57,7 @@ DTYPES = [torch.float32, torch.float16]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,h,n,d", [(2, 2, 37, 16), (1, 1, 1, 32), (1, 3, 40, 24)])
 def test_dense(backend, dtype, b, h, n, d, device):
-    _live(backend, device)
+    require_live("sparse_attention", backend, device)
     _check(lambda q, k, v: sparse_attention(q, k, v, backend=backend), _oracle, _leaves((b, h, n, d), dtype, device),
            dtype)
 
@@ -72,7 +67,7 @@ def test_dense(backend, dtype, b, h, n, d, device):
 @pytest.mark.parametrize("compact", [True, False])
 @pytest.mark.parametrize("n,k", [(37, 19), (33, 1), (23, 23)])
 def test_keep_index(backend, dtype, compact, n, k, device):
-    _live(backend, device)
+    require_live("sparse_attention", backend, device)
     index = _index(2, n, k, device).to(torch.int32)
 
     def oracle(q, k_, v):
@@ -91,7 +86,7 @@ def test_keep_index(backend, dtype, compact, n, k, device):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_varlen(backend, dtype, device):
-    _live(backend, device)
+    require_live("sparse_attention", backend, device)
     lens = [7, 1, 33, 20]
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=device)
     t = sum(lens)
@@ -126,7 +121,7 @@ def _mask(kind):
                                         ("swin", torch.float32), ("random", torch.float32),
                                         ("random", torch.float16)])
 def test_block_mask(backend, kind, dtype, device):
-    _live(backend, device)
+    require_live("sparse_attention", backend, device)
     bm = _mask(kind).to(device)
     n = bm.seq_len[0]
     _check(lambda q, k, v: sparse_attention(q, k, v, block_mask=bm, backend=backend),
@@ -135,7 +130,7 @@ def test_block_mask(backend, kind, dtype, device):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_block_mask_over_kept_tokens(backend, device):
-    _live(backend, device)
+    require_live("sparse_attention", backend, device)
     index = _index(2, 50, 33, device)
     bm = local_window_block_mask(33, 5, block=16).to(device)
 
@@ -148,7 +143,7 @@ def test_block_mask_over_kept_tokens(backend, device):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_qkv_from_fused_projection(backend, device):
-    _live(backend, device)
+    require_live("sparse_attention", backend, device)
     b, n, h, d = 2, 29, 2, 16
     qkv = torch.randn(b, n, 3, h, d, device=device, requires_grad=True)
     index = _index(b, n, 11, device)

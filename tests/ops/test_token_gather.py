@@ -6,15 +6,7 @@ import torch
 from lth_kernels.ops import _registry
 from lth_kernels.ops.token_gather import gather_tokens, scatter_tokens
 
-from ..conftest import HAS_CUDA, assert_close
-
-BACKENDS = ["reference", "triton"] + (["cuda"] if HAS_CUDA else [])
-
-
-def _live(op, backend, device):
-    live, why = _registry.ops()[op].status(backend, device)
-    if not live:
-        pytest.skip(f"{backend}: {why}")
+from ..conftest import HAS_CUDA, assert_close, backends, require_live
 
 
 def _index(b, n, k, device, dtype=torch.int64):
@@ -32,12 +24,12 @@ def _oracle_gather(x, index, grad):
     return _rows(xd, index), gx
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("gather_tokens"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("b,n,k,c", [(2, 13, 7, 37), (1, 9, 1, 8), (3, 17, 17, 64), (2, 5, 3, 1), (1, 40, 0, 4),
                                      (2, 33, 19, 130)])
 def test_gather_matches_oracle(backend, dtype, b, n, k, c, device):
-    _live("gather_tokens", backend, device)
+    require_live("gather_tokens", backend, device)
     for idx_dtype in (torch.int32, torch.int64):
         x = torch.randn(b, n, c, device=device, dtype=dtype, requires_grad=True)
         index = _index(b, n, k, device, idx_dtype)
@@ -50,11 +42,11 @@ def test_gather_matches_oracle(backend, dtype, b, n, k, c, device):
         assert torch.equal(gx.double(), want_gx)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("place_tokens"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("b,n,k,c", [(2, 13, 7, 37), (1, 9, 1, 8), (3, 17, 17, 64), (2, 31, 11, 130)])
 def test_scatter_matches_oracle(backend, dtype, b, n, k, c, device):
-    _live("place_tokens", backend, device)
+    require_live("place_tokens", backend, device)
     base = torch.randn(b, n, c, device=device, dtype=dtype, requires_grad=True)
     src = torch.randn(b, k, c, device=device, dtype=dtype, requires_grad=True)
     index = _index(b, n, k, device, torch.int32)
@@ -70,9 +62,9 @@ def test_scatter_matches_oracle(backend, dtype, b, n, k, c, device):
     assert torch.equal(gs.double(), _rows(grad.double(), index))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("gather_tokens"))
 def test_non_contiguous_inputs(backend, device):
-    _live("gather_tokens", backend, device)
+    require_live("gather_tokens", backend, device)
     x = torch.randn(2, 24, 19, device=device).transpose(1, 2)[:, :, ::2]  # (2, 19, 12), channel stride 24
     index = _index(2, 19, 6, device)[:, ::1].t().contiguous().t()  # (2, 6), column-major
     x.requires_grad_(True)
@@ -87,9 +79,9 @@ def test_non_contiguous_inputs(backend, device):
     assert torch.equal(scatter_tokens(base, index, src, backend=backend), ref)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends("gather_tokens"))
 def test_gather_then_scatter_round_trip(backend, device):
-    _live("gather_tokens", backend, device)
+    require_live("gather_tokens", backend, device)
     x = torch.randn(4, 23, 48, device=device)
     index = _index(4, 23, 15, device)
     kept = gather_tokens(x, index, backend=backend)
@@ -191,7 +183,7 @@ def test_opcheck(backend, device):
 @pytest.mark.parametrize("dtype,c", [(torch.bfloat16, 384), (torch.float16, 768), (torch.float32, 195),
                                      (torch.bfloat16, 7)])
 def test_gpu_full_size(backend, dtype, c):
-    _live("gather_tokens", backend, "cuda")
+    require_live("gather_tokens", backend, "cuda")
     b, n, k = 256, 197, 98
     x = torch.randn(b, n, c, device="cuda", dtype=dtype, requires_grad=True)
     index = _index(b, n, k, "cuda", torch.int32)

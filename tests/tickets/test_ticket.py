@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -17,14 +16,6 @@ from tests.tickets._models import CNN, MLP, FakeMaskedLinear
 
 A = {"a.weight": torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool), "b.weight": torch.tensor([[0, 0], [0, 1]])}
 B = {"a.weight": torch.tensor([[1, 1, 1], [0, 1, 0]], dtype=torch.bool), "b.weight": torch.tensor([[0, 0], [1, 1]])}
-
-
-def _has_sparsify() -> bool:
-    return importlib.util.find_spec("lth_kernels.nn.sparsify") is not None or \
-        hasattr(importlib.import_module("lth_kernels.nn"), "sparsify")
-
-
-needs_sparsify = pytest.mark.skipif(not _has_sparsify(), reason="lth_kernels.nn.sparsify not available yet")
 
 
 # --------------------------------------------------------------------------------------------- basics
@@ -206,7 +197,6 @@ def test_apply_checks_before_sparsify():
         Ticket({"fc.weight": torch.ones(3, 3)}).apply(MLP())
 
 
-@needs_sparsify
 def test_apply_masks_the_model():
     torch.manual_seed(0)
     model = MLP()
@@ -232,7 +222,6 @@ def test_apply_masks_the_model():
     MLP().load_state_dict(model.state_dict())
 
 
-@needs_sparsify
 def test_apply_wrapped_model():
     model = MLP()
     t = Ticket({n: torch.rand(p.shape) > 0.5 for n, p in model.named_parameters() if n.endswith("weight")})

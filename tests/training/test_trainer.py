@@ -192,6 +192,21 @@ class PruneAt(Callback):
                 trainer.model[0].mask.copy_(self.mask)
 
 
+class PrunedAfterEachStep(Callback):
+    """Counts, after every step from the pruning event on, the non-zero weights at pruned positions.
+
+    ``on_step_end`` runs after the guard's ``after_step`` and before the next step, so this sees what the next
+    forward sees; the final evaluation's ``verify()`` repairs the weights, so the end state alone proves nothing.
+    """
+
+    def __init__(self, start, mask):
+        self.start, self.mask, self.nonzero = start, mask, {}
+
+    def on_step_end(self, trainer, step):
+        if step >= self.start:
+            self.nonzero[step] = int(torch.count_nonzero(trainer.model[0].weight.detach()[~self.mask]))
+
+
 @pytest.mark.parametrize("mode", ["auto", "always", "off"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_pruned_weights_stay_zero(mode, optimizer):
@@ -200,12 +215,17 @@ def test_pruned_weights_stay_zero(mode, optimizer):
     model = tiny_mlp()
     mask = torch.rand(model[0].weight.shape) > 0.5
     hp = _hp(optimizer=optimizer, lr=0.01, weight_decay=0.1, training_steps="3ep")
-    t = Trainer(model, train, test, hp, batch_size=24, callbacks=[PruneAt(3, mask)], mask_mode=mode)
+    seen = PrunedAfterEachStep(3, mask)
+    t = Trainer(model, train, test, hp, batch_size=24, callbacks=[PruneAt(3, mask), seen], mask_mode=mode)
     t.train()
+    assert sorted(seen.nonzero) == list(range(3, 13))
     pruned = model[0].weight.detach()[~mask]
     if mode == "off":
         assert pruned.abs().max() > 0  # momentum / Adam state revives pruned weights without the guard
+        assert all(n > 0 for step, n in seen.nonzero.items() if step < 12)  # nothing zeroed them mid-training
     else:
+        # zero right after the mask change and after every later step, not only once the final check repaired it
+        assert seen.nonzero == dict.fromkeys(range(3, 13), 0)
         assert torch.count_nonzero(pruned) == 0
         state = t.optimizer.state[model[0].weight]
         for v in state.values():

@@ -6,10 +6,13 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from lth_kernels.models import create_model
 from lth_kernels.nn import ticketize_vit
+from lth_kernels.training import Trainer
+from lth_kernels.training.checkpoint import step_paths
 from lth_kernels.training.hparams import HparamsError
 from lth_kernels.workflows import data_ticket
 from lth_kernels.workflows.data_ticket.hparams import DataTicketHparams
@@ -303,13 +306,47 @@ def test_selector_from_a_local_checkpoint(tmp_path):
     assert not (run / "dense").exists()
     rec = json.loads((run / "keep_0.5" / "ticket" / "replicate_0" / "eval.json").read_text())
     assert rec["num_kept"] == 2 and 0 <= rec["test_acc"]["ticket"] <= 1
+    # the selector was fine-tuned from the checkpoint's weights (one step moves them a little), not from a fresh ViT
+    sel_dir = run / "keep_0.5" / "selector"
+    tuned = load_file(step_paths(sel_dir, json.loads((sel_dir / "done.json").read_text())["step"])[0])
+    for k, w in vit.state_dict().items():
+        if k.endswith(".weight") and w.dim() >= 2:  # (cls_token and pos_embed start near 0: one step moves them)
+            corr = torch.corrcoef(torch.stack([tuned[f"vit.{k}"].flatten(), w.flatten()]))[0, 1]
+            assert corr > 0.9, (k, float(corr))
 
 
-def test_deit_augmentation_runs_through_selector_and_students(tmp_path, capsys):
+def _record_training_targets(monkeypatch) -> dict:
+    """{run-relative stage directory: [targets the loss saw, per step]} for every Trainer built from now on."""
+    seen = {}
+    init = Trainer.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        targets, loss_fn = seen.setdefault(self.out_dir, []), self.loss_fn
+
+        def recording(out, y):
+            targets.append(y.detach().clone())
+            return loss_fn(out, y)
+
+        self.loss_fn = recording
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    return seen
+
+
+def test_deit_augmentation_runs_through_selector_and_students(tmp_path, capsys, monkeypatch):
     aug = ["--augment.mixup", "0.8", "--augment.cutmix", "1.0", "--augment.random_erasing", "0.25"]
     argv = ["--root", str(tmp_path), "--keep-rate", "0.5", "--students", "ticket,random", "--quiet", *_TINY, *aug]
+    targets = _record_training_targets(monkeypatch)
     assert data_ticket.main(argv) == 0
     (run,) = tmp_path.iterdir()
+    # every training of the run (dense ViT, selector fine-tune, students) trains on mixed soft targets
+    stages = {str(d.relative_to(run)): ys for d, ys in targets.items() if d is not None and ys}
+    assert set(stages) == {"dense", "keep_0.5/selector", "keep_0.5/ticket/replicate_0", "keep_0.5/random/replicate_0"}
+    for stage, ys in stages.items():
+        assert all(y.dtype.is_floating_point and y.shape[1] == 10 for y in ys), stage
+        second = torch.cat(ys).topk(2, dim=1).values[:, 1]  # a label's smoothing alone puts ~0.01 there
+        assert bool((second > 0.05).any()), stage
     assert json.loads((run / "hparams.json").read_text())["augment"]["cutmix"] == 1.0
     for st in ("ticket", "random"):
         rec = json.loads((run / "keep_0.5" / st / "replicate_0" / "eval.json").read_text())

@@ -9,6 +9,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from lth_kernels.tickets.gfs import fold_gate_, select_layer
@@ -124,8 +125,18 @@ def test_prune_run_end_to_end(tmp_path, capsys):
     layers = [x["layer"] for x in summary["layers"]]
     assert layers == ["bns.0", "bns.1"]  # bottom-up
     assert all(1 <= x["kept"] <= x["channels"] for x in summary["layers"])
-    assert summary["subnetwork"]["params"] <= summary["dense"]["params"]
+    k0, k1 = (x["kept"] for x in summary["layers"])
+    assert (k0, k1) != (24, 12)  # something was pruned, so the subnetwork must be strictly narrower
     out = tmp_path / f"gfs-{hp.hashname()}"
+    # the saved subnetwork is the narrow network itself: each hidden layer has exactly its kept channels
+    pruned = load_file(out / "pruned.safetensors")
+    shapes = {k: tuple(v.shape) for k, v in pruned.items() if not k.endswith("num_batches_tracked")}
+    assert shapes == {"fc_layers.0.weight": (k0, 64), "fc_layers.0.bias": (k0,), "fc_layers.1.weight": (k1, k0),
+                      "fc_layers.1.bias": (k1,), "fc.weight": (10, k1), "fc.bias": (10,),
+                      **{f"bns.{i}.{p}": (k,) for i, k in enumerate((k0, k1))
+                         for p in ("weight", "bias", "running_mean", "running_var")}}
+    params = (64 + 1 + 2) * k0 + (k0 + 1 + 2) * k1 + (k1 + 1) * 10  # weights, biases, BN scale and shift
+    assert summary["subnetwork"]["params"] == params < summary["dense"]["params"]
     kept = json.loads((out / "channels.json").read_text())["after"]
     assert kept["bns.0"] == summary["layers"][0]["kept"]
     assert (out / "plots" / "gfs.png").stat().st_size > 0  # the greedy curves and the kept widths

@@ -17,19 +17,27 @@ from lth_kernels.workflows.imp.runner import ImpRunner
 FAST = {"training.training_steps": "4it", "training.eval_every": "0it", "rewind": "2it"}
 
 
-@pytest.mark.parametrize("start_at", ["init", "end"])
-def test_random_prune_start_points(tmp_path, start_at):
-    hp = ImpHparams.from_preset(**FAST, levels=1, branches=("random_prune",), **{"random_prune.start_at": start_at})
-    runner = ImpRunner(hp, tmp_path, progress=False)
+def _spy_start_weights(runner) -> dict:
+    """{(level, stage directory name): (state_dict, start_step)} the runner hands to each stage, before masking."""
     seen = {}
     real = runner.train_stage
 
     def spy(model, ticket, out_dir, training, start_step, **kw):
-        seen[out_dir.name] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, start_step)
+        key = (int(out_dir.parent.name.removeprefix("level_")), out_dir.name)
+        seen[key] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, start_step)
         return real(model, ticket, out_dir, training, start_step, **kw)
 
     runner.train_stage = spy
+    return seen
+
+
+@pytest.mark.parametrize("start_at", ["init", "end"])
+def test_random_prune_start_points(tmp_path, start_at):
+    hp = ImpHparams.from_preset(**FAST, levels=1, branches=("random_prune",), **{"random_prune.start_at": start_at})
+    runner = ImpRunner(hp, tmp_path, progress=False)
+    seen = _spy_start_weights(runner)
     runner.run()
+    seen = {name: v for (level, name), v in seen.items() if level == 1}
     branch = next(d for d in (runner.path / "replicate_0/level_1").iterdir() if d.name.startswith("random_prune"))
     state, start = seen[branch.name]
     assert start == 0 and json.loads((branch / "done.json").read_text())["start_step"] == 0
@@ -78,3 +86,32 @@ def test_lmc_branch_writes_the_error_along_the_line(tmp_path):
     s = build_summary(runner.path)
     assert s["levels"]["1"][lmc.name]["instability"]["mean"] == pytest.approx(out["instability"])
     assert f"{branch_dir_name(hp, 'lmc')} instability %" in format_table(s).splitlines()[2]
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
+
+
+def test_random_reinit_starts_from_a_fresh_init(tmp_path):
+    """Each level's random_reinit starts from new random weights: drawn like θ₀ (same per-layer scale), but
+    uncorrelated with θ₀, θ_K, the previous level's trained weights and the other levels' re-inits."""
+    hp = ImpHparams.from_preset(**FAST, levels=2, branches=("random_reinit",))
+    runner = ImpRunner(hp, tmp_path, progress=False)
+    seen = _spy_start_weights(runner)
+    runner.run()
+    init = runner.initial_model(0).state_dict()
+    others = {"θ0": init, "θK": runner.rewound_model(0).state_dict()}
+    for level in (0, 1, 2):
+        trained = runner.load_final(runner.new_model(0), runner.level_dir(0, level))
+        others[f"level {level} trained"] = trained.state_dict()
+    reinits = {level: seen[(level, "random_reinit")] for level in (1, 2)}
+    for level, (state, start) in reinits.items():
+        assert start == runner.rewind_step  # the default: trained from the rewind step, as the main run
+        for k, w in init.items():
+            if w.dim() < 2:
+                continue  # biases may start at a constant
+            assert float(state[k].std()) == pytest.approx(float(w.std()), rel=0.15), (level, k)
+            for what, other in others.items():
+                assert abs(_corr(state[k], other[k])) < 0.2, (level, k, what)
+    a, b = reinits[1][0], reinits[2][0]
+    assert all(abs(_corr(a[k], b[k])) < 0.2 for k, w in init.items() if w.dim() >= 2)
