@@ -74,6 +74,16 @@ def smem_per_block(device) -> int:
     return getattr(props, "shared_memory_per_block_optin", 0) or 166912
 
 
+def capability(device) -> int:
+    """Compute capability of ``device`` (or the compile-only target) as 10 * major + minor: 90 for an H100."""
+    if _target is not None:
+        return _target.capability
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def sm_count(device) -> int:
     if _target is not None:
         return _target.sms
