@@ -301,23 +301,23 @@ def _bcast(t: torch.Tensor, dim: int) -> int:
 
 
 # GPU tiles (TILE_M, TILE_N, num_warps, num_stages) of the forward, dK/dV and dQ kernels, per (architecture, fp32,
-# head-dim bucket): the largest tiles the static proof (bench/gpu_proof.py) compiles without register spills and
-# within shared memory for that target. A mask block larger than a tile is walked in several tiles (the block
-# lists stay per mask block); a smaller one shrinks the tile to the block, at 4 warps at most.
+# head-dim bucket), as the static proof (bench/gpu_proof.py) chose them at 128-blocks: large tiles that compile
+# without register spills (the two-phase block-sparse loop holds the most registers) and fit shared memory.
+# sm_80's mma.sync needs more registers per tile than sm_90's wgmma; exact fp32 (no tensor cores) holds whole
+# operand rows per thread, so it gets small tiles at 8 warps. Head dims over 128 are outside the proof's shapes:
+# small tiles, not proven. A mask block larger than a tile is walked in several tiles (the block lists stay per
+# mask block); a smaller one shrinks the tile to the block, at 4 warps at most.
 _TILES = {
-    (90, False, 64): ((128, 64, 4, 3), (64, 64, 4, 2), (64, 64, 4, 2)),
-    (90, False, 128): ((128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 8, 2)),
-    (90, False, 256): ((32, 32, 4, 2), (32, 32, 4, 1), (32, 32, 4, 1)),
-    (90, True, 64): ((64, 32, 4, 2), (32, 32, 4, 1), (32, 32, 4, 1)),
-    (90, True, 128): ((32, 32, 4, 2), (32, 32, 4, 1), (32, 32, 4, 1)),
-    (90, True, 256): ((16, 16, 4, 1), (16, 16, 4, 1), (16, 16, 4, 1)),
-    (80, False, 64): ((128, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 2)),
-    (80, False, 128): ((64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 8, 2)),
-    (80, False, 256): ((32, 32, 4, 2), (32, 32, 4, 1), (32, 32, 4, 1)),
-    (80, True, 64): ((64, 32, 4, 2), (32, 32, 4, 1), (32, 32, 4, 1)),
-    (80, True, 128): ((32, 32, 4, 2), (32, 32, 4, 1), (32, 32, 4, 1)),
-    (80, True, 256): ((16, 16, 4, 1), (16, 16, 4, 1), (16, 16, 4, 1)),
+    (90, False, 64): ((128, 64, 8, 3), (64, 128, 8, 2), (128, 64, 8, 2)),
+    (90, False, 128): ((64, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2)),
+    (80, False, 64): ((64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 4, 2)),
+    (80, False, 128): ((64, 32, 8, 2), (64, 64, 8, 2), (64, 64, 8, 2)),
 }
+for _arch in (90, 80):
+    _TILES[(_arch, False, 256)] = ((32, 32, 4, 2),) * 3
+    _TILES[(_arch, True, 64)] = ((32, 32, 4, 2), (32, 32, 8, 1), (64, 32, 8, 2))
+    _TILES[(_arch, True, 128)] = ((32, 16, 8, 2), (16, 32, 8, 1), (32, 16, 8, 1))
+    _TILES[(_arch, True, 256)] = ((16, 16, 4, 1),) * 3
 KERNELS = ("fwd", "dkdv", "dq")
 # The interpreter: few, wide tiles when dense; 16-wide tiles under a block mask, so that the CPU tests walk mask
 # blocks of 32 in several tiles, as the GPU walks blocks of 128.
