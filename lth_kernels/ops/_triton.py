@@ -163,7 +163,8 @@ class Tuned:
 
     def pinned_config(self, args: tuple, kwargs: dict):
         kept = self.pruned(args, kwargs)
-        return self.pinned if self.pinned in kept else kept[0]  # exact: the first kept exact config
+        # by identity: Config compares by value, and an exact config may equal a tensor-core one
+        return self.pinned if any(c is self.pinned for c in kept) else kept[0]  # exact: the first kept one
 
     def __call__(self, grid, *args, **kwargs) -> None:
         named = {**dict(zip(self.kernel.arg_names, args)), **kwargs}

@@ -145,7 +145,8 @@ def test_exact_fp32_gets_its_own_configs(monkeypatch, target):
     monkeypatch.setattr(_triton, "_target", _triton.TARGETS[target])
     for tuned, prec, extra in ((mm._masked_mm_tuned, "INPUT_PRECISION", {"TILE": 64}),
                                (mm._grad_weight_tuned, "INPUT_PRECISION", {}),
-                               (bst._dds_tuned, "PRECISION", {"BQ": 128, "BP": 128, "M": 4096})):
+                               (bst._dds_tuned, "PRECISION", {"BQ": 128, "BP": 128, "M": 4096}),
+                               (bst._sdd_tuned, "PRECISION", {"BM": 128, "BN": 128})):
         operand = tuned.smem[0]
         exact = tuned.pruned((), {operand: torch.empty(1), prec: "ieee", **extra})
         ids = {id(c) for c in tuned.exact}  # Config compares by value; some configs are in both lists
