@@ -5,9 +5,10 @@ One kernel family covers three row layouts, chosen by the constexpr ``MODE``:
   1 index    (B, H, N, d) + keep_index (B, K): position i is row keep_index[b, i] (no separate gather);
   2 varlen   packed (T, H, d) + cu_seqlens (B + 1): position i of sequence b is row cu_seqlens[b] + i.
 On top, ``BLOCK_SPARSE`` walks FlexAttention-style block lists instead of every KV block: full blocks
-without the element mask, partial blocks with it. The backward is FA2's two-kernel scheme without atomics:
-one program per KV block accumulates dK, dV over the query blocks that see it (transposed lists), one
-program per query block accumulates dQ; both recompute P from the saved log-sum-exp.
+without the element mask, partial blocks with it; a mask block may span several kernel tiles (``_TILES``:
+the tiles are chosen per GPU, the mask block by the user). The backward is FA2's two-kernel scheme without atomics:
+one program per KV tile accumulates dK, dV over the query tiles that see it (transposed lists), one
+program per query tile accumulates dQ; both recompute P from the saved log-sum-exp.
 Fully masked query rows output 0 and get 0 gradient (their LSE is stored as +inf).
 """
 
