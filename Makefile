@@ -51,9 +51,7 @@ demo: build
 	$(VENV)/bin/lth imp --preset lenet_300_100-digits --levels 5 --branches random_reinit
 
 test: build lint
-	@# The proof reports its current findings (stack spills in attention at 128-blocks and in one fp32
-	@# masked-matmul config) without stopping the suite until they are fixed; drop the leading '-' then.
-	-$(PY) -m bench.gpu_proof --pinned --out-dir build/gpu-proof/results
+	$(PY) -m bench.gpu_proof --pinned --out-dir build/gpu-proof/results
 	$(MAKE) --no-print-directory gpu-check DRY_RUN=1 GPU_PY=$(PY)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -129,22 +129,31 @@ if HAS_TRITON:
 
     # BLOCK_M x BK x stages; the first of each list is the pinned config; num_stages >= 3 matters for these
     # indirect loops (torchao measured ~1.2x).
-    _DDS_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BK": bk}, num_warps=w, num_stages=s)
-        for bm, bk, w, s in [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (128, 64, 8, 3), (128, 32, 8, 4),
-                             (64, 64, 4, 5), (128, 64, 4, 4), (32, 64, 4, 4), (64, 16, 4, 4),
-                             (128, 16, 4, 4), (32, 16, 4, 3)]
-    ]
-    _SDD_CONFIGS = [
-        triton.Config({"BR": br, "BC": bc, "BL": bl}, num_warps=w, num_stages=s)
-        for br, bc, bl, w, s in [(64, 64, 32, 4, 3), (64, 64, 64, 4, 3), (128, 128, 32, 8, 3), (128, 64, 64, 8, 3),
-                                 (64, 128, 64, 8, 3), (32, 32, 64, 4, 4), (16, 16, 64, 2, 4), (128, 128, 64, 8, 4)]
-    ]
+    def _dds_configs(table):
+        return [triton.Config({"BLOCK_M": bm, "BK": bk}, num_warps=w, num_stages=s) for bm, bk, w, s in table]
+
+    _DDS_CONFIGS = _dds_configs([(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (128, 64, 8, 3), (128, 32, 8, 4),
+                                 (64, 64, 4, 5), (128, 64, 4, 4), (32, 64, 4, 4), (64, 16, 4, 4), (128, 16, 4, 4),
+                                 (32, 16, 4, 3)])
+    # exact fp32 (see Tuned's ``exact``): a short K step and more warps for the whole (BLOCK_M x block) accumulator;
+    # (32, 32, 4, 3) spilled on sm_80 in the static proof
+    _DDS_EXACT = _dds_configs([(64, 16, 8, 3), (32, 16, 4, 3), (64, 16, 4, 3), (128, 16, 8, 3)])
+
+    def _sdd_configs(table):
+        return [triton.Config({"BR": br, "BC": bc, "BL": bl}, num_warps=w, num_stages=s)
+                for br, bc, bl, w, s in table]
+
+    _SDD_TABLE = [(64, 64, 32, 4, 3), (64, 64, 64, 4, 3), (128, 128, 32, 8, 3), (128, 64, 64, 8, 3),
+                  (64, 128, 64, 8, 3), (32, 32, 64, 4, 4), (16, 16, 64, 2, 4), (128, 128, 64, 8, 4)]
+    _SDD_CONFIGS = _sdd_configs(_SDD_TABLE)
+    # exact fp32: (128, 64, 64, 8, 3) spills there (static proof, both targets); (128, 128, 64, 8, 4) never fits
+    # shared memory in fp32
+    _SDD_EXACT = _sdd_configs([c for c in _SDD_TABLE if c not in ((128, 64, 64, 8, 3), (128, 128, 64, 8, 4))])
     # Shared memory: the A and S (or A and B) tiles of num_stages pipeline stages.
     _dds_tuned = Tuned(_dds_kernel, _DDS_CONFIGS, key=["M", "P", "Q", "BP", "BQ", "HAS_BIAS", "PRECISION"],
-                       prune=_prune_dds, smem=("a_ptr", ("BLOCK_M", "BK", "BP")))
+                       prune=_prune_dds, smem=("a_ptr", ("BLOCK_M", "BK", "BP")), exact=("PRECISION", _DDS_EXACT))
     _sdd_tuned = Tuned(_sdd_kernel, _SDD_CONFIGS, key=["R", "C", "L", "BM", "BN", "PRECISION"],
-                       prune=_prune_sdd, smem=("a_ptr", ("BR", "BL", "BC")))
+                       prune=_prune_sdd, smem=("a_ptr", ("BR", "BL", "BC")), exact=("PRECISION", _SDD_EXACT))
 
 
 # --------------------------------------------------------------------------------------------- launchers

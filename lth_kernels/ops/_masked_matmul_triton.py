@@ -201,20 +201,33 @@ if HAS_TRITON:
     _GW_CONFIGS = [(128, 128, 64, 3, 8), (128, 128, 64, 4, 4), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8),
                    (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 64, 4, 4), (128, 128, 32, 5, 4)]
     PINNED_GW = 0
+    # Exact fp32 (no TF32): no tensor cores, smaller tiles at more warps (see Tuned's ``exact``); the first pinned.
+    # The static proof kept the configs that compile without spills on both sm_90a and sm_80: of (128, 128, 2, 8),
+    # (128, 64, 3, 8), (64, 128, 3, 8), (64, 64, 2, 4), (32, 64, 3, 4) and (64, 64, 3, 8) only the last one for the
+    # forward/dX kernel (its reduction step is the 64-wide mask tile), every dW candidate.
+    _MM_EXACT = [(64, 64, 3, 8)]
+    _GW_EXACT = [(64, 64, 32, 3, 8), (64, 64, 16, 3, 4), (128, 64, 16, 3, 8), (64, 128, 16, 3, 8),
+                 (128, 128, 16, 3, 8), (32, 64, 32, 3, 4)]
+
+    def _mm_configs(table):
+        return [triton.Config({"BLOCK_M": m, "BLOCK_OUT": o, "GROUP_SIZE_M": 8}, num_stages=s, num_warps=w)
+                for m, o, s, w in table]
+
+    def _gw_configs(table):
+        return [triton.Config({"BLOCK_N": n, "BLOCK_K": k, "BLOCK_M": m, "GROUP_SIZE_N": 8}, num_stages=s,
+                              num_warps=w) for n, k, m, s, w in table]
 
     _masked_mm_tuned = Tuned(
-        _masked_mm_kernel,
-        [triton.Config({"BLOCK_M": m, "BLOCK_OUT": o, "GROUP_SIZE_M": 8}, num_stages=s, num_warps=w)
-         for m, o, s, w in _MM_CONFIGS],
+        _masked_mm_kernel, _mm_configs(_MM_CONFIGS),
         key=["M", "OUT", "RED", "W_RED_IS_K", "APPLY_MASK", "HAS_BIAS", "INPUT_PRECISION"],
-        smem=("a_ptr", ("BLOCK_M", "TILE", "BLOCK_OUT")), pinned=PINNED_MM)
+        smem=("a_ptr", ("BLOCK_M", "TILE", "BLOCK_OUT")), pinned=PINNED_MM,
+        exact=("INPUT_PRECISION", _mm_configs(_MM_EXACT)))
 
     _grad_weight_tuned = Tuned(
-        _grad_weight_kernel,
-        [triton.Config({"BLOCK_N": n, "BLOCK_K": k, "BLOCK_M": m, "GROUP_SIZE_N": 8}, num_stages=s, num_warps=w)
-         for n, k, m, s, w in _GW_CONFIGS],
+        _grad_weight_kernel, _gw_configs(_GW_CONFIGS),
         key=["M", "N", "K", "m_per_split", "WANT_DW", "WANT_SCORES", "PARTIALS", "INPUT_PRECISION"],
-        smem=("g_ptr", ("BLOCK_N", "BLOCK_M", "BLOCK_K")), pinned=PINNED_GW)
+        smem=("g_ptr", ("BLOCK_N", "BLOCK_M", "BLOCK_K")), pinned=PINNED_GW,
+        exact=("INPUT_PRECISION", _gw_configs(_GW_EXACT)))
 
 # Fixed configs for the interpreter (tiny shapes; a 32-wide base tile keeps the tile lists non-trivial).
 INTERPRETER_TILE = 32

@@ -5,9 +5,10 @@ One kernel family covers three row layouts, chosen by the constexpr ``MODE``:
   1 index    (B, H, N, d) + keep_index (B, K): position i is row keep_index[b, i] (no separate gather);
   2 varlen   packed (T, H, d) + cu_seqlens (B + 1): position i of sequence b is row cu_seqlens[b] + i.
 On top, ``BLOCK_SPARSE`` walks FlexAttention-style block lists instead of every KV block: full blocks
-without the element mask, partial blocks with it. The backward is FA2's two-kernel scheme without atomics:
-one program per KV block accumulates dK, dV over the query blocks that see it (transposed lists), one
-program per query block accumulates dQ; both recompute P from the saved log-sum-exp.
+without the element mask, partial blocks with it; a mask block may span several kernel tiles (``_TILES``:
+the tiles are chosen per GPU, the mask block by the user). The backward is FA2's two-kernel scheme without atomics:
+one program per KV tile accumulates dK, dV over the query tiles that see it (transposed lists), one
+program per query tile accumulates dQ; both recompute P from the saved log-sum-exp.
 Fully masked query rows output 0 and get 0 gradient (their LSE is stored as +inf).
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from lth_kernels.ops._triton import HAS_TRITON, gpu_configs, launch, tl, triton
+from lth_kernels.ops._triton import HAS_TRITON, capability, gpu_configs, launch, tl, triton
 
 LOG2E = 1.4426950408889634
 
@@ -88,20 +89,21 @@ if HAS_TRITON:
 
     @triton.jit
     def _block_list(phase: tl.constexpr, NUM_FULL, LIST_FULL, NUM_PART, LIST_PART, num_off, lst_off, L,
-                    BLOCK: tl.constexpr, BLOCK_SPARSE: tl.constexpr):
-        # (count, list) of the blocks one phase visits: phase 0 the full blocks (every block when dense), phase 1
-        # the partial ones (element mask read)
+                    TILE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_SPARSE: tl.constexpr):
+        # (tile count, list) one phase visits: phase 0 the full blocks (every tile when dense), phase 1 the partial
+        # ones (element mask read); each listed BLOCK-wide mask block is visited in BLOCK // TILE tiles
         if not BLOCK_SPARSE:
-            return tl.cdiv(L, BLOCK), LIST_FULL
+            return tl.cdiv(L, TILE), LIST_FULL
         if phase == 0:
-            return tl.load(NUM_FULL + num_off), LIST_FULL + lst_off
-        return tl.load(NUM_PART + num_off), LIST_PART + lst_off
+            return tl.load(NUM_FULL + num_off) * (BLOCK // TILE), LIST_FULL + lst_off
+        return tl.load(NUM_PART + num_off) * (BLOCK // TILE), LIST_PART + lst_off
 
     @triton.jit
-    def _block_start(lst, j, BLOCK: tl.constexpr, BLOCK_SPARSE: tl.constexpr):
+    def _block_start(lst, j, TILE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_SPARSE: tl.constexpr):
+        # first position of the j-th tile of _block_list
         if BLOCK_SPARSE:
-            return tl.load(lst + j) * BLOCK
-        return j * BLOCK
+            return tl.load(lst + j // (BLOCK // TILE)) * BLOCK + (j % (BLOCK // TILE)) * TILE
+        return j * TILE
 
     @triton.jit
     def _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L, start_n, offs_m,
@@ -126,8 +128,8 @@ if HAS_TRITON:
                          s_ib, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh, s_emq,
                          H, SEQ, LSE_LEN, qk_scale,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, MODE: tl.constexpr, O_COMPACT: tl.constexpr,
-                         BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr):
+                         BLOCK_N: tl.constexpr, MASK_M: tl.constexpr, MASK_N: tl.constexpr, MODE: tl.constexpr,
+                         O_COMPACT: tl.constexpr, BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
         b, h, bh, start, L = _program(CU, SEQ, H, MODE)
         if pid_m * BLOCK_M >= L:
@@ -138,15 +140,17 @@ if HAS_TRITON:
         q = _load_rows(Q, b * s_qb + h * s_qh, qrows, s_qn, m_valid, offs_d, HEAD_DIM)
         k_off = b * s_kb + h * s_kh
         v_off = b * s_vb + h * s_vh
-        num_off, lst_off, em_off = _meta_offsets(b, h, pid_m, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh)
+        # metadata row of the mask block this tile lies in
+        num_off, lst_off, em_off = _meta_offsets(b, h, pid_m // (MASK_M // BLOCK_M), s_nb, s_nh, s_xb, s_xh, s_xq,
+                                                 s_emb, s_emh)
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
         PHASES: tl.constexpr = 2 if BLOCK_SPARSE else 1
         for phase in tl.static_range(PHASES):
-            n, lst = _block_list(phase, FKVN, FKVI, KVN, KVI, num_off, lst_off, L, BLOCK_N, BLOCK_SPARSE)
+            n, lst = _block_list(phase, FKVN, FKVI, KVN, KVI, num_off, lst_off, L, BLOCK_N, MASK_N, BLOCK_SPARSE)
             for j in range(n):
-                start_n = _block_start(lst, j, BLOCK_N, BLOCK_SPARSE)
+                start_n = _block_start(lst, j, BLOCK_N, MASK_N, BLOCK_SPARSE)
                 acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
                                           start_n, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM,
                                           BLOCK_N, MODE, phase == 1, PREC)
@@ -198,8 +202,9 @@ if HAS_TRITON:
                               s_ib, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh, s_emq,
                               H, SEQ, LSE_LEN, qk_scale, sm_scale,
                               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                              BLOCK_N: tl.constexpr, MODE: tl.constexpr, O_COMPACT: tl.constexpr,
-                              BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr):
+                              BLOCK_N: tl.constexpr, MASK_M: tl.constexpr, MASK_N: tl.constexpr,
+                              MODE: tl.constexpr, O_COMPACT: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
+                              PREC: tl.constexpr):
         # One program per KV block: dK, dV summed over the query blocks that attend to it, no atomics.
         pid_n = tl.program_id(0)
         b, h, bh, start, L = _program(CU, SEQ, H, MODE)
@@ -214,12 +219,14 @@ if HAS_TRITON:
         q_off = b * s_qb + h * s_qh
         do_off = b * s_db + h * s_dh
         stat_off = bh.to(tl.int64) * LSE_LEN
-        num_off, lst_off, em_off = _meta_offsets(b, h, pid_n, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh)
+        # metadata row of the mask block this tile lies in
+        num_off, lst_off, em_off = _meta_offsets(b, h, pid_n // (MASK_N // BLOCK_N), s_nb, s_nh, s_xb, s_xh, s_xq,
+                                                 s_emb, s_emh)
         PHASES: tl.constexpr = 2 if BLOCK_SPARSE else 1
         for phase in tl.static_range(PHASES):
-            n, lst = _block_list(phase, FQN, FQI, QN, QI, num_off, lst_off, L, BLOCK_M, BLOCK_SPARSE)
+            n, lst = _block_list(phase, FQN, FQI, QN, QI, num_off, lst_off, L, BLOCK_M, MASK_M, BLOCK_SPARSE)
             for j in range(n):
-                start_m = _block_start(lst, j, BLOCK_M, BLOCK_SPARSE)
+                start_m = _block_start(lst, j, BLOCK_M, MASK_M, BLOCK_SPARSE)
                 dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, s_qn, s_dn, stat_off, IDX,
                                         idx_off, start, L, start_m, offs_n, n_valid, offs_d, EM, em_off, s_emq,
                                         qk_scale, HEAD_DIM, BLOCK_M, MODE, O_COMPACT, phase == 1, PREC)
@@ -250,8 +257,9 @@ if HAS_TRITON:
                             s_ib, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh, s_emq,
                             H, SEQ, LSE_LEN, qk_scale, sm_scale,
                             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                            BLOCK_N: tl.constexpr, MODE: tl.constexpr, O_COMPACT: tl.constexpr,
-                            BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr):
+                            BLOCK_N: tl.constexpr, MASK_M: tl.constexpr, MASK_N: tl.constexpr,
+                            MODE: tl.constexpr, O_COMPACT: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
+                            PREC: tl.constexpr):
         # One program per query block: dQ summed over the KV blocks it attends to.
         pid_m = tl.program_id(0)
         b, h, bh, start, L = _program(CU, SEQ, H, MODE)
@@ -265,13 +273,15 @@ if HAS_TRITON:
         lse2, delta = _row_stats(LSE, DELTA, bh.to(tl.int64) * LSE_LEN, offs_m, m_valid)
         k_off = b * s_kb + h * s_kh
         v_off = b * s_vb + h * s_vh
-        num_off, lst_off, em_off = _meta_offsets(b, h, pid_m, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh)
+        # metadata row of the mask block this tile lies in
+        num_off, lst_off, em_off = _meta_offsets(b, h, pid_m // (MASK_M // BLOCK_M), s_nb, s_nh, s_xb, s_xh, s_xq,
+                                                 s_emb, s_emh)
         dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
         PHASES: tl.constexpr = 2 if BLOCK_SPARSE else 1
         for phase in tl.static_range(PHASES):
-            n, lst = _block_list(phase, FKVN, FKVI, KVN, KVI, num_off, lst_off, L, BLOCK_N, BLOCK_SPARSE)
+            n, lst = _block_list(phase, FKVN, FKVI, KVN, KVI, num_off, lst_off, L, BLOCK_N, MASK_N, BLOCK_SPARSE)
             for j in range(n):
-                start_n = _block_start(lst, j, BLOCK_N, BLOCK_SPARSE)
+                start_n = _block_start(lst, j, BLOCK_N, MASK_N, BLOCK_SPARSE)
                 dq = _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
                                   start_n, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM, BLOCK_N,
                                   MODE, phase == 1, PREC)
@@ -289,6 +299,45 @@ def _rows_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
 
 def _bcast(t: torch.Tensor, dim: int) -> int:
     return t.stride(dim) if t.shape[dim] > 1 else 0
+
+
+# GPU tiles (TILE_M, TILE_N, num_warps, num_stages) of the forward, dK/dV and dQ kernels, per (architecture, fp32,
+# head-dim bucket), as the static proof (bench/gpu_proof.py) chose them at 128-blocks: large tiles that compile
+# without register spills (the two-phase block-sparse loop holds the most registers) and fit shared memory.
+# sm_80's mma.sync needs more registers per tile than sm_90's wgmma; exact fp32 (no tensor cores) holds whole
+# operand rows per thread, so it gets small tiles at 8 warps. Head dims over 128 are outside the proof's shapes:
+# small tiles, not proven. A mask block larger than a tile is walked in several tiles (the block lists stay per
+# mask block); a smaller one shrinks the tile to the block, at 4 warps at most.
+_TILES = {
+    (90, False, 64): ((128, 64, 8, 3), (64, 128, 8, 2), (128, 64, 8, 2)),
+    (90, False, 128): ((64, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2)),
+    (80, False, 64): ((64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 4, 2)),
+    (80, False, 128): ((64, 32, 8, 2), (64, 64, 8, 2), (64, 64, 8, 2)),
+}
+for _arch in (90, 80):
+    _TILES[(_arch, False, 256)] = ((32, 32, 4, 2),) * 3
+    _TILES[(_arch, True, 64)] = ((32, 32, 4, 2), (32, 32, 8, 1), (64, 32, 8, 2))
+    _TILES[(_arch, True, 128)] = ((32, 16, 8, 2), (16, 32, 8, 1), (32, 16, 8, 1))
+    _TILES[(_arch, True, 256)] = ((16, 16, 4, 1),) * 3
+KERNELS = ("fwd", "dkdv", "dq")
+# The interpreter: few, wide tiles when dense; 16-wide tiles under a block mask, so that the CPU tests walk mask
+# blocks of 32 in several tiles, as the GPU walks blocks of 128.
+_INTERPRETER_TILES = {False: (32, 32, 4, 1), True: (16, 16, 4, 1)}
+
+
+def tiles(dtype: torch.dtype, block_d: int, mask_block: tuple[int, int] | None, device) -> dict[str, tuple]:
+    """kernel ("fwd", "dkdv", "dq") -> (TILE_M, TILE_N, num_warps, num_stages) for these operands on ``device``."""
+    if not gpu_configs(device):
+        chosen = (_INTERPRETER_TILES[mask_block is not None],) * len(KERNELS)
+    else:
+        arch = 90 if capability(device) >= 90 else 80
+        chosen = _TILES[(arch, dtype == torch.float32, 64 if block_d <= 64 else 128 if block_d <= 128 else 256)]
+    out = {}
+    for kernel, (tm, tn, warps, stages) in zip(KERNELS, chosen):
+        if mask_block is not None and (tm > mask_block[0] or tn > mask_block[1]):
+            tm, tn, warps = min(tm, mask_block[0]), min(tn, mask_block[1]), min(warps, 4)
+        out[kernel] = (tm, tn, warps, stages)
+    return out
 
 
 class _Plan:
@@ -323,26 +372,27 @@ class _Plan:
             em8 = em.view(torch.int8)
             self.em = em8
             self.em_strides = (_bcast(em8, 0), _bcast(em8, 1), em8.stride(2))
-            self.block_m, self.block_n = block_size
-            self.warps = 8 if self.block_m * self.block_n >= 128 * 128 else 4
+            self.mask_m, self.mask_n = block_size
         else:
             # never read; int32 like real lists, since the compiler checks the return types of _block_list's
             # branches against each other even where the branch is not taken
             self.bm = [torch.zeros(1, dtype=torch.int32, device=q.device)] * 8
             self.meta_strides = self.meta_strides_t = (0, 0, 0, 0, 0)
             self.em, self.em_strides = q, (0, 0, 0)
-            if not gpu_configs(q.device):  # the interpreter: few, wide tiles
-                self.block_m = self.block_n = 32
-            else:
-                self.block_m = self.block_n = 64 if self.head_dim <= 128 else 32
-            self.warps = 4 if self.head_dim <= 64 else 8
-        self.grid_m = (triton.cdiv(max(self.lse_len, 1), self.block_m), self.batch * self.heads)
-        self.grid_n = (triton.cdiv(max(self.lse_len, 1), self.block_n), self.batch * self.heads)
+            self.mask_m = self.mask_n = None
+        self.tiles = tiles(q.dtype, self.block_d, (self.mask_m, self.mask_n) if self.sparse else None, q.device)
 
-    def consts(self):
-        return dict(HEAD_DIM=self.head_dim, BLOCK_D=self.block_d, BLOCK_M=self.block_m, BLOCK_N=self.block_n,
-                    MODE=self.mode, O_COMPACT=self.o_compact, BLOCK_SPARSE=self.sparse, PREC=self.prec,
-                    num_warps=self.warps)
+    def grid(self, kernel: str, rows: str):
+        tile_m, tile_n = self.tiles[kernel][:2]
+        return (triton.cdiv(max(self.lse_len, 1), tile_m if rows == "m" else tile_n), self.batch * self.heads)
+
+    def consts(self, kernel: str):
+        tile_m, tile_n, warps, stages = self.tiles[kernel]
+        # dense: the mask block is the tile itself
+        mask_m, mask_n = (self.mask_m, self.mask_n) if self.sparse else (tile_m, tile_n)
+        return dict(HEAD_DIM=self.head_dim, BLOCK_D=self.block_d, BLOCK_M=tile_m, BLOCK_N=tile_n, MASK_M=mask_m,
+                    MASK_N=mask_n, MODE=self.mode, O_COMPACT=self.o_compact, BLOCK_SPARSE=self.sparse,
+                    PREC=self.prec, num_warps=warps, num_stages=stages)
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -362,11 +412,11 @@ def attention_forward(q, k, v, keep_index, cu_seqlens, max_seqlen, block_mask, b
     if out.numel() == 0 or lse.numel() == 0:
         return out, lse
     kvn, kvi, fkvn, fkvi = plan.bm[:4]
-    launch(_attn_fwd_kernel, plan.grid_m,
+    launch(_attn_fwd_kernel, plan.grid("fwd", "m"),
         q, k, v, out, lse, plan.idx, plan.cu, kvn, kvi, fkvn, fkvi, plan.em,
         *_rows_strides(q, plan.varlen), *_rows_strides(k, plan.varlen), *_rows_strides(v, plan.varlen),
         *_rows_strides(out, plan.varlen), plan.s_ib, *plan.meta_strides, *plan.em_strides,
-        plan.heads, plan.seq, plan.lse_len, plan.qk_scale, **plan.consts(), num_stages=2)
+        plan.heads, plan.seq, plan.lse_len, plan.qk_scale, **plan.consts("fwd"))
     return out, lse
 
 
@@ -380,21 +430,21 @@ def attention_backward(dout, q, k, v, out, lse, keep_index, cu_seqlens, max_seql
     if q.numel() == 0 or lse.numel() == 0:
         return dq, dk, dv
     delta = torch.empty_like(lse)
-    consts = plan.consts()
-    launch(_attn_bwd_delta_kernel, plan.grid_m,
+    # the row-term kernel is a reduction over d: any tile works, the dQ kernel's saves a recompile
+    launch(_attn_bwd_delta_kernel, plan.grid("dq", "m"),
         out, dout, delta, plan.idx, plan.cu, *_rows_strides(out, plan.varlen), *_rows_strides(dout, plan.varlen),
         plan.s_ib, plan.heads, plan.seq, plan.lse_len, HEAD_DIM=plan.head_dim, BLOCK_D=plan.block_d,
-        BLOCK_M=plan.block_m, MODE=plan.mode, O_COMPACT=plan.o_compact)
+        BLOCK_M=plan.tiles["dq"][0], MODE=plan.mode, O_COMPACT=plan.o_compact)
     strides = (*_rows_strides(q, plan.varlen), *_rows_strides(k, plan.varlen), *_rows_strides(v, plan.varlen),
                *_rows_strides(dout, plan.varlen))
     qn, qi, fqn, fqi = plan.bm[4:8]
-    launch(_attn_bwd_dkdv_kernel, plan.grid_n,
+    launch(_attn_bwd_dkdv_kernel, plan.grid("dkdv", "n"),
         q, k, v, dout, dk, dv, lse, delta, plan.idx, plan.cu, qn, qi, fqn, fqi, plan.em, *strides,
         *_rows_strides(dk, plan.varlen), *_rows_strides(dv, plan.varlen), plan.s_ib, *plan.meta_strides_t,
-        *plan.em_strides, plan.heads, plan.seq, plan.lse_len, plan.qk_scale, plan.scale, **consts, num_stages=2)
+        *plan.em_strides, plan.heads, plan.seq, plan.lse_len, plan.qk_scale, plan.scale, **plan.consts("dkdv"))
     kvn, kvi, fkvn, fkvi = plan.bm[:4]
-    launch(_attn_bwd_dq_kernel, plan.grid_m,
+    launch(_attn_bwd_dq_kernel, plan.grid("dq", "m"),
         q, k, v, dout, dq, lse, delta, plan.idx, plan.cu, kvn, kvi, fkvn, fkvi, plan.em, *strides,
         *_rows_strides(dq, plan.varlen), plan.s_ib, *plan.meta_strides, *plan.em_strides, plan.heads, plan.seq,
-        plan.lse_len, plan.qk_scale, plan.scale, **consts, num_stages=2)
+        plan.lse_len, plan.qk_scale, plan.scale, **plan.consts("dq"))
     return dq, dk, dv

@@ -74,6 +74,16 @@ def smem_per_block(device) -> int:
     return getattr(props, "shared_memory_per_block_optin", 0) or 166912
 
 
+def capability(device) -> int:
+    """Compute capability of ``device`` (or the compile-only target) as 10 * major + minor: 90 for an H100."""
+    if _target is not None:
+        return _target.capability
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def sm_count(device) -> int:
     if _target is not None:
         return _target.sms
@@ -119,19 +129,29 @@ class Tuned:
     whose pipelined operand tiles, ``num_stages * (rows*red + red*cols)`` elements of ``operand``'s size, exceed
     the device's shared memory (an upper bound of what Triton allocates; the static proof checks the real use).
     At least one config is always kept (the last). ``grid(meta)`` gets the arguments and the config's fields by
-    name, as Triton's autotuner passes them."""
+    name, as Triton's autotuner passes them.
 
-    def __init__(self, kernel, configs, key, prune=None, smem=None, pinned: int = 0):
+    ``exact=(precision_arg, configs)``: the configs (the first one pinned) used instead when that argument is
+    ``"ieee"`` and the ``smem`` operand is fp32. Exact fp32 has no tensor cores: the FMA dot holds whole operand
+    rows per thread, so the tensor-core tiles spill registers there and smaller ones are needed."""
+
+    def __init__(self, kernel, configs, key, prune=None, smem=None, pinned: int = 0, exact=None):
         self.kernel, self.configs, self.prune, self.smem, self.pinned = kernel, configs, prune, smem, configs[pinned]
-        self.tuner = triton.autotune(configs=configs, key=key,
+        self.exact_arg, self.exact = exact or (None, [])
+        self.tuner = triton.autotune(configs=configs + self.exact, key=key,
                                      prune_configs_by={"early_config_prune": self._early_prune})(kernel)
 
     def _early_prune(self, configs, named_args, **kwargs):
         return self.pruned((), {**named_args, **kwargs})
 
+    def _exact(self, named: dict) -> bool:
+        return bool(self.exact) and named.get(self.exact_arg) == "ieee" and \
+            str(named[self.smem[0]].dtype) == "torch.float32"
+
     def pruned(self, args: tuple, kwargs: dict) -> list:
         named = {**dict(zip(self.kernel.arg_names, args)), **kwargs}
-        kept = self.prune(self.configs, named) if self.prune else list(self.configs)
+        configs = self.exact if self._exact(named) else self.configs
+        kept = self.prune(configs, named) if self.prune else list(configs)
         if self.smem:
             operand, dims = self.smem
             elt, limit = named[operand].element_size(), smem_per_block(named[operand].device)
@@ -143,7 +163,8 @@ class Tuned:
 
     def pinned_config(self, args: tuple, kwargs: dict):
         kept = self.pruned(args, kwargs)
-        return self.pinned if self.pinned in kept else kept[0]
+        # by identity: Config compares by value, and an exact config may equal a tensor-core one
+        return self.pinned if any(c is self.pinned for c in kept) else kept[0]  # exact: the first kept one
 
     def __call__(self, grid, *args, **kwargs) -> None:
         named = {**dict(zip(self.kernel.arg_names, args)), **kwargs}

@@ -132,3 +132,47 @@ def test_pinned_config_survives_the_shared_memory_prune(monkeypatch):
                             * args["a_ptr"].element_size() <= limit for c in kept)
         pin = tuned.pinned_config((), args)
         assert (pin is tuned.pinned) == want_pinned and pin in kept  # fp32 on sm_80: the first config that fits
+
+
+@pytest.mark.parametrize("target", ["sm_90a", "sm_80"])
+def test_exact_fp32_gets_its_own_configs(monkeypatch, target):
+    # exact fp32 has no tensor cores: the tensor-core tiles spill there, so "ieee" on fp32 operands picks the
+    # exact list (its first config pinned); TF32 and 16-bit operands ("ieee" is ignored for them) keep the others
+    pytest.importorskip("triton")
+    from lth_kernels.ops import _block_sparse_triton as bst
+    from lth_kernels.ops import _masked_matmul_triton as mm
+
+    monkeypatch.setattr(_triton, "_target", _triton.TARGETS[target])
+    for tuned, prec, extra in ((mm._masked_mm_tuned, "INPUT_PRECISION", {"TILE": 64}),
+                               (mm._grad_weight_tuned, "INPUT_PRECISION", {}),
+                               (bst._dds_tuned, "PRECISION", {"BQ": 128, "BP": 128, "M": 4096}),
+                               (bst._sdd_tuned, "PRECISION", {"BM": 128, "BN": 128})):
+        operand = tuned.smem[0]
+        exact = tuned.pruned((), {operand: torch.empty(1), prec: "ieee", **extra})
+        ids = {id(c) for c in tuned.exact}  # Config compares by value; some configs are in both lists
+        assert exact and all(id(c) in ids for c in exact)
+        assert tuned.pinned_config((), {operand: torch.empty(1), prec: "ieee", **extra}) is exact[0]
+        for dtype, p in ((torch.float32, "tf32"), (torch.bfloat16, "ieee")):
+            kept = tuned.pruned((), {operand: torch.empty(1, dtype=dtype), prec: p, **extra})
+            assert kept and not any(id(c) in ids for c in kept)
+
+
+def test_attention_tiles_follow_the_target_and_the_mask_block(monkeypatch):
+    pytest.importorskip("triton")
+    from lth_kernels.ops import _sparse_attention_triton as sat
+
+    for target, cap in (("sm_90a", 90), ("sm_80", 80)):
+        monkeypatch.setattr(_triton, "_target", _triton.TARGETS[target])
+        for dtype, fp32 in ((torch.bfloat16, False), (torch.float32, True)):
+            for d in (64, 128):
+                want = dict(zip(sat.KERNELS, sat._TILES[(cap, fp32, d)]))
+                assert sat.tiles(dtype, d, None, torch.device("cpu")) == want  # dense, and 128-blocks: the table
+                assert sat.tiles(dtype, d, (128, 128), torch.device("cpu")) == want
+                for kernel, (tm, tn, warps, stages) in sat.tiles(dtype, d, (16, 32), torch.device("cpu")).items():
+                    full = want[kernel]
+                    assert (tm, tn) == (min(full[0], 16), min(full[1], 32)) and stages == full[3]
+                    assert warps == (full[2] if (tm, tn) == full[:2] else min(full[2], 4))
+    monkeypatch.setattr(_triton, "_target", None)
+    if not _triton.INTERPRET:
+        pytest.skip("the interpreter tiles apply under TRITON_INTERPRET=1")
+    assert {t[:2] for t in sat.tiles(torch.float32, 64, (32, 32), torch.device("cpu")).values()} == {(16, 16)}

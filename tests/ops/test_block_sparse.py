@@ -114,15 +114,16 @@ CASES = [  # (N, K, M, block, density, dtype)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("N,K,M,block,density,dtype", CASES)
-def test_linear_fwd_bwd_vs_float64(backend, N, K, M, block, density, dtype):
-    require_live("block_sparse_linear", backend, "cpu")
-    w = torch.randn(N, K, dtype=dtype)
-    lay = bs.BlockSparseLayout.from_block_map(_block_map((N, K), block, density), (N, K), block)
+def test_linear_fwd_bwd_vs_float64(backend, N, K, M, block, density, dtype, device):
+    require_live("block_sparse_linear", backend, device)
+    # drawn on the CPU (the same numbers on every device), then moved
+    w = torch.randn(N, K, dtype=dtype).to(device)
+    lay = bs.BlockSparseLayout.from_block_map(_block_map((N, K), block, density).to(device), (N, K), block)
     emask = lay.element_mask()
-    x = torch.randn(2, M, K, dtype=dtype, requires_grad=True)  # a batch dim, flattened by the op
+    x = torch.randn(2, M, K, dtype=dtype).to(device).requires_grad_()  # a batch dim, flattened by the op
     wp = w.clone().requires_grad_()
-    bias = torch.randn(N, dtype=dtype, requires_grad=True)
-    gy = torch.randn(2, M, N, dtype=dtype)
+    bias = torch.randn(N, dtype=dtype).to(device).requires_grad_()
+    gy = torch.randn(2, M, N, dtype=dtype).to(device)
     y = bs.block_sparse_linear(x, wp, lay, bias, backend=backend)
     y.backward(gy)
     y64, dx64, dw64, db64 = _oracle(x, w, emask, bias, gy)
@@ -135,33 +136,33 @@ def test_linear_fwd_bwd_vs_float64(backend, N, K, M, block, density, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_linear_element_mask_and_block_map_inputs(backend):
-    require_live("block_sparse_linear", backend, "cpu")
-    w, x = torch.randn(48, 40), torch.randn(7, 40)
-    bmap = _block_map((48, 40), (16, 16), 0.5)
+def test_linear_element_mask_and_block_map_inputs(backend, device):
+    require_live("block_sparse_linear", backend, device)
+    w, x = torch.randn(48, 40).to(device), torch.randn(7, 40).to(device)
+    bmap = _block_map((48, 40), (16, 16), 0.5).to(device)
     emask = bs.expand_block_map(bmap, (48, 40), (16, 16))
     ref = x.double() @ (w.double() * emask).t()
     for spec in (emask, bmap):
         assert_close(bs.block_sparse_linear(x, w, spec, block=(16, 16), backend=backend), ref, torch.float32)
 
 
-def test_non_contiguous_operands():
-    w = torch.randn(64, 96).t()  # (96, 64) transposed view
-    x = torch.randn(64, 20).t()  # (20, 64) transposed view
-    lay = bs.BlockSparseLayout.from_block_map(_block_map((96, 64), (32, 32), 0.5), (96, 64), (32, 32))
+def test_non_contiguous_operands(device):
+    w = torch.randn(64, 96).to(device).t()  # (96, 64) transposed view
+    x = torch.randn(64, 20).to(device).t()  # (20, 64) transposed view
+    lay = bs.BlockSparseLayout.from_block_map(_block_map((96, 64), (32, 32), 0.5).to(device), (96, 64), (32, 32))
     ref = x.double() @ (w.double() * lay.element_mask()).t()
     for backend in BACKENDS:
-        if _registry.ops()["block_sparse_linear"].status(backend, "cpu")[0]:
+        if _registry.ops()["block_sparse_linear"].status(backend, device)[0]:
             assert_close(bs.block_sparse_linear(x, w, lay, backend=backend), ref, torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_functional_sdd_dsd_dds_and_their_gradients(backend):
-    require_live("block_sparse_dds", backend, "cpu")
+def test_functional_sdd_dsd_dds_and_their_gradients(backend, device):
+    require_live("block_sparse_dds", backend, device)
     N, K, M = 64, 80, 24
-    lay = bs.BlockSparseLayout.from_block_map(_block_map((N, K), (32, 16), 0.5), (N, K), (32, 16))
+    lay = bs.BlockSparseLayout.from_block_map(_block_map((N, K), (32, 16), 0.5).to(device), (N, K), (32, 16))
     em = lay.element_mask().double()
-    w = torch.randn(N, K, requires_grad=True)
+    w = torch.randn(N, K)
     cases = [  # (fn, args built from float tensors, dense float64 formula)
         (lambda a, w_: bs.dds(a, w_, lay, backend=backend), (torch.randn(M, N), w), lambda a, w_: a @ (w_ * em)),
         (lambda a, w_: bs.dds(a, w_, lay, transpose_w=True, backend=backend), (torch.randn(M, K), w),
@@ -173,7 +174,7 @@ def test_functional_sdd_dsd_dds_and_their_gradients(backend):
          lambda a, b: (a @ b) * em),
     ]
     for fn, args, formula in cases:
-        args = [t.detach().clone().requires_grad_() for t in args]
+        args = [t.detach().clone().to(device).requires_grad_() for t in args]
         out = fn(*args)
         g = torch.randn_like(out)
         out.backward(g)
@@ -202,18 +203,18 @@ def test_autocast_casts_inputs():
     assert y.dtype == torch.bfloat16
 
 
-def test_opcheck():
-    lay = bs.BlockSparseLayout.from_block_map(_block_map((40, 48), (16, 16), 0.5), (40, 48), (16, 16))
-    x, w, b = torch.randn(2, 5, 48), torch.randn(40, 48, requires_grad=True), torch.randn(40)
+def test_opcheck(device):
+    lay = bs.BlockSparseLayout.from_block_map(_block_map((40, 48), (16, 16), 0.5).to(device), (40, 48), (16, 16))
+    x, w, b = (torch.randn(2, 5, 48).to(device), torch.randn(40, 48).to(device).requires_grad_(),
+               torch.randn(40).to(device))
+    a, a2, b2 = torch.randn(5, 40).to(device), torch.randn(40, 6).to(device), torch.randn(6, 48).to(device)
     meta = (*lay.meta(), 16, 16)
     for backend in BACKENDS:
-        if not _registry.ops()["block_sparse_linear"].status(backend, "cpu")[0]:
+        if not _registry.ops()["block_sparse_linear"].status(backend, device)[0]:
             continue
         torch.library.opcheck(torch.ops.lth_kernels.block_sparse_linear, (x.requires_grad_(), w, b, *meta, backend))
-        torch.library.opcheck(torch.ops.lth_kernels.block_sparse_dds, (torch.randn(5, 40), w, None, *meta, False,
-                                                                       backend))
-        torch.library.opcheck(torch.ops.lth_kernels.block_sparse_sdd, (torch.randn(40, 6), torch.randn(6, 48), *meta,
-                                                                       backend))
+        torch.library.opcheck(torch.ops.lth_kernels.block_sparse_dds, (a, w, None, *meta, False, backend))
+        torch.library.opcheck(torch.ops.lth_kernels.block_sparse_sdd, (a2, b2, *meta, backend))
 
 
 @pytest.mark.parametrize(

@@ -110,16 +110,20 @@ def _mask(kind):
         return strided_block_mask(40, 7, local=3, block=16)
     if kind == "swin":
         return swin_window_block_mask((5, 7), 3, shift=1, block=16, prefix=1)  # 36 tokens
+    if kind == "local32":  # 32-blocks: each is walked in 16-wide tiles on both axes, the last tile past the end
+        return local_window_block_mask(40, 9, block=32)
+    block = (32, 32) if kind == "random32" else (16, 32)
     dense = torch.rand(2, 1, 40, 40) > 0.5
     dense[0, 0, 3] = False  # a fully masked query row
-    dense[:, :, :16, :32] = True  # a full block
-    return block_mask_from_dense(dense, (16, 32))
+    dense[:, :, :block[0], :32] = True  # a full block
+    return block_mask_from_dense(dense, block)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind,dtype", [("local", torch.float32), ("strided", torch.float32),
                                         ("swin", torch.float32), ("random", torch.float32),
-                                        ("random", torch.float16)])
+                                        ("random", torch.float16), ("local32", torch.float32),
+                                        ("random32", torch.float32)])
 def test_block_mask(backend, kind, dtype, device):
     require_live("sparse_attention", backend, device)
     bm = _mask(kind).to(device)
@@ -231,9 +235,10 @@ def test_opcheck(device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["dense", "keep", "keep_full", "varlen", "block"])
-def test_gpu_full_size_bf16(mode):
-    b, h, n, d = 8, 6, 197, 64
+@pytest.mark.parametrize("mode,d", [("dense", 64), ("keep", 64), ("keep_full", 64), ("varlen", 64), ("block", 64),
+                                    ("block128", 64), ("block128", 128)])
+def test_gpu_full_size_bf16(mode, d):
+    b, h, n = 8, 6, 197
     dt = torch.bfloat16
     q, k, v = _leaves((b, h, n, d), dt, "cuda")
     kw, oracle = {}, (lambda q, k, v: _oracle(q, k, v))
@@ -254,8 +259,9 @@ def test_gpu_full_size_bf16(mode):
         def oracle(q, k, v):
             return torch.cat([_oracle(*(x[s:e].transpose(0, 1)[None] for x in (q, k, v)))[0].transpose(0, 1)
                               for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())])
-    elif mode == "block":
-        bm = swin_window_block_mask((14, 14), 7, shift=3, block=64, prefix=1).to("cuda")
+    elif mode.startswith("block"):  # 128-blocks are walked in smaller tiles (see _sparse_attention_triton._TILES)
+        bm = swin_window_block_mask((14, 14), 7, shift=3, block=128 if mode == "block128" else 64,
+                                    prefix=1).to("cuda")
         kw = dict(block_mask=bm)
 
         def oracle(q, k, v):
