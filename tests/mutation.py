@@ -46,7 +46,9 @@ def _toml_list(items: list[str]) -> str:
 def prepare(workdir: Path, module: dict, debug: bool = False) -> None:
     """The working directory mutmut runs in: links to the package and the tests, and the project's
     pyproject.toml (pytest settings) with the module's ``[tool.mutmut]`` section appended."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    # mutants/ must exist before mutmut starts: Python caches "no such directory" for a sys.path entry, and
+    # the copies mutmut makes there would then not be importable in that process
+    (workdir / "mutants").mkdir(parents=True, exist_ok=True)
     for name in ("lth_kernels", "tests"):
         link = workdir / name
         if not link.is_symlink():
@@ -131,6 +133,17 @@ def run_module(name: str, module: dict, workdir: Path, max_children: int, debug:
     return rc, time.perf_counter() - t0
 
 
+def extension_loads(workdir: Path) -> bool:
+    """Whether the copied package under mutants/ loads its own copy of the compiled extension (when the
+    checkout has one): without it the mutants would run against the fallbacks, and the kernels' tests skip."""
+    if not list((ROOT / "lth_kernels").glob("_C*.so")):
+        return True
+    mutants = (workdir / "mutants").resolve()
+    code = ("import sys; from lth_kernels import _ext; "
+            f"sys.exit(0 if _ext.C is not None and _ext.C.__file__.startswith({str(mutants)!r}) else 1)")
+    return subprocess.run([sys.executable, "-c", code], cwd=mutants, env=_env(workdir)).returncode == 0
+
+
 def show(workdir: Path, names: list[str]) -> None:
     for n in names:
         out = subprocess.run([sys.executable, "-m", "mutmut", "show", n], cwd=workdir, env=_env(workdir),
@@ -179,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             rc, wall = run_module(name, modules[name], workdir, args.max_children, args.debug)
             if rc:
                 print(f"[{name}] mutmut exited with {rc}: see {workdir / 'mutmut.log'}", file=sys.stderr)
+            elif not extension_loads(workdir):
+                rc = 1
+                print(f"[{name}] the compiled extension does not load from {workdir / 'mutants'}", file=sys.stderr)
         codes = results(workdir, modules[name])
         s = summarize(codes)
         ok = rc == 0 and s["mutants"] > 0 and s["other"] == 0 and score(s) >= args.threshold
