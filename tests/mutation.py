@@ -213,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
            f"{'other':>5} {'score':>7} {'wall s':>7}"
     print("\n" + head + "\n" + "-" * len(head))
     for name, s, sc, wall, ok in rows:
+        flag = "" if ok else f"  < {args.threshold:g}"
         print(f"{name:<12} {s['mutants']:>7} {s['killed']:>6} {s['timeout']:>7} {s['survived']:>8} "
-              f"{s['no tests']:>8} {s['other']:>5} {sc:>6.1f}% {wall:>7.0f}{'' if ok else '  < ' + str(args.threshold)}")
+              f"{s['no tests']:>8} {s['other']:>5} {sc:>6.1f}% {wall:>7.0f}{flag}")
     return 1 if failed else 0
 
 
