@@ -60,32 +60,39 @@ def test_snip_matches_independent_scores():
     assert t.metadata["level"] == "2" and t.metadata["strategy"] == "snip"
 
 
-def test_grasp_matches_hessian_gradient_product():
+@pytest.mark.parametrize("T,num_batches,pruned", [(200.0, None, False), (1.0, 1, True), (0.5, None, True)])
+def test_grasp_matches_hessian_gradient_product(T, num_batches, pruned):
     torch.manual_seed(0)
     # float64 end to end, so the ranking can be compared exactly with the explicit Hessian
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
     data = [(x.double(), y) for x, y in classification_batches(n_batches=2, batch=8, shape=(4,), classes=3)]
-    T = 200.0
-    t = prune(model, "grasp", 0.5, data=data, loss_fn=F.cross_entropy, use_default_exclude=False)
-    # independent: flatten both weights, H from torch.autograd.functional.hessian
-    w0, w1 = model[0].weight.detach(), model[2].weight.detach()
+    current = prune(model, "random", 0.3, generator=torch.Generator().manual_seed(0), use_default_exclude=False) \
+        if pruned else None
+    t = prune(model, "grasp", 0.5, current=current, data=data, loss_fn=F.cross_entropy, use_default_exclude=False,
+              temperature=T, num_batches=num_batches)
+    # independent: flatten both weights (the masked network's), H from torch.autograd.functional.hessian
+    alive = {k: current[k] if pruned else torch.ones_like(m.weight, dtype=torch.bool)
+             for k, m in (("0.weight", model[0]), ("2.weight", model[2]))}
+    w0, w1 = model[0].weight.detach() * alive["0.weight"], model[2].weight.detach() * alive["2.weight"]
     b0, b1 = model[0].bias.detach(), model[2].bias.detach()
+    used = data[:num_batches] if num_batches else data
 
     def loss(flat):
         a, b = flat[:20].view(5, 4), flat[20:].view(3, 5)
-        return sum(F.cross_entropy(F.linear(torch.tanh(F.linear(x, a, b0)), b, b1) / T, y) for x, y in data)
+        return sum(F.cross_entropy(F.linear(torch.tanh(F.linear(x, a, b0)), b, b1) / T, y) for x, y in used)
 
     flat = torch.cat([w0.flatten(), w1.flatten()]).requires_grad_(True)
-    g = torch.autograd.grad(loss(flat), flat)[0]
+    m = torch.cat([alive["0.weight"].flatten(), alive["2.weight"].flatten()]).double()
+    g = torch.autograd.grad(loss(flat), flat)[0] * m  # the masked network's gradient
     H = torch.autograd.functional.hessian(loss, flat.detach())
     keep_score = flat.detach() * (H @ g)  # -S of the paper: remove the lowest
     scores = {"0.weight": keep_score[:20].view(5, 4), "2.weight": keep_score[20:].view(3, 5)}
-    alive = {k: torch.ones_like(v, dtype=torch.bool) for k, v in scores.items()}
     expected = _expected_keep(scores, alive, 0.5)
     for k in expected:
         assert torch.equal(t[k], expected[k]), k
-    assert t.num_kept == 35 - math.ceil(0.5 * 35)
-    mag = prune(model, "magnitude", 0.5, use_default_exclude=False)
+    remaining = sum(int(a.sum()) for a in alive.values())
+    assert t.num_kept == remaining - math.ceil(0.5 * remaining)
+    mag = prune(model, "magnitude", 0.5, current=current, use_default_exclude=False)
     assert not t.equal(mag)
 
 
