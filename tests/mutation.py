@@ -134,12 +134,16 @@ def mutmut(workdir: Path, args: list[str], log, budget: float | None = None) -> 
 
 
 def run_module(name: str, module: dict, workdir: Path, max_children: int, debug: bool,
-               budget: float | None) -> tuple[int, float]:
+               budget: float | None, recheck: bool = False) -> tuple[int, float]:
     prepare(workdir, module, debug)
-    earlier = set(survivors(results(workdir, module)))
+    codes = results(workdir, module)
+    earlier = {n for n in survivors(codes) if codes[n] is not None}
     t0 = time.perf_counter()
     left = lambda: None if budget is None else max(1.0, budget - (time.perf_counter() - t0))
     with open(workdir / "mutmut.log", "a") as log:
+        if recheck:  # only the earlier survivors, against the tests as they are now
+            return (mutmut(workdir, ["run", f"--max-children={max_children}", *sorted(earlier)], log, left())
+                    if earlier else 0), time.perf_counter() - t0
         rc = mutmut(workdir, ["run", f"--max-children={max_children}"], log, left())
         # mutmut keeps an earlier verdict unless the function changed: recheck the earlier survivors against
         # the tests as they are now
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show", action="store_true", help="print the diff of every surviving mutant")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="stop each module's run after this long; unchecked mutants count as not killed")
+    parser.add_argument("--recheck", action="store_true",
+                        help="only retest the mutants that survived earlier runs (not the unchecked ones)")
     parser.add_argument("--debug", action="store_true", help="mutmut's debug output (the pytest commands) in the log")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of the selected modules")
     args = parser.parse_args(argv)
@@ -207,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.report:
             print(f"[{name}] mutating {', '.join(modules[name]['mutate'])} against "
                   f"{', '.join(modules[name]['tests'])} (log: {workdir / 'mutmut.log'})", flush=True)
-            rc, wall = run_module(name, modules[name], workdir, args.max_children, args.debug, args.budget)
+            rc, wall = run_module(name, modules[name], workdir, args.max_children, args.debug, args.budget,
+                                  args.recheck)
             if rc == -signal.SIGINT:
                 print(f"[{name}] stopped after the --budget of {args.budget:g} s", file=sys.stderr)
             elif rc:
