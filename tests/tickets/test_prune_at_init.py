@@ -328,3 +328,9 @@ def test_batches_must_be_pairs(bad, why):
 def test_empty_data_is_refused():
     with pytest.raises(ValueError, match=r"^data: no batches \(an iterable of \(x, y\) batches is required\)$"):
         _prune("snip", _bn_net(), [])
+
+
+@pytest.mark.parametrize("data,got", [([], "NoneType"), ([()], "tuple"), ([7], "int"), ([(7, 1)], "tuple")])
+def test_synflow_needs_a_tensor_batch_for_its_input_shape(data, got):
+    with pytest.raises(ValueError, match=rf"^data: the first batch must be an \(x, y\) pair of tensors, got {got}$"):
+        prune(_bn_net(), "synflow", 0.5, data=data, iterations=1)

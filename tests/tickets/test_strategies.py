@@ -404,3 +404,12 @@ def test_two_four_ties_go_to_the_lower_index_and_partial_groups_keep_what_fits()
     t = prune(nn.Sequential(layer), "magnitude", structure="2:4", use_default_exclude=False)
     # groups of 4 along the input dim: [0..3] keeps 0 and 1 (ties), the partial group [4, 5] keeps both
     assert t["0.weight"].tolist() == [[True, True, False, False, True, True]] * 3
+
+
+def test_global_ranking_keeps_float64_scores_apart():
+    # 1 and 1 + 1e-12 are one float32 value: ranked in float32 they would tie and both go
+    layer = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 1.0 + 1e-12]], dtype=torch.float64))
+    t = prune(nn.Sequential(layer), "magnitude", 0.5, use_default_exclude=False)
+    assert t["0.weight"].tolist() == [[False, True]]
