@@ -6,6 +6,8 @@
 #   make bench   the benchmarks (GPU ones say so and exit when no GPU is present), with the library
 #                baselines of the `bench` extra
 #   make gpu-proof   every Triton kernel compiled for sm_90a and sm_80 without a GPU -> bench/results/ tables
+#   make mutation    mutation testing (mutmut, installed on first use) of the modules that decide results,
+#                    each against its own tests (tests/mutation.toml); not part of CI. MUTATION_ARGS="--only imp"
 #   make gpu-check   on a lent GPU machine, with its own python3 (no venv, no pip): build, live ops, gpu tests,
 #                    quick benchmarks in a 480 s budget; DRY_RUN=1 prints the plan and runs the GPU-free parts
 
@@ -28,8 +30,9 @@ PYTEST_ARGS ?=
 GPU_PY ?= python3
 DRY_RUN ?=
 GPU_PROOF_ARGS ?=
+MUTATION_ARGS ?=
 
-.PHONY: venv build demo test lint bench clean gpu-proof gpu-check
+.PHONY: venv build demo test lint bench clean gpu-proof gpu-check mutation
 
 $(VENV)/.deps-stamp: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +70,12 @@ gpu-check:
 
 bench: build $(VENV)/.bench-stamp
 	$(PY) -m bench.run
+
+mutation: build
+	@# the `mutation` extra, installed into the venv only when mutmut is missing
+	$(PY) -c "import mutmut" 2>/dev/null || \
+		LTH_KERNELS_SKIP_BUILD=1 $(PY) -m pip install -q --no-build-isolation -e ".[dev,mutation]" $(TORCH_PINS)
+	$(PY) -m tests.mutation $(MUTATION_ARGS)
 
 clean:
 	rm -rf build lth_kernels/_C*.so lth_kernels/_build_info.json

@@ -26,14 +26,17 @@ def _hash63(text: str) -> int:
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed for epoch ``epoch`` (distinct for distinct (seed, epoch) pairs, unlike seed + epoch)."""
+    """A 63-bit seed for epoch ``epoch`` (distinct for distinct (seed, epoch) pairs, unlike seed + epoch): the
+    first 8 bytes of ``sha256(f"{seed}:{epoch}")`` read little-endian, shifted right by one. The formula is
+    part of the format: changing it would change the data order of every existing run."""
     return _hash63(f"{seed}:{epoch}")
 
 
 def batch_seed(seed: int, step: int, rank: int = 0) -> int:
     """The seed of the random data transforms of training batch ``step`` on ``rank`` (crops, flips, ...):
     a pure function of the data-order seed and the step, so a rewound or resumed run draws what the
-    uninterrupted one drew, whichever pipeline and however many loader workers make the batch."""
+    uninterrupted one drew, whichever pipeline and however many loader workers make the batch. The same
+    formula as ``epoch_seed`` over ``f"{seed}:batch{step}:{rank}"``."""
     return _hash63(f"{seed}:batch{step}:{rank}")
 
 

@@ -60,32 +60,39 @@ def test_snip_matches_independent_scores():
     assert t.metadata["level"] == "2" and t.metadata["strategy"] == "snip"
 
 
-def test_grasp_matches_hessian_gradient_product():
+@pytest.mark.parametrize("T,num_batches,pruned", [(200.0, None, False), (1.0, 1, True), (0.5, None, True)])
+def test_grasp_matches_hessian_gradient_product(T, num_batches, pruned):
     torch.manual_seed(0)
     # float64 end to end, so the ranking can be compared exactly with the explicit Hessian
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
     data = [(x.double(), y) for x, y in classification_batches(n_batches=2, batch=8, shape=(4,), classes=3)]
-    T = 200.0
-    t = prune(model, "grasp", 0.5, data=data, loss_fn=F.cross_entropy, use_default_exclude=False)
-    # independent: flatten both weights, H from torch.autograd.functional.hessian
-    w0, w1 = model[0].weight.detach(), model[2].weight.detach()
+    current = prune(model, "random", 0.3, generator=torch.Generator().manual_seed(0), use_default_exclude=False) \
+        if pruned else None
+    t = prune(model, "grasp", 0.5, current=current, data=data, loss_fn=F.cross_entropy, use_default_exclude=False,
+              temperature=T, num_batches=num_batches)
+    # independent: flatten both weights (the masked network's), H from torch.autograd.functional.hessian
+    alive = {k: current[k] if pruned else torch.ones_like(m.weight, dtype=torch.bool)
+             for k, m in (("0.weight", model[0]), ("2.weight", model[2]))}
+    w0, w1 = model[0].weight.detach() * alive["0.weight"], model[2].weight.detach() * alive["2.weight"]
     b0, b1 = model[0].bias.detach(), model[2].bias.detach()
+    used = data[:num_batches] if num_batches else data
 
     def loss(flat):
         a, b = flat[:20].view(5, 4), flat[20:].view(3, 5)
-        return sum(F.cross_entropy(F.linear(torch.tanh(F.linear(x, a, b0)), b, b1) / T, y) for x, y in data)
+        return sum(F.cross_entropy(F.linear(torch.tanh(F.linear(x, a, b0)), b, b1) / T, y) for x, y in used)
 
     flat = torch.cat([w0.flatten(), w1.flatten()]).requires_grad_(True)
-    g = torch.autograd.grad(loss(flat), flat)[0]
+    m = torch.cat([alive["0.weight"].flatten(), alive["2.weight"].flatten()]).double()
+    g = torch.autograd.grad(loss(flat), flat)[0] * m  # the masked network's gradient
     H = torch.autograd.functional.hessian(loss, flat.detach())
     keep_score = flat.detach() * (H @ g)  # -S of the paper: remove the lowest
     scores = {"0.weight": keep_score[:20].view(5, 4), "2.weight": keep_score[20:].view(3, 5)}
-    alive = {k: torch.ones_like(v, dtype=torch.bool) for k, v in scores.items()}
     expected = _expected_keep(scores, alive, 0.5)
     for k in expected:
         assert torch.equal(t[k], expected[k]), k
-    assert t.num_kept == 35 - math.ceil(0.5 * 35)
-    mag = prune(model, "magnitude", 0.5, use_default_exclude=False)
+    remaining = sum(int(a.sum()) for a in alive.values())
+    assert t.num_kept == remaining - math.ceil(0.5 * remaining)
+    mag = prune(model, "magnitude", 0.5, current=current, use_default_exclude=False)
     assert not t.equal(mag)
 
 
@@ -218,3 +225,112 @@ def test_scoring_copy_runs_masked_layers_densely():
     t = prune(model, "grasp", 0.5, data=data, loss_fn=F.cross_entropy)
     assert torch.equal(t["fc.weight"], model.fc.mask) and t.density < 1.0
     assert type(model.fc) is OnceDiffMaskedLinear  # the caller's model keeps its layers
+
+
+# ------------------------------------------------------------------------------------ options and data
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def _data(n_batches=3, batch=10, d=6, classes=4):
+    g = torch.Generator().manual_seed(3)
+    return [(torch.randn(batch, d, generator=g) * (1 + i), torch.randint(0, classes, (batch,), generator=g))
+            for i in range(n_batches)]
+
+
+def _prune(strategy, model, data, **kw):
+    return prune(model, strategy, 0.5, data=data, loss_fn=F.cross_entropy, use_default_exclude=False, **kw)
+
+
+@pytest.mark.parametrize("strategy", ["snip", "grasp"])
+def test_num_batches_uses_the_first_batches_only(strategy):
+    model, data = _bn_net(), _data()
+    one = _prune(strategy, model, data, num_batches=1)
+    assert one.equal(_prune(strategy, model, data[:1]))
+    two = _prune(strategy, model, data, num_batches=2)
+    assert two.equal(_prune(strategy, model, data[:2]))
+    assert _prune(strategy, model, data).equal(_prune(strategy, model, data, num_batches=None))
+    assert not one.equal(_prune(strategy, model, data))
+
+
+@pytest.mark.parametrize("strategy", ["snip", "grasp"])
+def test_train_mode_decides_the_batch_norm_statistics(strategy):
+    model, data = _bn_net(), _data()
+    model.eval()
+    train = _prune(strategy, model, data)  # default: batch statistics, as in the papers
+    assert train.equal(_prune(strategy, model, data, train_mode=True))
+    evaluated = _prune(strategy, model, data, train_mode=False)
+    assert not train.equal(evaluated)
+    assert not model.training and int(model[1].num_batches_tracked) == 0  # the caller's model is untouched
+
+
+@pytest.mark.parametrize("strategy", ["snip", "grasp"])
+def test_a_weight_outside_the_graph_scores_zero(strategy):
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = nn.Linear(6, 4), nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.used(x)
+
+    torch.manual_seed(0)
+    t = _prune(strategy, Unused(), _data(n_batches=1))
+    spare = t["spare.weight"]
+    if strategy == "snip":  # |w g| >= 0: the spare layer's zeros go first
+        assert t.num_kept == 24 and not spare.any() and t["used.weight"].all()
+    else:  # signed scores: the spare layer's equal zeros go or stay together
+        assert spare.all() or not spare.any()
+
+
+def test_labels_need_not_be_tensors():
+    model, data = _bn_net(), _data(n_batches=1)
+    listed = [(x, y.tolist()) for x, y in data]
+    loss = lambda out, y: F.cross_entropy(out, torch.as_tensor(y))
+    a = prune(model, "snip", 0.5, data=listed, loss_fn=loss, use_default_exclude=False)
+    assert a.equal(_prune("snip", model, data))
+
+
+@pytest.mark.parametrize("strategy", ["snip", "grasp"])
+@pytest.mark.parametrize("bad", [0, -1, True, "2", 1.5])
+def test_num_batches_must_be_a_positive_int_or_none(strategy, bad):
+    with pytest.raises(ValueError, match=rf"^num_batches: expected a positive integer or None, got {bad!r}$"):
+        _prune(strategy, _bn_net(), _data(), num_batches=bad)
+
+
+@pytest.mark.parametrize("bad", [0, None, True, "3", 2.0])
+def test_synflow_iterations_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match=rf"^iterations: expected a positive integer, got {bad!r}$"):
+        prune(_bn_net(), "synflow", 0.5, input_shape=(6,), iterations=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -2.0, True, "hot"])
+def test_grasp_temperature_must_be_positive(bad):
+    with pytest.raises(ValueError, match=rf"^temperature: expected a positive number, got {bad!r}$"):
+        _prune("grasp", _bn_net(), _data(), temperature=bad)
+
+
+def test_grasp_takes_a_temperature_below_one():
+    model, data = _bn_net(), _data()
+    assert not _prune("grasp", model, data, temperature=0.5).equal(_prune("grasp", model, data))
+
+
+@pytest.mark.parametrize("bad,why", [([(torch.ones(2, 6),)], "got tuple at batch 0"),
+                                     ([(torch.ones(2, 6), torch.zeros(2, dtype=torch.long)), 7], "got int at batch 1")])
+def test_batches_must_be_pairs(bad, why):
+    with pytest.raises(ValueError, match=rf"^data: every batch must be an \(x, y\) pair, {why}$"):
+        _prune("snip", _bn_net(), bad)
+
+
+def test_empty_data_is_refused():
+    with pytest.raises(ValueError, match=r"^data: no batches \(an iterable of \(x, y\) batches is required\)$"):
+        _prune("snip", _bn_net(), [])
+
+
+@pytest.mark.parametrize("data,got", [([], "NoneType"), ([()], "tuple"), ([7], "int"), ([(7, 1)], "tuple")])
+def test_synflow_needs_a_tensor_batch_for_its_input_shape(data, got):
+    with pytest.raises(ValueError, match=rf"^data: the first batch must be an \(x, y\) pair of tensors, got {got}$"):
+        prune(_bn_net(), "synflow", 0.5, data=data, iterations=1)

@@ -273,3 +273,143 @@ def test_two_four_agrees_with_the_semi_structured_op():
         layer.weight[1, :8] = torch.tensor([3.0, -3.0, 1.0, 1.0, 0.0, 2.0, 2.0, -2.0])
     t = prune(nn.Sequential(layer), "magnitude", structure="2:4")
     assert torch.equal(t["0.weight"], mask_2to4(layer.weight))
+
+
+# --------------------------------------------------------------------------------------------- contracts
+
+
+def _three_layers():
+    # three prunable layers of different sizes (a layer's offset into the shared ranking is then never its size)
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 5), nn.ReLU(),
+                         nn.Linear(5, 3))
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def registered():
+    """Register test strategies; drop them from the registry afterwards."""
+    names = []
+
+    def reg(name, cls):
+        names.append(name)
+        return register_strategy(name)(cls)
+
+    yield reg
+    for n in names:
+        _REGISTRY.pop(n, None)
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
+def test_random_global_ranks_all_layers_together(fraction):
+    model = _three_layers()
+    names = list(prunable_parameters(model, use_default_exclude=False))
+    assert len(names) >= 3
+    total = sum(p.numel() for p in prunable_parameters(model, use_default_exclude=False).values())
+    for seed in range(4):
+        t = prune(model, "random", fraction, generator=_gen(seed), use_default_exclude=False)
+        # distinct ranks across all layers: the count is exact, whatever the seed
+        assert sum(int(t[n].sum()) for n in names) == total - math.ceil(fraction * total)
+
+
+def test_shuffle_defaults_to_layerwise_and_keeps_each_layer_count():
+    model = _three_layers()
+    t = prune(model, "magnitude", 0.5, use_default_exclude=False)
+    s = shuffle(t, generator=_gen(0))
+    assert s.metadata["strategy"] == "shuffle_layerwise"
+    assert all(int(s[n].sum()) == int(t[n].sum()) for n in t) and not s.equal(t)
+
+
+def test_shuffle_follows_its_generator():
+    t = prune(_three_layers(), "magnitude", 0.5, use_default_exclude=False)
+    for scope in ("layerwise", "global"):
+        a = shuffle(t, scope=scope, generator=_gen(5))
+        assert a.equal(shuffle(t, scope=scope, generator=_gen(5)))
+        assert not a.equal(shuffle(t, scope=scope, generator=_gen(6)))
+
+
+def test_global_shuffle_keeps_the_total_over_several_layers():
+    model = _three_layers()
+    names = list(prunable_parameters(model, use_default_exclude=False))
+    # everything kept in the first layer, nothing in the others: any overlap of the slices shows in the total
+    masks = {n: torch.full(p.shape, i == 0) for i, (n, p) in
+             enumerate(prunable_parameters(model, use_default_exclude=False).items())}
+    t = Ticket(masks, {"strategy": "by_hand"})
+    for seed in range(4):
+        g = shuffle(t, scope="global", generator=_gen(seed))
+        assert g.num_kept == t.num_kept
+        assert [tuple(g[n].shape) for n in names] == [tuple(t[n].shape) for n in names]
+
+
+def test_shuffle_exclude_takes_one_glob_as_a_string():
+    t = prune(_three_layers(), "magnitude", 0.5, use_default_exclude=False)
+    names = list(t)
+    for scope in ("layerwise", "global"):
+        s = shuffle(t, scope=scope, generator=_gen(1), exclude=names[1])
+        assert torch.equal(s[names[1]], t[names[1]])
+        assert not torch.equal(s[names[0]], t[names[0]])
+
+
+def test_shuffle_of_a_ticket_without_a_strategy():
+    t = Ticket({"w": torch.tensor([True, False, True, False])})
+    s = shuffle(t, generator=_gen(0))
+    assert s.metadata["shuffled_from"] == "" and s.num_kept == 2
+
+
+def test_register_strategy_needs_a_non_empty_name():
+    for bad in ("", 3, None):
+        with pytest.raises(ValueError, match=rf"^name: expected a non-empty string, got {bad!r}$"):
+            register_strategy(bad)
+
+
+def test_a_registered_strategy_carries_its_name(registered):
+    class Cols(Strategy):
+        def scores(self, ctx):
+            return {n: torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape) for n, p in ctx.params.items()}
+
+    registered("test_cols", Cols)
+    assert Cols.name == "test_cols" and get_strategy("test_cols").name == "test_cols"
+    t = prune(nn.Sequential(nn.Linear(4, 2)), "test_cols", 0.5, use_default_exclude=False)
+    assert t.metadata["strategy"] == "test_cols"
+    assert t["0.weight"].tolist() == [[False, False, False, False], [True, True, True, True]]
+
+
+def test_a_strategy_without_scores_says_so(registered):
+    class Nothing(Strategy):
+        pass
+
+    registered("test_nothing", Nothing)
+    with pytest.raises(NotImplementedError, match=r"^strategy 'test_nothing' implements no scores\(\)$"):
+        prune(nn.Sequential(nn.Linear(4, 2)), "test_nothing", 0.5, use_default_exclude=False)
+
+
+@pytest.mark.parametrize("rule", ["exact", "open_lth"])
+def test_a_layer_with_one_weight_left_loses_it(rule):
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    one = torch.zeros(2, 3, dtype=torch.bool)
+    one[1, 2] = True
+    current = Ticket({"0.weight": one, "1.weight": torch.ones(2, 2, dtype=torch.bool)})
+    t = prune(model, "magnitude", 0.5, current=current, scope="layerwise", rule=rule, use_default_exclude=False)
+    assert not t["0.weight"].any()
+    assert int(t["1.weight"].sum()) == (2 if rule == "exact" else 1)
+
+
+def test_two_four_ties_go_to_the_lower_index_and_partial_groups_keep_what_fits():
+    layer = nn.Linear(6, 3, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    t = prune(nn.Sequential(layer), "magnitude", structure="2:4", use_default_exclude=False)
+    # groups of 4 along the input dim: [0..3] keeps 0 and 1 (ties), the partial group [4, 5] keeps both
+    assert t["0.weight"].tolist() == [[True, True, False, False, True, True]] * 3
+
+
+def test_global_ranking_keeps_float64_scores_apart():
+    # 1 and 1 + 1e-12 are one float32 value: ranked in float32 they would tie and both go
+    layer = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 1.0 + 1e-12]], dtype=torch.float64))
+    t = prune(nn.Sequential(layer), "magnitude", 0.5, use_default_exclude=False)
+    assert t["0.weight"].tolist() == [[False, True]]

@@ -273,3 +273,118 @@ def test_load_refuses_nan_inf_and_non_binary_masks(tmp_path):
     raw.write_bytes(bytes(data))
     with pytest.raises(TicketError, match="byte values other than 0/1.*2"):
         Ticket.load(raw)
+
+
+# ------------------------------------------------------------------------------------------ contracts
+
+
+def _t(meta=None):
+    return Ticket({"a": torch.tensor([[True, False], [True, True]]), "b": torch.tensor([False, False])}, meta)
+
+
+def test_repr_names_counts_and_the_known_metadata():
+    assert repr(_t({"strategy": "magnitude", "structure": "2:4", "level": 3, "other": "x"})) == \
+        "Ticket(2 tensors, density 0.5000, 3/6 kept, strategy=magnitude, structure=2:4, level=3)"
+    assert repr(_t()) == "Ticket(2 tensors, density 0.5000, 3/6 kept)"
+
+
+def test_report_top_level_counts():
+    t = Ticket({"a": torch.tensor([True, False, False, False]), "fc": torch.tensor([True, True])},
+               {"excluded": "fc"})
+    r = t.report()
+    assert (r["total"], r["unpruned"], r["density"], r["sparsity"]) == (6, 3, 0.5, 0.5)
+    assert r["prunable"] == {"kept": 1, "total": 4, "density": 0.25, "sparsity": 0.75, "names": ["a"]}
+    assert r["excluded"] == ["fc"]
+    assert r["layers"]["a"] == {"shape": [4], "kept": 1, "total": 4, "density": 0.25}
+    empty = Ticket({"e": torch.zeros(0, dtype=torch.bool)}).report()
+    assert (empty["density"], empty["sparsity"], empty["layers"]["e"]["density"]) == (1.0, 0.0, 1.0)
+
+
+def test_metadata_is_strings_with_a_utc_creation_time():
+    t = _t({"level": 3, "name": "x"})
+    assert t.metadata["level"] == "3" and t.metadata["name"] == "x"
+    assert t.metadata["created"].endswith("+00:00")
+    with pytest.raises(TypeError, match=r"^metadata: keys must be strings, got 3$"):
+        Ticket({"a": torch.ones(2, dtype=torch.bool)}, {3: "x"})
+
+
+def test_bad_masks_name_the_entry_and_the_type():
+    with pytest.raises(TypeError, match=r"^masks: expected a mapping name -> tensor, got list$"):
+        Ticket([torch.ones(2)])
+    with pytest.raises(TypeError, match=r"^masks\['w'\]: expected a tensor, got list$"):
+        Ticket({"w": [1, 0]})
+    with pytest.raises(ValueError, match=r"^masks\['w'\]: a mask holds only 0 and 1, got values "
+                                         r"\[0\.0, 1\.0, 2\.0, 3\.0, 4\.0\]$"):
+        Ticket({"w": torch.arange(8.0)})
+
+
+def test_comparisons_check_the_layout_with_one_line_errors():
+    t = _t()
+    with pytest.raises(TypeError, match=r"^other: expected a Ticket or mapping name -> mask, got int$"):
+        t.distance(3)
+    other = {k: torch.ones(2, dtype=torch.bool) for k in ("b", "c", "d", "e", "f")}
+    for what in ("distance", "overlap"):
+        with pytest.raises(TicketError, match=rf"^{what}: the tickets mask different parameters \(only here: "
+                                              r"\['a'\], only in other: \['c', 'd', 'e'\]\)$"):
+            getattr(t, what)(other)
+    empty = Ticket({"e": torch.zeros(0, dtype=torch.bool)})
+    assert empty.distance(empty) == 0.0 and empty.overlap(empty) == 1.0
+    nothing = Ticket({"z": torch.zeros(3, dtype=torch.bool)})
+    assert nothing.overlap(nothing) == 1.0  # both keep nothing
+
+
+def test_equal_compares_shapes_values_and_metadata_but_not_creation_time():
+    a = _t({"strategy": "x"})
+    b = Ticket(a.to_dict(), {"strategy": "x", "created": "2000-01-01T00:00:00+00:00"})
+    assert a.equal(b, metadata=True)
+    assert not a.equal(Ticket(a.to_dict(), {"strategy": "y"}), metadata=True)
+    assert not a.equal({"a": a["a"], "b": torch.zeros(3, dtype=torch.bool)})  # a shape differs
+    assert not a.equal({"a": a["a"], "b": [False, False]})  # not a tensor
+    assert a.equal({"a": a["a"].int(), "b": a["b"]})  # 0/1 of another dtype
+    assert not a.equal(a.to_dict(), metadata=True)  # a plain mapping has no metadata
+
+
+def test_from_model_and_ones_metadata_and_dtypes():
+    model = MLP()
+    f, o = Ticket.from_model(model), Ticket.ones(model)
+    assert (f.metadata["strategy"], f.metadata["structure"]) == ("from_model", "unstructured")
+    assert (o.metadata["strategy"], o.metadata["structure"], o.metadata["level"]) == ("dense", "unstructured", "0")
+    assert f.metadata["model"] == o.metadata["model"] == "MLP"
+    assert all(m.dtype == torch.bool and bool(m.all()) for m in list(f.values()) + list(o.values()))
+    names = list(o)
+    ex = Ticket.from_model(model, exclude=(names[0],))
+    assert list(ex) == names[1:]  # later layers are still covered
+
+
+def test_saved_tickets_record_the_package_version(tmp_path):
+    import lth_kernels
+
+    p = _t().save(tmp_path / "t.safetensors")
+    assert Ticket.load(p).metadata["lth_kernels_version"] == lth_kernels.__version__
+
+
+def test_load_errors_are_one_line_and_name_what_is_wrong(tmp_path):
+    p = tmp_path / "x.safetensors"
+    p.write_bytes(b"not a safetensors file\n at all")
+    with pytest.raises(TicketError) as e:
+        Ticket.load(p)
+    cause = " ".join(str(e.value.__cause__).split())
+    assert str(e.value) == f"ticket file {p} is corrupt or not a safetensors file: {cause}" and cause
+
+    save_file({"w": torch.ones(2, dtype=torch.bool)}, str(p), metadata={"format": "other"})
+    with pytest.raises(TicketError, match=r"is not an lth_kernels ticket \(metadata 'format' is 'other', expected "
+                                          r"'lth_kernels\.ticket'\)$"):
+        Ticket.load(p)
+    save_file({"w": torch.ones(2, dtype=torch.bool)}, str(p), metadata={"format": FORMAT})
+    with pytest.raises(TicketError, match=r"has format_version None; this lth_kernels \(.*\) reads versions 1\.\.1$"):
+        Ticket.load(p)
+    for dtype_values, why in ((torch.tensor([1, 0]), "torch.int64"), (torch.tensor([1.0, 0.0]), "torch.float32"),
+                              (torch.tensor([1.0, float("nan")]), "torch.float32 holding NaN"),
+                              (torch.tensor([1.0, float("inf")]), "torch.float32 holding inf")):
+        save_file({"w": dtype_values}, str(p), metadata={"format": FORMAT, "format_version": "1"})
+        with pytest.raises(TicketError, match=rf"tensor 'w' has dtype {why}, expected torch.bool$"):
+            Ticket.load(p)
+    save_file({"w": torch.tensor([0, 1, 2, 7], dtype=torch.uint8).view(torch.bool)}, str(p),
+              metadata={"format": FORMAT, "format_version": "1"})
+    with pytest.raises(TicketError, match=r"mask 'w' holds byte values other than 0/1 \(\[2, 7\]\)$"):
+        Ticket.load(p)

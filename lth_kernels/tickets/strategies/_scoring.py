@@ -57,8 +57,7 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def batches(ctx: PruneContext, limit: int | None, device: torch.device, dtype: torch.dtype | None = None
-            ) -> list[tuple[Any, Any]]:
+def batches(ctx: PruneContext, limit: int | None, device: torch.device) -> list[tuple[Any, Any]]:
     """The first ``limit`` (x, y) batches of ``ctx.data`` (all when ``None``), moved to ``device``."""
     out = []
     data: Iterable[Any] = ctx.data if ctx.data is not None else ()
@@ -68,8 +67,7 @@ def batches(ctx: PruneContext, limit: int | None, device: torch.device, dtype: t
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise ValueError(f"data: every batch must be an (x, y) pair, got {type(batch).__name__} at batch {i}")
         x, y = batch[0], batch[1]
-        x = x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
-        out.append((x, y.to(device) if isinstance(y, torch.Tensor) else y))
+        out.append((x.to(device), y.to(device) if isinstance(y, torch.Tensor) else y))
     if not out:
         raise ValueError("data: no batches (an iterable of (x, y) batches is required)")
     return out
