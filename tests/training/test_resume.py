@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from lth_kernels.training.checkpoint import load_checkpoint
 from lth_kernels.training.metrics import read_metrics
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
@@ -46,7 +47,8 @@ def test_kill9_resume_is_bit_exact(tmp_path):
     proc.wait()
     proc.stderr.close()
     assert not (run_dir / "done.json").exists()
-    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"]
+    # read as a resume reads it: a kill between the two renames of save_checkpoint leaves only checkpoint.pt.prev
+    killed_at = load_checkpoint(run_dir / "checkpoint.pt")["step"]
     assert 0 < killed_at < 60
 
     resumed = _run(run_dir)
