@@ -74,11 +74,12 @@ def cuda_time_ms(fn: Callable[[], object], warmup: int = 10, reps: int = 30, inn
 class Progress:
     """Progress of a loop as the user sees it: a tqdm bar on a terminal; without one (a log file, CI) one
     ``logger.info`` line when the loop starts (a bar's redraws would flood the log). ``enabled=False`` (not the
-    main rank, or the caller asked for quiet) shows nothing. Use as a context manager; ``update`` and ``note``
-    are no-ops when there is no bar."""
+    main rank, or the caller asked for quiet) shows nothing; ``log_start=False`` keeps the bar but not the line (a
+    loop inside a stage whose start is already logged). Use as a context manager; ``update`` and ``note`` are
+    no-ops when there is no bar."""
 
     def __init__(self, total: int | None, *, desc: str | None, unit: str = "step", initial: int = 0,
-                 enabled: bool = True, logger=None, line: str | None = None) -> None:
+                 enabled: bool = True, logger=None, line: str | None = None, log_start: bool = True) -> None:
         import logging
         import sys
 
@@ -89,7 +90,7 @@ class Progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, leave=False, desc=desc)
-        elif total is not None and initial < total:
+        elif log_start and total is not None and initial < total:
             (logger or logging.getLogger("lth_kernels")).info(
                 line if line is not None else f"{desc}: {unit} {initial} -> {total}")
 

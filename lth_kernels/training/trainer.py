@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,8 +191,8 @@ class Trainer:
         model.eval()
         acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
         # a bar on a terminal only: an evaluation is part of its stage, whose start line the log already has
-        with Progress(None, desc=f"evaluate {split}", unit="batch",
-                      enabled=self.progress and self.is_main and sys.stderr.isatty()) as bar:
+        with Progress(None, desc=f"evaluate {split}", unit="batch", enabled=self.progress and self.is_main,
+                      log_start=False) as bar:
             for x, y in self.feed.test_batches(split):
                 x = self._layout(x)
                 with self._autocast():
