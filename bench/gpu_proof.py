@@ -44,7 +44,7 @@ TARGETS = ("sm_90a", "sm_80")
 SHORT = {"sm_90a": "sm90", "sm_80": "sm80"}
 # GEMM-type kernels: their 16-bit variants must use tensor cores.
 GEMM_KERNELS = {"_masked_mm_kernel", "_grad_weight_kernel", "_dds_kernel", "_sdd_kernel", "_attn_fwd_kernel",
-                "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"}
+                "_attn_bwd_kernel"}
 SIXTEEN_BIT = {"bfloat16", "float16"}
 # config fields shown in the table's config column; the other constexprs go to the flags column
 _CONFIG_KEYS = re.compile(r"^(BLOCK\w*|B[A-Z]|GROUP_SIZE_\w|num_warps|num_stages|TILE|SUB|BN)$")

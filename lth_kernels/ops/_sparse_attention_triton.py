@@ -6,9 +6,10 @@ One kernel family covers three row layouts, chosen by the constexpr ``MODE``:
   2 varlen   packed (T, H, d) + cu_seqlens (B + 1): position i of sequence b is row cu_seqlens[b] + i.
 On top, ``BLOCK_SPARSE`` walks FlexAttention-style block lists instead of every KV block: full blocks
 without the element mask, partial blocks with it; a mask block may span several kernel tiles (``_TILES``:
-the tiles are chosen per GPU, the mask block by the user). The backward is FA2's two-kernel scheme without atomics:
-one program per KV tile accumulates dK, dV over the query tiles that see it (transposed lists), one
-program per query tile accumulates dQ; both recompute P from the saved log-sum-exp.
+the tiles are chosen per GPU, the mask block by the user). The backward is FA2's two-pass scheme without
+atomics, one kernel launched twice (constexpr ``KV_PASS``): one program per KV tile accumulates dK, dV over the
+query tiles that see it (transposed lists), one program per query tile accumulates dQ; both recompute P from the
+saved log-sum-exp.
 Fully masked query rows output 0 and get 0 gradient (their LSE is stored as +inf).
 """
 
@@ -34,9 +35,16 @@ if HAS_TRITON:
         return b, (bh % H).to(tl.int64), bh, tl.zeros((), dtype=tl.int64), tl.zeros((), dtype=tl.int32) + SEQ
 
     @triton.jit
-    def _meta_offsets(b, h, pid, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh):
-        # offsets of this program's block count, block list and element-mask plane (batch/head dims may broadcast)
-        return b * s_nb + h * s_nh + pid, b * s_xb + h * s_xh + pid * s_xq, b * s_emb + h * s_emh
+    def _meta_offsets(b, h, pid, s_meta, s_em):
+        # offsets of this program's block count, block list and element-mask plane (batch/head dims may broadcast);
+        # s_meta = (count batch, count head, list batch, list head, list row), s_em = (batch, head, row)
+        return (b * s_meta[0] + h * s_meta[1] + pid, b * s_meta[2] + h * s_meta[3] + pid * s_meta[4],
+                b * s_em[0] + h * s_em[1])
+
+    @triton.jit
+    def _head(s, b, h):
+        # offset of (batch b, head h) in a tensor with (batch, head, row) strides s
+        return b * s[0] + h * s[1]
 
     @triton.jit
     def _rows(IDX, idx_off, start, pos, valid, MODE: tl.constexpr):
@@ -123,9 +131,7 @@ if HAS_TRITON:
         return acc, l_i, m_new
 
     @triton.jit
-    def _attn_fwd_kernel(Q, K, V, OUT, LSE, IDX, CU, KVN, KVI, FKVN, FKVI, EM,
-                         s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
-                         s_ib, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh, s_emq,
+    def _attn_fwd_kernel(Q, K, V, OUT, LSE, IDX, CU, KVN, KVI, FKVN, FKVI, EM, s_q, s_k, s_v, s_o, s_ib, s_meta, s_em,
                          H, SEQ, LSE_LEN, qk_scale,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, MASK_M: tl.constexpr, MASK_N: tl.constexpr, MODE: tl.constexpr,
@@ -137,12 +143,10 @@ if HAS_TRITON:
         idx_off = b * s_ib
         offs_d = tl.arange(0, BLOCK_D)
         offs_m, m_valid, qrows, orows = _q_block(IDX, idx_off, start, L, pid_m * BLOCK_M, BLOCK_M, MODE, O_COMPACT)
-        q = _load_rows(Q, b * s_qb + h * s_qh, qrows, s_qn, m_valid, offs_d, HEAD_DIM)
-        k_off = b * s_kb + h * s_kh
-        v_off = b * s_vb + h * s_vh
+        q = _load_rows(Q, _head(s_q, b, h), qrows, s_q[2], m_valid, offs_d, HEAD_DIM)
+        k_off, v_off = _head(s_k, b, h), _head(s_v, b, h)
         # metadata row of the mask block this tile lies in
-        num_off, lst_off, em_off = _meta_offsets(b, h, pid_m // (MASK_M // BLOCK_M), s_nb, s_nh, s_xb, s_xh, s_xq,
-                                                 s_emb, s_emh)
+        num_off, lst_off, em_off = _meta_offsets(b, h, pid_m // (MASK_M // BLOCK_M), s_meta, s_em)
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
@@ -151,19 +155,19 @@ if HAS_TRITON:
             n, lst = _block_list(phase, FKVN, FKVI, KVN, KVI, num_off, lst_off, L, BLOCK_N, MASK_N, BLOCK_SPARSE)
             for j in range(n):
                 start_n = _block_start(lst, j, BLOCK_N, MASK_N, BLOCK_SPARSE)
-                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
-                                          start_n, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM,
-                                          BLOCK_N, MODE, phase == 1, PREC)
+                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_k[2], s_v[2], IDX, idx_off, start,
+                                          L, start_n, offs_m, m_valid, offs_d, EM, em_off, s_em[2], qk_scale,
+                                          HEAD_DIM, BLOCK_N, MODE, phase == 1, PREC)
         empty = l_i == 0.0
         out = acc / tl.where(empty, 1.0, l_i)[:, None]
-        optrs = OUT + b * s_ob + h * s_oh + orows[:, None] * s_on + offs_d[None, :]
+        optrs = OUT + _head(s_o, b, h) + orows[:, None] * s_o[2] + offs_d[None, :]
         tl.store(optrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
         # natural-log LSE; +inf marks a fully masked row so that the backward's P is exactly 0 there
         lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
         tl.store(LSE + bh.to(tl.int64) * LSE_LEN + offs_m, lse, mask=m_valid)
 
     @triton.jit
-    def _attn_bwd_delta_kernel(OUT, DO, DELTA, IDX, CU, s_ob, s_oh, s_on, s_db, s_dh, s_dn, s_ib, H, SEQ, LSE_LEN,
+    def _attn_bwd_delta_kernel(OUT, DO, DELTA, IDX, CU, s_o, s_do, s_ib, H, SEQ, LSE_LEN,
                                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                                MODE: tl.constexpr, O_COMPACT: tl.constexpr):
         # delta_i = sum_d O_id dO_id, the softmax-backward row term
@@ -173,8 +177,8 @@ if HAS_TRITON:
             return
         offs_d = tl.arange(0, BLOCK_D)
         offs_m, m_valid, _, rows = _q_block(IDX, b * s_ib, start, L, pid_m * BLOCK_M, BLOCK_M, MODE, O_COMPACT)
-        o = _load_rows(OUT, b * s_ob + h * s_oh, rows, s_on, m_valid, offs_d, HEAD_DIM).to(tl.float32)
-        do = _load_rows(DO, b * s_db + h * s_dh, rows, s_dn, m_valid, offs_d, HEAD_DIM).to(tl.float32)
+        o = _load_rows(OUT, _head(s_o, b, h), rows, s_o[2], m_valid, offs_d, HEAD_DIM).to(tl.float32)
+        do = _load_rows(DO, _head(s_do, b, h), rows, s_do[2], m_valid, offs_d, HEAD_DIM).to(tl.float32)
         tl.store(DELTA + bh.to(tl.int64) * LSE_LEN + offs_m, tl.sum(o * do, 1), mask=m_valid)
 
     @triton.jit
@@ -196,47 +200,6 @@ if HAS_TRITON:
         return dk, dv
 
     @triton.jit
-    def _attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, IDX, CU, QN, QI, FQN, FQI, EM,
-                              s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn,
-                              s_gkb, s_gkh, s_gkn, s_gvb, s_gvh, s_gvn,
-                              s_ib, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh, s_emq,
-                              H, SEQ, LSE_LEN, qk_scale, sm_scale,
-                              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                              BLOCK_N: tl.constexpr, MASK_M: tl.constexpr, MASK_N: tl.constexpr,
-                              MODE: tl.constexpr, O_COMPACT: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-                              PREC: tl.constexpr):
-        # One program per KV block: dK, dV summed over the query blocks that attend to it, no atomics.
-        pid_n = tl.program_id(0)
-        b, h, bh, start, L = _program(CU, SEQ, H, MODE)
-        if pid_n * BLOCK_N >= L:
-            return
-        idx_off = b * s_ib
-        offs_d = tl.arange(0, BLOCK_D)
-        offs_n, n_valid, krows, k, v = _kv_block(K, V, b * s_kb + h * s_kh, b * s_vb + h * s_vh, s_kn, s_vn, IDX,
-                                                 idx_off, start, L, pid_n * BLOCK_N, offs_d, HEAD_DIM, BLOCK_N, MODE)
-        dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        q_off = b * s_qb + h * s_qh
-        do_off = b * s_db + h * s_dh
-        stat_off = bh.to(tl.int64) * LSE_LEN
-        # metadata row of the mask block this tile lies in
-        num_off, lst_off, em_off = _meta_offsets(b, h, pid_n // (MASK_N // BLOCK_N), s_nb, s_nh, s_xb, s_xh, s_xq,
-                                                 s_emb, s_emh)
-        PHASES: tl.constexpr = 2 if BLOCK_SPARSE else 1
-        for phase in tl.static_range(PHASES):
-            n, lst = _block_list(phase, FQN, FQI, QN, QI, num_off, lst_off, L, BLOCK_M, MASK_M, BLOCK_SPARSE)
-            for j in range(n):
-                start_m = _block_start(lst, j, BLOCK_M, MASK_M, BLOCK_SPARSE)
-                dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, s_qn, s_dn, stat_off, IDX,
-                                        idx_off, start, L, start_m, offs_n, n_valid, offs_d, EM, em_off, s_emq,
-                                        qk_scale, HEAD_DIM, BLOCK_M, MODE, O_COMPACT, phase == 1, PREC)
-        st = n_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
-        tl.store(DK + b * s_gkb + h * s_gkh + krows[:, None] * s_gkn + offs_d[None, :],
-                 (dk * sm_scale).to(DK.dtype.element_ty), mask=st)
-        tl.store(DV + b * s_gvb + h * s_gvh + krows[:, None] * s_gvn + offs_d[None, :], dv.to(DV.dtype.element_ty),
-                 mask=st)
-
-    @triton.jit
     def _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L, start_n,
                      offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM: tl.constexpr,
                      BLOCK_N: tl.constexpr, MODE: tl.constexpr, APPLY_EM: tl.constexpr, PREC: tl.constexpr):
@@ -251,42 +214,60 @@ if HAS_TRITON:
         return dq
 
     @triton.jit
-    def _attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, IDX, CU, KVN, KVI, FKVN, FKVI, EM,
-                            s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn,
-                            s_gqb, s_gqh, s_gqn,
-                            s_ib, s_nb, s_nh, s_xb, s_xh, s_xq, s_emb, s_emh, s_emq,
-                            H, SEQ, LSE_LEN, qk_scale, sm_scale,
-                            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                            BLOCK_N: tl.constexpr, MASK_M: tl.constexpr, MASK_N: tl.constexpr,
-                            MODE: tl.constexpr, O_COMPACT: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-                            PREC: tl.constexpr):
-        # One program per query block: dQ summed over the KV blocks it attends to.
-        pid_m = tl.program_id(0)
+    def _attn_bwd_kernel(Q, K, V, DO, G, G2, LSE, DELTA, IDX, CU, NUM, LST, FNUM, FLST, EM,
+                         s_q, s_k, s_v, s_do, s_g, s_g2, s_ib, s_meta, s_em, H, SEQ, LSE_LEN, qk_scale, sm_scale,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, MASK_M: tl.constexpr, MASK_N: tl.constexpr, MODE: tl.constexpr,
+                         O_COMPACT: tl.constexpr, BLOCK_SPARSE: tl.constexpr, PREC: tl.constexpr,
+                         KV_PASS: tl.constexpr):
+        # KV_PASS: one program per KV tile writes dK (G) and dV (G2), summed over the query tiles that attend to it
+        # (NUM/LST are the transposed lists); otherwise one program per query tile writes dQ (G) over its KV tiles.
+        # Two launches of one kernel, no atomics; the pass is a constexpr, so each compiles to its own code.
+        pid = tl.program_id(0)
         b, h, bh, start, L = _program(CU, SEQ, H, MODE)
-        if pid_m * BLOCK_M >= L:
+        TILE: tl.constexpr = BLOCK_N if KV_PASS else BLOCK_M
+        if pid * TILE >= L:
             return
         idx_off = b * s_ib
         offs_d = tl.arange(0, BLOCK_D)
-        offs_m, m_valid, qrows, orows = _q_block(IDX, idx_off, start, L, pid_m * BLOCK_M, BLOCK_M, MODE, O_COMPACT)
-        q = _load_rows(Q, b * s_qb + h * s_qh, qrows, s_qn, m_valid, offs_d, HEAD_DIM)
-        do = _load_rows(DO, b * s_db + h * s_dh, orows, s_dn, m_valid, offs_d, HEAD_DIM)
-        lse2, delta = _row_stats(LSE, DELTA, bh.to(tl.int64) * LSE_LEN, offs_m, m_valid)
-        k_off = b * s_kb + h * s_kh
-        v_off = b * s_vb + h * s_vh
+        d_ok = offs_d[None, :] < HEAD_DIM
+        q_off, k_off, v_off, do_off = _head(s_q, b, h), _head(s_k, b, h), _head(s_v, b, h), _head(s_do, b, h)
+        stat_off = bh.to(tl.int64) * LSE_LEN
         # metadata row of the mask block this tile lies in
-        num_off, lst_off, em_off = _meta_offsets(b, h, pid_m // (MASK_M // BLOCK_M), s_nb, s_nh, s_xb, s_xh, s_xq,
-                                                 s_emb, s_emh)
-        dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        MASK: tl.constexpr = MASK_N if KV_PASS else MASK_M
+        num_off, lst_off, em_off = _meta_offsets(b, h, pid // (MASK // TILE), s_meta, s_em)
         PHASES: tl.constexpr = 2 if BLOCK_SPARSE else 1
-        for phase in tl.static_range(PHASES):
-            n, lst = _block_list(phase, FKVN, FKVI, KVN, KVI, num_off, lst_off, L, BLOCK_N, MASK_N, BLOCK_SPARSE)
-            for j in range(n):
-                start_n = _block_start(lst, j, BLOCK_N, MASK_N, BLOCK_SPARSE)
-                dq = _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kn, s_vn, IDX, idx_off, start, L,
-                                  start_n, offs_m, m_valid, offs_d, EM, em_off, s_emq, qk_scale, HEAD_DIM, BLOCK_N,
-                                  MODE, phase == 1, PREC)
-        tl.store(DQ + b * s_gqb + h * s_gqh + qrows[:, None] * s_gqn + offs_d[None, :],
-                 (dq * sm_scale).to(DQ.dtype.element_ty), mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
+        if KV_PASS:
+            offs_n, n_valid, krows, k, v = _kv_block(K, V, k_off, v_off, s_k[2], s_v[2], IDX, idx_off, start, L,
+                                                     pid * BLOCK_N, offs_d, HEAD_DIM, BLOCK_N, MODE)
+            dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+            dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+            for phase in tl.static_range(PHASES):
+                n, lst = _block_list(phase, FNUM, FLST, NUM, LST, num_off, lst_off, L, BLOCK_M, MASK_M, BLOCK_SPARSE)
+                for j in range(n):
+                    dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, s_q[2], s_do[2], stat_off,
+                                            IDX, idx_off, start, L, _block_start(lst, j, BLOCK_M, MASK_M, BLOCK_SPARSE),
+                                            offs_n, n_valid, offs_d, EM, em_off, s_em[2], qk_scale, HEAD_DIM, BLOCK_M,
+                                            MODE, O_COMPACT, phase == 1, PREC)
+            st = n_valid[:, None] & d_ok
+            tl.store(G + _head(s_g, b, h) + krows[:, None] * s_g[2] + offs_d[None, :],
+                     (dk * sm_scale).to(G.dtype.element_ty), mask=st)
+            tl.store(G2 + _head(s_g2, b, h) + krows[:, None] * s_g2[2] + offs_d[None, :],
+                     dv.to(G2.dtype.element_ty), mask=st)
+        else:
+            offs_m, m_valid, qrows, orows = _q_block(IDX, idx_off, start, L, pid * BLOCK_M, BLOCK_M, MODE, O_COMPACT)
+            q = _load_rows(Q, q_off, qrows, s_q[2], m_valid, offs_d, HEAD_DIM)
+            do = _load_rows(DO, do_off, orows, s_do[2], m_valid, offs_d, HEAD_DIM)
+            lse2, delta = _row_stats(LSE, DELTA, stat_off, offs_m, m_valid)
+            dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+            for phase in tl.static_range(PHASES):
+                n, lst = _block_list(phase, FNUM, FLST, NUM, LST, num_off, lst_off, L, BLOCK_N, MASK_N, BLOCK_SPARSE)
+                for j in range(n):
+                    dq = _bwd_dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_k[2], s_v[2], IDX, idx_off, start,
+                                      L, _block_start(lst, j, BLOCK_N, MASK_N, BLOCK_SPARSE), offs_m, m_valid,
+                                      offs_d, EM, em_off, s_em[2], qk_scale, HEAD_DIM, BLOCK_N, MODE, phase == 1, PREC)
+            tl.store(G + _head(s_g, b, h) + qrows[:, None] * s_g[2] + offs_d[None, :],
+                     (dq * sm_scale).to(G.dtype.element_ty), mask=m_valid[:, None] & d_ok)
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -382,6 +363,10 @@ class _Plan:
             self.mask_m = self.mask_n = None
         self.tiles = tiles(q.dtype, self.block_d, (self.mask_m, self.mask_n) if self.sparse else None, q.device)
 
+    def strides(self, *tensors) -> list[tuple[int, int, int]]:
+        """(batch, head, row) strides of each tensor, one tuple per kernel argument."""
+        return [_rows_strides(t, self.varlen) for t in tensors]
+
     def grid(self, kernel: str, rows: str):
         tile_m, tile_n = self.tiles[kernel][:2]
         return (triton.cdiv(max(self.lse_len, 1), tile_m if rows == "m" else tile_n), self.batch * self.heads)
@@ -413,10 +398,8 @@ def attention_forward(q, k, v, keep_index, cu_seqlens, max_seqlen, block_mask, b
         return out, lse
     kvn, kvi, fkvn, fkvi = plan.bm[:4]
     launch(_attn_fwd_kernel, plan.grid("fwd", "m"),
-        q, k, v, out, lse, plan.idx, plan.cu, kvn, kvi, fkvn, fkvi, plan.em,
-        *_rows_strides(q, plan.varlen), *_rows_strides(k, plan.varlen), *_rows_strides(v, plan.varlen),
-        *_rows_strides(out, plan.varlen), plan.s_ib, *plan.meta_strides, *plan.em_strides,
-        plan.heads, plan.seq, plan.lse_len, plan.qk_scale, **plan.consts("fwd"))
+        q, k, v, out, lse, plan.idx, plan.cu, kvn, kvi, fkvn, fkvi, plan.em, *plan.strides(q, k, v, out), plan.s_ib,
+        plan.meta_strides, plan.em_strides, plan.heads, plan.seq, plan.lse_len, plan.qk_scale, **plan.consts("fwd"))
     return out, lse
 
 
@@ -432,19 +415,17 @@ def attention_backward(dout, q, k, v, out, lse, keep_index, cu_seqlens, max_seql
     delta = torch.empty_like(lse)
     # the row-term kernel is a reduction over d: any tile works, the dQ kernel's saves a recompile
     launch(_attn_bwd_delta_kernel, plan.grid("dq", "m"),
-        out, dout, delta, plan.idx, plan.cu, *_rows_strides(out, plan.varlen), *_rows_strides(dout, plan.varlen),
-        plan.s_ib, plan.heads, plan.seq, plan.lse_len, HEAD_DIM=plan.head_dim, BLOCK_D=plan.block_d,
-        BLOCK_M=plan.tiles["dq"][0], MODE=plan.mode, O_COMPACT=plan.o_compact)
-    strides = (*_rows_strides(q, plan.varlen), *_rows_strides(k, plan.varlen), *_rows_strides(v, plan.varlen),
-               *_rows_strides(dout, plan.varlen))
+        out, dout, delta, plan.idx, plan.cu, *plan.strides(out, dout), plan.s_ib, plan.heads, plan.seq,
+        plan.lse_len, HEAD_DIM=plan.head_dim, BLOCK_D=plan.block_d, BLOCK_M=plan.tiles["dq"][0], MODE=plan.mode,
+        O_COMPACT=plan.o_compact)
+    shared = (lse, delta, plan.idx, plan.cu)
+    scalars = (plan.heads, plan.seq, plan.lse_len, plan.qk_scale, plan.scale)
     qn, qi, fqn, fqi = plan.bm[4:8]
-    launch(_attn_bwd_dkdv_kernel, plan.grid("dkdv", "n"),
-        q, k, v, dout, dk, dv, lse, delta, plan.idx, plan.cu, qn, qi, fqn, fqi, plan.em, *strides,
-        *_rows_strides(dk, plan.varlen), *_rows_strides(dv, plan.varlen), plan.s_ib, *plan.meta_strides_t,
-        *plan.em_strides, plan.heads, plan.seq, plan.lse_len, plan.qk_scale, plan.scale, **plan.consts("dkdv"))
+    launch(_attn_bwd_kernel, plan.grid("dkdv", "n"),
+        q, k, v, dout, dk, dv, *shared, qn, qi, fqn, fqi, plan.em, *plan.strides(q, k, v, dout, dk, dv),
+        plan.s_ib, plan.meta_strides_t, plan.em_strides, *scalars, KV_PASS=True, **plan.consts("dkdv"))
     kvn, kvi, fkvn, fkvi = plan.bm[:4]
-    launch(_attn_bwd_dq_kernel, plan.grid("dq", "m"),
-        q, k, v, dout, dq, lse, delta, plan.idx, plan.cu, kvn, kvi, fkvn, fkvi, plan.em, *strides,
-        *_rows_strides(dq, plan.varlen), plan.s_ib, *plan.meta_strides, *plan.em_strides, plan.heads, plan.seq,
-        plan.lse_len, plan.qk_scale, plan.scale, **plan.consts("dq"))
+    launch(_attn_bwd_kernel, plan.grid("dq", "m"),
+        q, k, v, dout, dq, dq, *shared, kvn, kvi, fkvn, fkvi, plan.em, *plan.strides(q, k, v, dout, dq, dq),
+        plan.s_ib, plan.meta_strides, plan.em_strides, *scalars, KV_PASS=False, **plan.consts("dq"))
     return dq, dk, dv
