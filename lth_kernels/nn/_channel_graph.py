@@ -119,6 +119,34 @@ class ChannelGraph:
                 out.append(names[-1])
         return sorted(out, key=self.order.index)
 
+    def streams(self) -> list[list[str]]:
+        """Residual streams whose channels can be selected as one GFS layer, in execution order: for each
+        unpinned space written by two or more producers (merged by residual adds), the modules that carry a
+        shared gate, one per producer (the BN reading the producer alone, else the producer). A gate on every
+        branch gates the stream itself only when the stream is positively homogeneous in its branches, so a
+        space qualifies only when every op in it is: adds, ReLU, pooling, flatten, dropout, reshapes, and no
+        BN or other module of its own (a pre-activation BN on the stream, a squeeze-excitation product or a
+        GELU rule it out)."""
+        mods = dict(self.gm.named_modules())
+        by_space: dict[int, list[fx.Node]] = {}
+        for node, (sp, _) in self.node_space.items():
+            by_space.setdefault(self.find(sp), []).append(node)
+        out = []
+        for sp, nodes in by_space.items():
+            producers = [n for n in nodes if n.op == "call_module" and self._opens.get(n.target)]
+            if self.spaces[sp].pinned or len(producers) < 2:
+                continue
+            gates = []
+            for p in producers:
+                users = list(p.users)
+                bn = users[0] if len(users) == 1 and users[0].op == "call_module" and \
+                    isinstance(mods.get(users[0].target), _BN) else None
+                gates.append(bn if bn is not None and _homogeneous(mods[bn.target]) else p)
+            gate_nodes = set(gates) | set(producers)
+            if all(n in gate_nodes or _homogeneous_op(n, mods) for n in nodes):
+                out.append([g.target for g in gates])
+        return sorted(out, key=lambda names: self.order.index(names[0]))
+
     _opens: dict[str, bool] = field(default_factory=dict)
 
 
@@ -139,6 +167,32 @@ def _act_keeps_zero(mod: nn.Module) -> bool:
     when that activation does."""
     act = getattr(mod, "act", None)
     return act is None or isinstance(act, _ZERO_MODULES)
+
+
+# Ops g with g(s x) = s g(x) per channel for s >= 0: a residual stream made of them and adds is gated exactly by
+# gating each branch that writes it.
+_HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d,
+                        nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
+_HOMOGENEOUS_FUNCS = {F.relu, torch.relu, F.leaky_relu, F.dropout, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+                      F.adaptive_max_pool2d, torch.flatten, operator.add, operator.iadd, torch.add}
+_HOMOGENEOUS_METHODS = {"relu", "relu_", "contiguous", "clone", "flatten", "view", "reshape", "mean", "amax", "sum",
+                        "float", "to", "type_as", "add", "add_"}
+
+
+def _homogeneous(mod: nn.Module) -> bool:
+    """A BN whose fused activation (timm ``BatchNormAct2d``) is positively homogeneous, or none."""
+    act = getattr(mod, "act", None)
+    return act is None or isinstance(act, _HOMOGENEOUS_MODULES)
+
+
+def _homogeneous_op(node, mods) -> bool:
+    if node.op == "call_module":
+        return isinstance(mods.get(node.target), _HOMOGENEOUS_MODULES)
+    if node.op == "call_function":
+        return node.target in _HOMOGENEOUS_FUNCS
+    if node.op == "call_method":
+        return node.target in _HOMOGENEOUS_METHODS
+    return False
 
 
 def _trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:

@@ -84,7 +84,7 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
                  num_candidates: int = 50, target_acc: float | None = None, tolerance: float = 0.02,
                  converge_tolerance: float = 0.05, eval_fn: Callable[[], float] | None = None,
                  generator: torch.Generator | None = None, allow_repeats: bool = False,
-                 max_steps: int | None = None, gate_at: str | None = None) -> GfsLayerResult:
+                 max_steps: int | None = None, gate_at: str | list[str] | None = None) -> GfsLayerResult:
     """Greedy forward selection of the output channels of module ``name`` (model in eval mode while it runs).
 
     Args:
@@ -97,7 +97,8 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
         allow_repeats: sample from all channels (the two-layer Frank-Wolfe form, a multiset) instead of the
             ones not selected yet.
         gate_at: the module whose output the gate multiplies (default ``name``): the activation after the
-            layer when it is not positively homogeneous (ReLU6, as the reference gates MobileNetV2).
+            layer when it is not positively homogeneous (ReLU6, as the reference gates MobileNetV2); a list:
+            one gate shared by all of them (every branch that writes a residual stream, which gates the stream).
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates: expected >= 1, got {num_candidates}")
@@ -106,7 +107,8 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
     dev = next(model.parameters()).device
     alpha = torch.zeros(d, dtype=torch.float64)
     scale = torch.zeros(d, device=dev)
-    gate = _Gate(model.get_submodule(gate_at) if gate_at else module, scale)
+    points = [gate_at] if isinstance(gate_at, str) else list(gate_at or [name])
+    gates = [_Gate(model.get_submodule(p), scale) for p in points]
     was = model.training
     model.eval()
     result = GfsLayerResult(name, alpha)
@@ -143,7 +145,8 @@ def select_layer(model: nn.Module, name: str, batches: Iterator, *, loss_fn: Cal
                 if acc >= (1 - tolerance) * target_acc:
                     break
     finally:
-        gate.remove()
+        for gate in gates:
+            gate.remove()
         model.train(was)
     result.alpha = alpha
     return result

@@ -8,9 +8,12 @@ starts (the reference re-evaluates it per layer; ``--gfs.target dense`` fixes it
 layer whose channels all get selected is restored to the exact dense layer; gates sit after non-homogeneous
 activations (ReLU6). 0.1 epoch of fine-tuning follows each layer, and the pruned network (made narrower by
 ``nn.channel_prune``) is fine-tuned at the end (``finetune`` group); ``plots/gfs.png`` shows the greedy curves.
-Prunable layers are found from the model's channel graph
-(a single-producer channel space not tied to a residual add), minus ``exclude`` globs; the output layer is
-never pruned. The kept channels are saved as ``channels.json`` beside the weights.
+Prunable layers are found from the model's channel graph: a single-producer channel space not tied to a
+residual add, and (``--gfs.residual_streams``, on by default, the reference's ``mask2``) each residual stream
+whose ops are adds and positively homogeneous ones (ReLU, pooling): one gate shared by every branch that writes
+it (the BN after each producer), which gates the stream exactly; minus ``exclude`` globs (a stream is excluded
+when any of its gate modules is). A stream is grown at the place of its first branch. The output layer is never
+pruned. The kept channels are saved as ``channels.json`` beside the weights.
 
 ``--gfs.budget_study true`` (``--budget-study``): for each training-set size m, pre-train on m examples and
 prune with GFS from the checkpoints after each number of pre-training iterations; report the subnetwork's

@@ -29,6 +29,10 @@ class GfsOptions(Hparams):
     eval_samples: int = hfield(1024, "training examples of the stopping rule: a fixed class-balanced, "
                                      "un-augmented subset (seeded)")
     allow_repeats: bool = hfield(False, "sample candidates from all channels (multiset, two-layer form)")
+    residual_streams: bool = hfield(True, "also select the channels of residual streams (one gate shared by every "
+                                          "branch that writes the stream, the reference's mask2), where the "
+                                          "stream is made of adds and ReLUs only; false: layers with a channel "
+                                          "space of their own only")
     restore_full: bool = hfield(True, "a layer whose channels all got selected becomes the exact dense layer and "
                                       "is not fine-tuned (the reference); false folds the re-weighted gates")
     layer_finetune_steps: str = hfield("0.1ep", "fine-tuning after each pruned layer (a fraction of an epoch "

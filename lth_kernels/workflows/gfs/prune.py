@@ -35,10 +35,24 @@ def _endless_batches(ds, batch_size: int, device, generator: torch.Generator):
                        torch.as_tensor([b for _, b in items]).to(device))
 
 
-def prunable_layers(model: nn.Module, example: torch.Tensor, exclude=()) -> list[str]:
-    """GFS layers: the gateable modules of the channel graph (bottom-up), minus ``exclude`` globs."""
-    names = analyse(model, example).gateable()
-    return [n for n in names if not any(fnmatch.fnmatchcase(n, g) for g in exclude)]
+def _excluded(name: str, exclude) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in exclude)
+
+
+def prunable_layers(model: nn.Module, example: torch.Tensor, exclude=(), streams: bool = False) -> list[str]:
+    """GFS layers: the gateable modules of the channel graph (bottom-up), minus ``exclude`` globs; with
+    ``streams`` also each selectable residual stream, named by its first gate module (``stream_gates``)."""
+    g = analyse(model, example)
+    names = [n for n in g.gateable() if not _excluded(n, exclude)]
+    if streams:
+        names += [s[0] for s in g.streams() if not any(_excluded(n, exclude) for n in s)]
+    order = g.order
+    return sorted(names, key=order.index)
+
+
+def stream_gates(model: nn.Module, example: torch.Tensor) -> dict[str, list[str]]:
+    """Residual-stream GFS layer (its first gate module) -> every module carrying the stream's shared gate."""
+    return {s[0]: s for s in analyse(model, example).streams()}
 
 
 # Positively homogeneous (f(s x) = s f(x) for s >= 0): a gate after them equals one on the BN output.
@@ -118,32 +132,41 @@ def gfs_prune(model: nn.Module, train_ds, test_ds, opts, *, batch_size: int, exa
     batches = _endless_batches(train_ds, batch_size, dev, gen)
     ft_steps = layer_finetune_steps(opts.layer_finetune_steps, len(train_ds), batch_size)
     masks, layers = {}, []
-    names = prunable_layers(model, example, opts.exclude)
-    gates = gate_points(model, example.to(dev), names)
+    streams = stream_gates(model, example.to(dev)) if opts.residual_streams else {}
+    names = prunable_layers(model, example, opts.exclude, streams=opts.residual_streams)
+    gates = gate_points(model, example.to(dev), [n for n in names if n not in streams])
+    # a stream's gate sits on every branch that writes it (BN outputs; the stream is homogeneous, see streams())
+    gates.update({n: ("stream", streams[n]) for n in names if n in streams})
     bar = Progress(len(names), desc="gfs", unit="layer", enabled=progress, logger=log,
                    line=f"gfs: growing {len(names)} layers bottom-up ({opts.candidates} candidates per step)")
     for name in names:
         gate = gates[name]
+        gate_at = None if gate is None else gate[1] if gate[0] == "stream" else gate[0]
         target = dense_acc if opts.target == "dense" else evaluate()
         d = _width(model, name)
         if fixed_size > 0:
             res = select_layer(model, name, batches, num_candidates=opts.candidates, target_acc=None,
                                generator=gen, allow_repeats=opts.allow_repeats, max_steps=min(fixed_size, d),
-                               gate_at=gate and gate[0])
+                               gate_at=gate_at)
         else:
             res = select_layer(model, name, batches, num_candidates=opts.candidates, target_acc=target,
                                tolerance=opts.tolerance, converge_tolerance=opts.converge_tolerance,
                                eval_fn=evaluate, generator=gen, allow_repeats=opts.allow_repeats,
-                               gate_at=gate and gate[0])
+                               gate_at=gate_at)
         restored = res.full and opts.restore_full
+        stream = gate is not None and gate[0] == "stream"
+        members = gate[1] if stream else [name]  # a stream: every branch carries the gate and the mask
         if restored:  # a full layer is left as it was: the exact dense layer, as set_alpha_to_init does
             pass
-        elif gate is None:
-            fold_gate_(model, name, res.alpha)
+        elif gate is None or stream:
+            for member in members:
+                fold_gate_(model, member, res.alpha)
         else:
             fold_gate_after_act_(model, name, res.alpha, gate[1])
-        masks[name] = res.mask
-        layers.append({"layer": name, "gate_at": name if gate is None else gate[0],
+        for member in members:
+            masks[member] = res.mask
+        layers.append({"layer": f"{name} (stream, {len(gate[1])} branches)" if stream else name,
+                       "gate_at": name if gate is None else gate_at,
                        "channels": int(res.alpha.numel()), "kept": res.kept,
                        "steps": len(res.steps), "eval_acc": res.eval_acc, "target_acc": target,
                        "restored_dense": restored,
