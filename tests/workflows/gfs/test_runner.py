@@ -18,6 +18,7 @@ from lth_kernels.workflows.gfs.budget import fit_log, threshold
 from lth_kernels.workflows.gfs.cli import main
 from lth_kernels.workflows.gfs.hparams import GfsHparams, GfsOptions
 from lth_kernels.workflows.gfs.runner import run
+from tests.workflows.gfs._greedy import assert_greedy_steps
 
 
 class TwoLayer(nn.Module):
@@ -347,19 +348,7 @@ def test_gate_after_relu6_selects_and_folds_exactly():
             return model[4](h)
 
     res = select_layer(model, "2", itertools.repeat((x, y)), num_candidates=10, max_steps=3, gate_at="3")
-    alpha, chosen = torch.zeros(6, dtype=torch.float64), []
-    for k, step in enumerate(res.steps):
-        eta = 1.0 / (k + 1)
-        losses = {}
-        for i in (i for i in range(6) if i not in chosen):
-            trial = alpha * (1 - eta)
-            trial[i] += eta
-            losses[i] = float(F.cross_entropy(oracle(trial), y))
-        best = min(losses, key=lambda i: (losses[i], i))
-        assert step.chosen == best and step.loss == pytest.approx(losses[best], rel=1e-5)
-        alpha = alpha * (1 - eta)
-        alpha[best] += eta
-        chosen.append(best)
+    torch.testing.assert_close(res.alpha, assert_greedy_steps(res, oracle, y, 6))
     expected = oracle(res.alpha)
     import copy
 

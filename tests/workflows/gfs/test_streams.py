@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lth_kernels.nn._channel_graph import analyse
 from lth_kernels.tickets.gfs import select_layer
+from tests.workflows.gfs._greedy import assert_greedy_steps
 
 
 class ResMLP(nn.Module):
@@ -66,19 +66,7 @@ def test_shared_gate_selects_exactly_like_a_gate_on_the_stream():
 
     res = select_layer(model, "stem_bn", itertools.repeat((x, y)), num_candidates=10, max_steps=4,
                        gate_at=["stem_bn", "bn2"])
-    alpha, chosen = torch.zeros(6, dtype=torch.float64), []
-    for k, step in enumerate(res.steps):
-        eta = 1.0 / (k + 1)
-        losses = {}
-        for i in (i for i in range(6) if i not in chosen):
-            trial = alpha * (1 - eta)
-            trial[i] += eta
-            losses[i] = float(F.cross_entropy(oracle(trial), y))
-        best = min(losses, key=lambda i: (losses[i], i))
-        assert step.chosen == best and step.loss == pytest.approx(losses[best], rel=1e-5)
-        alpha = alpha * (1 - eta)
-        alpha[best] += eta
-        chosen.append(best)
+    alpha = assert_greedy_steps(res, oracle, y, 6)
     torch.testing.assert_close(res.alpha, alpha)
 
 
