@@ -173,7 +173,7 @@ THREADS = {"fixed": 0}  # --threads
 def _threads(net) -> int:
     """``--threads``, else ``lth imp``'s rule (``threads="auto"``): one thread for small models on the CPU,
     else all cores."""
-    from lth_kernels.workflows.imp_runner import ImpRunner
+    from lth_kernels.workflows.imp.runner import ImpRunner
 
     if THREADS["fixed"]:
         return THREADS["fixed"]

@@ -247,7 +247,7 @@ def test_physical_mode_keeps_residual_tied_channels_zero():
     tied = zeroed_in_narrow(masks, record)
     assert set(tied) == {"blocks.0.bn2"} and tied["blocks.0.bn2"].tolist() == [True, False, True, True]
     bn2 = narrow.get_submodule("blocks.0.bn2")
-    assert float(bn2.weight[1]) == 0.0 and float(bn2.bias[1]) == 0.0
+    assert float(bn2.weight.detach()[1]) == 0.0 and float(bn2.bias.detach()[1]) == 0.0
     train, test, _ = create_dataset("digits")
     cb = ParamMaskCallback(narrow, channel_param_masks(narrow, tied))
     Trainer(narrow, train, test, TrainingHparams(training_steps="5it", lr=0.1, weight_decay=1e-4, eval_every="0it"),
