@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lth_kernels._util import Progress
+from lth_kernels.nn._channel_graph import _HOMOGENEOUS_MODULES
 from lth_kernels.nn.channel_prune import analyse, channel_param_masks, prune_channels
 from lth_kernels.tickets.gfs import fold_gate_, fold_gate_after_act_, select_layer
 from lth_kernels.training.rundir import atomic_write_json, atomic_write_text
@@ -39,26 +40,25 @@ def _excluded(name: str, exclude) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in exclude)
 
 
-def prunable_layers(model: nn.Module, example: torch.Tensor, exclude=(), streams: bool = False) -> list[str]:
-    """GFS layers: the gateable modules of the channel graph (bottom-up), minus ``exclude`` globs; with
-    ``streams`` also each selectable residual stream, named by its first gate module (``stream_gates``)."""
+def gfs_layers(model: nn.Module, example: torch.Tensor, exclude=(),
+               streams: bool = False) -> tuple[list[str], dict[str, list[str]]]:
+    """GFS layers bottom-up: the gateable modules of the channel graph minus ``exclude`` globs and, with
+    ``streams``, each selectable residual stream, named by its first gate module; and stream name -> every module
+    carrying that stream's shared gate (a stream is excluded when any of them matches a glob)."""
     g = analyse(model, example)
     names = [n for n in g.gateable() if not _excluded(n, exclude)]
-    if streams:
-        names += [s[0] for s in g.streams() if not any(_excluded(n, exclude) for n in s)]
-    order = g.order
-    return sorted(names, key=order.index)
+    chosen = {s[0]: s for s in g.streams() if not any(_excluded(n, exclude) for n in s)} if streams else {}
+    return sorted([*names, *chosen], key=g.order.index), chosen
 
 
-def stream_gates(model: nn.Module, example: torch.Tensor) -> dict[str, list[str]]:
-    """Residual-stream GFS layer (its first gate module) -> every module carrying the stream's shared gate."""
-    return {s[0]: s for s in analyse(model, example).streams()}
+def prunable_layers(model: nn.Module, example: torch.Tensor, exclude=(), streams: bool = False) -> list[str]:
+    """The names of ``gfs_layers``."""
+    return gfs_layers(model, example, exclude, streams)[0]
 
 
-# Positively homogeneous (f(s x) = s f(x) for s >= 0): a gate after them equals one on the BN output.
-_HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Identity)
 
 
+# a gate after a positively homogeneous activation (f(s x) = s f(x), s >= 0) equals one on the BN output
 def gate_points(model: nn.Module, example: torch.Tensor, names: list[str]) -> dict[str, tuple[str, list] | None]:
     """Where each GFS layer's gate sits: ``None`` = on the layer's output (a BN followed by ReLU, or no
     activation module: the gate folds into gamma / beta); ``(module, consumers)`` = after a non-homogeneous
@@ -74,10 +74,10 @@ def gate_points(model: nn.Module, example: torch.Tensor, names: list[str]) -> di
         act = getattr(mods[name], "act", None)
         gate = None
         if act is not None:
-            gate = name if not isinstance(act, _HOMOGENEOUS) else None
+            gate = name if not isinstance(act, _HOMOGENEOUS_MODULES) else None
         elif name in nodes and len(nodes[name].users) == 1:
             (user,) = nodes[name].users
-            if user.op == "call_module" and not isinstance(mods.get(user.target), _HOMOGENEOUS) and \
+            if user.op == "call_module" and not isinstance(mods.get(user.target), _HOMOGENEOUS_MODULES) and \
                     type(mods.get(user.target)).__module__.startswith("torch.nn.modules.activation"):
                 gate = user.target
         if gate is None:
@@ -132,8 +132,7 @@ def gfs_prune(model: nn.Module, train_ds, test_ds, opts, *, batch_size: int, exa
     batches = _endless_batches(train_ds, batch_size, dev, gen)
     ft_steps = layer_finetune_steps(opts.layer_finetune_steps, len(train_ds), batch_size)
     masks, layers = {}, []
-    streams = stream_gates(model, example.to(dev)) if opts.residual_streams else {}
-    names = prunable_layers(model, example, opts.exclude, streams=opts.residual_streams)
+    names, streams = gfs_layers(model, example.to(dev), opts.exclude, streams=opts.residual_streams)
     gates = gate_points(model, example.to(dev), [n for n in names if n not in streams])
     # a stream's gate sits on every branch that writes it (BN outputs; the stream is homogeneous, see streams())
     gates.update({n: ("stream", streams[n]) for n in names if n in streams})
