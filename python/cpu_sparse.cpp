@@ -4,6 +4,10 @@
 
 #include "common.h"
 
+#include <cstring>
+#include <vector>
+
+#include "cpu_sparse.h"
 #include "../csrc/cpu/cpu_sparse.h"
 
 namespace lth {
@@ -37,12 +41,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_from_dense_impl(const at::Ten
   return {row_ptr, col_idx, values};
 }
 
-// The SELL-8 arrays of a CSR weight (see csrc/cpu/cpu_sparse.h): perm (int32), slice_ptr (int64), idx (int16
-// holding uint16 columns when in_features <= 65,536, else int32), val (fp32).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sell_from_csr_impl(const at::Tensor& row_ptr_in,
-                                                                              const at::Tensor& col_idx_in,
-                                                                              const at::Tensor& values_in,
-                                                                              int64_t in_features) {
+}  // namespace
+
+// The SELL-8 buffer of a CSR weight (see csrc/cpu/cpu_sparse.h): one uint8 tensor, column indices uint16 when
+// in_features <= 65,536, else int32.
+at::Tensor sell_from_csr_impl(const at::Tensor& row_ptr_in, const at::Tensor& col_idx_in, const at::Tensor& values_in,
+                              int64_t in_features) {
   check_cpu(row_ptr_in, "row_ptr");
   check_cpu(col_idx_in, "col_idx");
   check_cpu(values_in, "values");
@@ -61,49 +65,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sell_from_csr_impl(co
   const int64_t* rp = row_ptr.data_ptr<int64_t>();
   LTH_CHECK_ARG(rp[0] == 0 && rp[n] == values.numel(), "row_ptr", "must run from 0 to nnz=", values.numel(), ", got ",
                 rp[0], "..", rp[n]);
-  const auto opts = values.options();
   const int64_t ns = (n + cpu::kSliceRows - 1) / cpu::kSliceRows;
-  at::Tensor perm = at::empty({ns * cpu::kSliceRows}, opts.dtype(at::kInt));
-  at::Tensor slice_ptr = at::empty({ns + 1}, opts.dtype(at::kLong));
-  const int64_t entries = cpu::sell_layout(rp, n, perm.data_ptr<int32_t>(), slice_ptr.data_ptr<int64_t>());
+  std::vector<int32_t> perm(static_cast<size_t>(ns * cpu::kSliceRows));
+  std::vector<int64_t> slice_ptr(static_cast<size_t>(ns + 1));
+  const int64_t columns = cpu::sell_layout(rp, n, perm.data(), slice_ptr.data());
   const bool narrow = in_features <= 65536;
-  at::Tensor idx = at::empty({entries}, opts.dtype(narrow ? at::kShort : at::kInt));
-  at::Tensor val = at::empty({entries}, opts);
+  const int64_t offset = cpu::sell_data_offset(ns);
+  const int64_t col_bytes = narrow ? cpu::sell_column_bytes<uint16_t>() : cpu::sell_column_bytes<int32_t>();
+  at::Tensor blob = at::zeros({offset + columns * col_bytes}, values.options().dtype(at::kByte));
+  uint8_t* d = blob.data_ptr<uint8_t>();
+  std::memcpy(d, slice_ptr.data(), sizeof(int64_t) * slice_ptr.size());
+  std::memcpy(d + 8 * (ns + 1), perm.data(), sizeof(int32_t) * perm.size());
   const int threads = at::get_num_threads();
   if (narrow)
-    cpu::sell_fill(rp, col_idx.data_ptr<int32_t>(), values.data_ptr<float>(), n, perm.data_ptr<int32_t>(),
-                   slice_ptr.data_ptr<int64_t>(), reinterpret_cast<uint16_t*>(idx.data_ptr<int16_t>()),
-                   val.data_ptr<float>(), threads);
+    cpu::sell_fill<uint16_t>(rp, col_idx.data_ptr<int32_t>(), values.data_ptr<float>(), n, perm.data(),
+                             slice_ptr.data(), d + offset, threads);
   else
-    cpu::sell_fill(rp, col_idx.data_ptr<int32_t>(), values.data_ptr<float>(), n, perm.data_ptr<int32_t>(),
-                   slice_ptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<float>(), threads);
-  return {perm, slice_ptr, idx, val};
+    cpu::sell_fill<int32_t>(rp, col_idx.data_ptr<int32_t>(), values.data_ptr<float>(), n, perm.data(),
+                            slice_ptr.data(), d + offset, threads);
+  return blob;
 }
 
-at::Tensor cpu_sparse_linear_impl(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& slice_ptr_in,
-                                  const at::Tensor& idx_in, const at::Tensor& val_in, int64_t in_features,
+// Checks the call (each failure names its argument) and runs the kernel. Also bound directly in the Python
+// module (module.cpp): eager callers skip the dispatcher, whose boxing costs more than the kernel on small layers.
+at::Tensor cpu_sparse_linear_impl(const at::Tensor& x_in, const at::Tensor& blob_in, int64_t in_features,
                                   int64_t out_features, const std::optional<at::Tensor>& bias_in) {
   check_cpu(x_in, "x");
   check_dtype(x_in, "x", at::kFloat);
-  check_dtype(perm_in, "perm", at::kInt);
-  check_dtype(slice_ptr_in, "slice_ptr", at::kLong);
-  check_dtype(val_in, "val", at::kFloat);
-  const bool narrow = in_features <= 65536;
-  check_dtype(idx_in, "idx", narrow ? at::kShort : at::kInt);
+  check_cpu(blob_in, "blob");
+  check_dtype(blob_in, "blob", at::kByte);
   LTH_CHECK_ARG(x_in.dim() >= 1 && x_in.size(-1) == in_features, "x", "expected shape (..., ", in_features,
                 "), got ", x_in.sizes());
+  LTH_CHECK_ARG(out_features >= 0, "out_features", "expected >= 0, got ", out_features);
+  const bool narrow = in_features <= 65536;
   const int64_t ns = (out_features + cpu::kSliceRows - 1) / cpu::kSliceRows;
-  LTH_CHECK_ARG(perm_in.dim() == 1 && perm_in.numel() == ns * cpu::kSliceRows, "perm", "expected ",
-                ns * cpu::kSliceRows, " entries, got shape ", perm_in.sizes());
-  LTH_CHECK_ARG(slice_ptr_in.dim() == 1 && slice_ptr_in.numel() == ns + 1, "slice_ptr", "expected ", ns + 1,
-                " entries, got shape ", slice_ptr_in.sizes());
-  LTH_CHECK_ARG(idx_in.dim() == 1 && val_in.dim() == 1 && idx_in.numel() == val_in.numel(), "val",
-                "expected 1-D idx and val of one length, got ", idx_in.sizes(), " and ", val_in.sizes());
-  const at::Tensor perm = perm_in.contiguous(), slice_ptr = slice_ptr_in.contiguous();
-  const at::Tensor idx = idx_in.contiguous(), val = val_in.contiguous();
-  const int64_t* sp = slice_ptr.data_ptr<int64_t>();
-  LTH_CHECK_ARG(sp[0] == 0 && sp[ns] == val.numel(), "slice_ptr", "must run from 0 to ", val.numel(), " entries, got ",
-                sp[0], "..", sp[ns]);
+  const int64_t offset = cpu::sell_data_offset(ns);
+  const int64_t col_bytes = narrow ? cpu::sell_column_bytes<uint16_t>() : cpu::sell_column_bytes<int32_t>();
+  LTH_CHECK_ARG(blob_in.dim() == 1 && blob_in.is_contiguous() && blob_in.numel() >= offset, "blob",
+                "expected a contiguous 1-D buffer of at least ", offset, " bytes for ", out_features,
+                " rows, got shape ", blob_in.sizes());
+  const uint8_t* blob = blob_in.data_ptr<uint8_t>();
+  int64_t columns;
+  std::memcpy(&columns, blob + 8 * ns, sizeof(columns));
+  LTH_CHECK_ARG(blob_in.numel() == offset + columns * col_bytes, "blob", "expected ", offset + columns * col_bytes,
+                " bytes (", columns, " columns of ", col_bytes, " for in_features=", in_features, "), got ",
+                blob_in.numel());
   const float* bias_ptr = nullptr;
   at::Tensor bias;
   if (bias_in.has_value() && bias_in->defined()) {
@@ -128,14 +134,15 @@ at::Tensor cpu_sparse_linear_impl(const at::Tensor& x_in, const at::Tensor& perm
   const int64_t ldx = x.size(0) > 1 ? x.stride(0) : in_features;
   const int threads = at::get_num_threads();
   if (narrow)
-    cpu::sell_linear(x.data_ptr<float>(), ldx, batch, in_features, out_features, perm.data_ptr<int32_t>(), sp,
-                     reinterpret_cast<const uint16_t*>(idx.data_ptr<int16_t>()), val.data_ptr<float>(), bias_ptr,
-                     y.data_ptr<float>(), threads);
+    cpu::sell_linear<uint16_t>(x.data_ptr<float>(), ldx, batch, in_features, out_features, blob, bias_ptr,
+                               y.data_ptr<float>(), threads);
   else
-    cpu::sell_linear(x.data_ptr<float>(), ldx, batch, in_features, out_features, perm.data_ptr<int32_t>(), sp,
-                     idx.data_ptr<int32_t>(), val.data_ptr<float>(), bias_ptr, y.data_ptr<float>(), threads);
+    cpu::sell_linear<int32_t>(x.data_ptr<float>(), ldx, batch, in_features, out_features, blob, bias_ptr,
+                              y.data_ptr<float>(), threads);
   return y;
 }
+
+namespace {
 
 std::string cpu_sparse_isa_impl() { return cpu::sell_linear_isa(); }
 
@@ -144,10 +151,8 @@ std::string cpu_sparse_isa_impl() { return cpu::sell_linear_isa(); }
 
 TORCH_LIBRARY_FRAGMENT(lth_kernels_C, m) {
   m.def("csr_from_dense(Tensor weight, Tensor mask) -> (Tensor, Tensor, Tensor)");
-  m.def("sell_from_csr(Tensor row_ptr, Tensor col_idx, Tensor values, int in_features) -> (Tensor, Tensor, Tensor, "
-        "Tensor)");
-  m.def("cpu_sparse_linear(Tensor x, Tensor perm, Tensor slice_ptr, Tensor idx, Tensor val, int in_features, "
-        "int out_features, Tensor? bias) -> Tensor");
+  m.def("sell_from_csr(Tensor row_ptr, Tensor col_idx, Tensor values, int in_features) -> Tensor");
+  m.def("cpu_sparse_linear(Tensor x, Tensor blob, int in_features, int out_features, Tensor? bias) -> Tensor");
   m.def("cpu_sparse_isa() -> str", &lth::cpu_sparse_isa_impl);
 }
 

@@ -6,6 +6,8 @@
 #endif
 
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -16,10 +18,11 @@ namespace cpu {
 namespace {
 
 constexpr int64_t S = kSliceRows;
-// Batches up to this size gather X per entry (the 8 rows of a slice are the 8 vector lanes); larger ones pack
-// X transposed so that each entry does one broadcast and up to 8 vector FMAs over 8-64 batch rows. Measured on
-// AMD Zen 3: gather wins at B <= 2, packing from B = 3.
-constexpr int64_t kGatherMaxBatch = 2;
+// Batches up to this size read X per entry, the slice's 8 rows as 8 independent scalar accumulator chains per
+// batch row; larger ones pack X transposed so that each entry does one broadcast and up to 8 vector FMAs over
+// 8-64 batch rows. Measured on AMD Zen 4: packing wins from B = 3; at B = 1 scalar loads beat vgatherdps by
+// 1.5x (a gather costs more than its 8 loads there).
+constexpr int64_t kLanesMaxBatch = 2;
 // Batch rows per packed block at most (8 ymm accumulators per output row) and the L2 share of one packed
 // K x block panel: its rows are read in random order, so a panel that spills to L3 leaves each entry waiting
 // on an L3 round trip (measured: 1.6x at K = 3072, B = 64 with a 512 KiB L2).
@@ -29,9 +32,11 @@ constexpr int64_t kPanelBytes = 256 << 10;
 // descheduled second thread, cost more than the work.
 constexpr int64_t kParallelGrain = 1 << 18;
 
+// LTH_KERNELS_CPU_ISA=generic (read once per process) takes the portable path on any CPU: how the tests reach it.
 bool has_avx2() {
 #ifdef LTH_X86
-  static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                        std::string_view(std::getenv("LTH_KERNELS_CPU_ISA") ? std::getenv("LTH_KERNELS_CPU_ISA") : "") != "generic";
   return v;
 #else
   return false;
@@ -40,35 +45,67 @@ bool has_avx2() {
 
 int thread_count(int threads, int64_t work) { return work < kParallelGrain ? 1 : std::max(threads, 1); }
 
+// A column of the buffer: 8 indices, then 8 values.
+template <typename I>
+struct Col {
+  static constexpr int64_t kBytes = sell_column_bytes<I>();
+  static const I* idx(const uint8_t* d, int64_t c) { return reinterpret_cast<const I*>(d + c * kBytes); }
+  static const float* val(const uint8_t* d, int64_t c) {
+    return reinterpret_cast<const float*>(d + c * kBytes + S * sizeof(I));
+  }
+};
+
+// The 8 column indices of a column; uint16 ones as two 64-bit loads and shifts (ALU work instead of 8 loads,
+// the load ports being what bounds this loop).
+inline void load_cols(const uint16_t* p, int64_t* j) {
+  uint64_t w[2];
+  std::memcpy(w, p, sizeof(w));
+  for (int h = 0; h < 2; ++h)
+    for (int q = 0; q < 4; ++q) j[4 * h + q] = static_cast<int64_t>((w[h] >> (16 * q)) & 0xffff);
+}
+inline void load_cols(const int32_t* p, int64_t* j) {
+  for (int l = 0; l < S; ++l) j[l] = p[l];
+}
+
 // ------------------------------------------------------------------------------------------ slice kernels
-// Gather: out[b][l] = sum_c val[8c + l] * x[b * ldx + idx[8c + l]] for NB batch rows.
-template <typename I>
-using GatherFn = void (*)(const float*, int64_t, const I*, const float*, int64_t, float (*)[S]);
-// Packed: tile[l * bp + j] = sum_c val[8c + l] * xt[idx[8c + l] * bp + j] for j < bp = 8V.
-template <typename I>
-using PackedFn = void (*)(const float*, int64_t, const I*, const float*, int64_t, float*);
+// Lanes: out[b][l] = sum_c val[c][l] * x[b * ldx + idx[c][l]] for NB batch rows (8 NB independent sums).
+using LanesFn = void (*)(const float*, int64_t, const uint8_t*, int64_t, float (*)[S]);
+// Packed: tile[l * bp + j] = sum_c val[c][l] * xt[idx[c][l] * bp + j] for j < bp = 8V.
+using PackedFn = void (*)(const float*, int64_t, const uint8_t*, int64_t, float*);
 // xt[kk * bp + j] = x[j * ldx + kk] for j < bb and kk in [k0, k1); 0 for bb <= j < bp.
 using PackFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
 
-template <typename I, int NB>
-void gather_generic(const float* x, int64_t ldx, const I* idx, const float* val, int64_t len, float (*out)[S]) {
+// One body for both instruction sets: inlined into a target("avx2,fma") caller, __builtin_fmaf becomes one
+// vfmadd231ss; the generic build multiplies and adds.
+template <typename I, int NB, bool kFma>
+__attribute__((always_inline)) inline void lanes_body(const float* x, int64_t ldx, const uint8_t* d, int64_t len,
+                                                      float (*out)[S]) {
   float a[NB][S] = {};
-  for (int64_t c = 0; c < len; ++c)
-    for (int l = 0; l < S; ++l) {
-      const float w = val[c * S + l];
-      const int64_t j = static_cast<int64_t>(idx[c * S + l]);
-      for (int b = 0; b < NB; ++b) a[b][l] += w * x[b * ldx + j];
-    }
+  for (int64_t c = 0; c < len; ++c) {
+    int64_t j[S];
+    load_cols(Col<I>::idx(d, c), j);
+    const float* v = Col<I>::val(d, c);
+#pragma GCC unroll 8
+    for (int l = 0; l < S; ++l)
+#pragma GCC unroll 2
+      for (int b = 0; b < NB; ++b)
+        a[b][l] = kFma ? __builtin_fmaf(v[l], x[b * ldx + j[l]], a[b][l]) : a[b][l] + v[l] * x[b * ldx + j[l]];
+  }
   std::memcpy(out, a, sizeof(a));
 }
 
+template <typename I, int NB>
+void lanes_generic(const float* x, int64_t ldx, const uint8_t* d, int64_t len, float (*out)[S]) {
+  lanes_body<I, NB, false>(x, ldx, d, len, out);
+}
+
 template <typename I, int V>
-void packed_generic(const float* xt, int64_t bp, const I* idx, const float* val, int64_t len, float* tile) {
+void packed_generic(const float* xt, int64_t bp, const uint8_t* d, int64_t len, float* tile) {
   for (int l = 0; l < S; ++l) {
     float acc[V * 8] = {};
     for (int64_t c = 0; c < len; ++c) {
-      const float w = val[c * S + l];
-      const float* xr = xt + static_cast<int64_t>(idx[c * S + l]) * bp;
+      const float w = Col<I>::val(d, c)[l];
+      const float* xr = xt + static_cast<int64_t>(Col<I>::idx(d, c)[l]) * bp;
       for (int j = 0; j < V * 8; ++j) acc[j] += w * xr[j];
     }
     std::memcpy(tile + l * bp, acc, sizeof(acc));
@@ -82,44 +119,16 @@ void pack_generic(const float* x, int64_t ldx, int64_t bb, int64_t bp, int64_t k
 }
 
 #ifdef LTH_X86
-__attribute__((target("avx2"))) inline __m256i load_idx(const uint16_t* p) {
-  return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-__attribute__((target("avx2"))) inline __m256i load_idx(const int32_t* p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-}
-
-// One vector gather per batch row and slice column; two accumulator sets hide the FMA latency.
 template <typename I, int NB>
-__attribute__((target("avx2,fma"))) void gather_avx2(const float* x, int64_t ldx, const I* idx, const float* val,
-                                                     int64_t len, float (*out)[S]) {
-  __m256 a[NB], b[NB];
-#pragma GCC unroll 4
-  for (int i = 0; i < NB; ++i) a[i] = b[i] = _mm256_setzero_ps();
-  int64_t c = 0;
-  for (; c + 2 <= len; c += 2) {
-    const __m256i i0 = load_idx(idx + c * S), i1 = load_idx(idx + c * S + S);
-    const __m256 v0 = _mm256_loadu_ps(val + c * S), v1 = _mm256_loadu_ps(val + c * S + S);
-#pragma GCC unroll 4
-    for (int i = 0; i < NB; ++i) {
-      a[i] = _mm256_fmadd_ps(v0, _mm256_i32gather_ps(x + i * ldx, i0, 4), a[i]);
-      b[i] = _mm256_fmadd_ps(v1, _mm256_i32gather_ps(x + i * ldx, i1, 4), b[i]);
-    }
-  }
-  if (c < len) {
-    const __m256i i0 = load_idx(idx + c * S);
-    const __m256 v0 = _mm256_loadu_ps(val + c * S);
-#pragma GCC unroll 4
-    for (int i = 0; i < NB; ++i) a[i] = _mm256_fmadd_ps(v0, _mm256_i32gather_ps(x + i * ldx, i0, 4), a[i]);
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < NB; ++i) _mm256_storeu_ps(out[i], _mm256_add_ps(a[i], b[i]));
+__attribute__((target("avx2,fma"))) void lanes_avx2(const float* x, int64_t ldx, const uint8_t* d, int64_t len,
+                                                    float (*out)[S]) {
+  lanes_body<I, NB, true>(x, ldx, d, len, out);
 }
 
 // R rows of the slice at once, V vectors (8V batch rows) each: R * V <= 8 accumulators, R independent rows
 // to overlap (a slice's rows share one trip count, so there is no per-row branch to mispredict).
 template <typename I, int V, int R>
-__attribute__((target("avx2,fma"))) void rows_avx2(const float* xt, int64_t bp, const I* idx, const float* val,
+__attribute__((target("avx2,fma"))) void rows_avx2(const float* xt, int64_t bp, const uint8_t* d, int r0,
                                                    int64_t len, float* tile) {
   __m256 acc[R][V];
 #pragma GCC unroll 8
@@ -127,10 +136,12 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const float* xt, int64_t bp, 
 #pragma GCC unroll 8
     for (int v = 0; v < V; ++v) acc[r][v] = _mm256_setzero_ps();
   for (int64_t c = 0; c < len; ++c) {
+    const I* ix = Col<I>::idx(d, c) + r0;
+    const float* vl = Col<I>::val(d, c) + r0;
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m256 w = _mm256_broadcast_ss(val + c * S + r);
-      const float* xr = xt + static_cast<int64_t>(idx[c * S + r]) * bp;
+      const __m256 w = _mm256_broadcast_ss(vl + r);
+      const float* xr = xt + static_cast<int64_t>(ix[r]) * bp;
 #pragma GCC unroll 8
       for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 8 * v), acc[r][v]);
     }
@@ -138,15 +149,15 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const float* xt, int64_t bp, 
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) _mm256_storeu_ps(tile + r * bp + 8 * v, acc[r][v]);
+    for (int v = 0; v < V; ++v) _mm256_storeu_ps(tile + (r0 + r) * bp + 8 * v, acc[r][v]);
 }
 
 constexpr int rows_for(int v) { return v >= 5 ? 1 : v >= 3 ? 2 : v == 2 ? 4 : 8; }
 
 template <typename I, int V>
-void packed_avx2(const float* xt, int64_t bp, const I* idx, const float* val, int64_t len, float* tile) {
+void packed_avx2(const float* xt, int64_t bp, const uint8_t* d, int64_t len, float* tile) {
   constexpr int R = rows_for(V);
-  for (int r0 = 0; r0 < S; r0 += R) rows_avx2<I, V, R>(xt, bp, idx + r0, val + r0, len, tile + r0 * bp);
+  for (int r0 = 0; r0 < S; r0 += R) rows_avx2<I, V, R>(xt, bp, d, r0, len, tile);
 }
 
 // 8 x 8 transposes where the block is whole, element copies at the edges.
@@ -188,21 +199,21 @@ __attribute__((target("avx2"))) void pack_avx2(const float* x, int64_t ldx, int6
 
 template <typename I>
 struct Kernels {
-  GatherFn<I> gather[5];  // by batch rows 1..4
-  PackedFn<I> packed[9];  // by vectors 1..8
+  LanesFn lanes[kLanesMaxBatch + 1];  // by batch rows 1..kLanesMaxBatch
+  PackedFn packed[9];                 // by vectors 1..8
   PackFn pack;
 };
 
 template <typename I>
 const Kernels<I>& kernels() {
   static const Kernels<I> generic = {
-      {nullptr, gather_generic<I, 1>, gather_generic<I, 2>, gather_generic<I, 3>, gather_generic<I, 4>},
+      {nullptr, lanes_generic<I, 1>, lanes_generic<I, 2>},
       {nullptr, packed_generic<I, 1>, packed_generic<I, 2>, packed_generic<I, 3>, packed_generic<I, 4>,
        packed_generic<I, 5>, packed_generic<I, 6>, packed_generic<I, 7>, packed_generic<I, 8>},
       pack_generic};
 #ifdef LTH_X86
   static const Kernels<I> avx2 = {
-      {nullptr, gather_avx2<I, 1>, gather_avx2<I, 2>, gather_avx2<I, 3>, gather_avx2<I, 4>},
+      {nullptr, lanes_avx2<I, 1>, lanes_avx2<I, 2>},
       {nullptr, packed_avx2<I, 1>, packed_avx2<I, 2>, packed_avx2<I, 3>, packed_avx2<I, 4>, packed_avx2<I, 5>,
        packed_avx2<I, 6>, packed_avx2<I, 7>, packed_avx2<I, 8>},
       pack_avx2};
@@ -219,20 +230,33 @@ int slice_rows(const int32_t* pr, const float* bias, float* bv) {
   return nl;
 }
 
+// The buffer's three parts.
+template <typename I>
+struct Sell {
+  const int64_t* slice_ptr;
+  const int32_t* perm;
+  const uint8_t* data;
+  Sell(const uint8_t* blob, int64_t ns)
+      : slice_ptr(reinterpret_cast<const int64_t*>(blob)),
+        perm(reinterpret_cast<const int32_t*>(blob + 8 * (ns + 1))),
+        data(blob + sell_data_offset(ns)) {}
+  const uint8_t* slice(int64_t s) const { return data + slice_ptr[s] * Col<I>::kBytes; }
+  int64_t len(int64_t s) const { return slice_ptr[s + 1] - slice_ptr[s]; }
+};
+
 // ------------------------------------------------------------------------------------------ drivers
 template <typename I>
-void linear_gather(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t batch, int64_t n, const int32_t* perm,
-                   const int64_t* slice_ptr, const I* idx, const float* val, const float* bias, float* y, int nt) {
+void linear_lanes(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t batch, int64_t n, const Sell<I>& w,
+                  const float* bias, float* y, int nt) {
   const int64_t ns = (n + S - 1) / S;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
   for (int64_t s = 0; s < ns; ++s) {
-    const int64_t p0 = slice_ptr[s], len = (slice_ptr[s + 1] - p0) / S;
-    const int32_t* pr = perm + s * S;
-    float bv[S], out[4][S];
+    const int32_t* pr = w.perm + s * S;
+    float bv[S], out[kLanesMaxBatch][S];
     const int nl = slice_rows(pr, bias, bv);
-    for (int64_t b0 = 0; b0 < batch; b0 += 4) {
-      const int64_t nb = std::min<int64_t>(4, batch - b0);
-      kn.gather[nb](x + b0 * ldx, ldx, idx + p0, val + p0, len, out);
+    for (int64_t b0 = 0; b0 < batch; b0 += kLanesMaxBatch) {
+      const int64_t nb = std::min<int64_t>(kLanesMaxBatch, batch - b0);
+      kn.lanes[nb](x + b0 * ldx, ldx, w.slice(s), w.len(s), out);
       for (int64_t i = 0; i < nb; ++i) {
         float* dst = y + (b0 + i) * n;
         for (int l = 0; l < nl; ++l) dst[pr[l]] = out[i][l] + bv[l];
@@ -243,8 +267,7 @@ void linear_gather(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t ba
 
 template <typename I>
 void linear_packed(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t batch, int64_t k, int64_t n,
-                   const int32_t* perm, const int64_t* slice_ptr, const I* idx, const float* val, const float* bias,
-                   float* y, int nt) {
+                   const Sell<I>& w, const float* bias, float* y, int nt) {
   // Blocks of equal size (a multiple of 8 rows) whose packed panel fits the L2 share.
   const int64_t cap = std::max<int64_t>(8, std::min(kMaxBlock, kPanelBytes / (4 * k) / 8 * 8));
   const int64_t nblk = (batch + cap - 1) / cap;
@@ -270,9 +293,8 @@ void linear_packed(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t ba
     for (int64_t t = 0; t < nblk * ns; ++t) {
       const int64_t blk = t / ns, s = t % ns;
       const int64_t b0 = blk * step, bb = std::min(step, batch - b0), bp = (bb + 7) / 8 * 8;
-      const int64_t p0 = slice_ptr[s], len = (slice_ptr[s + 1] - p0) / S;
-      kn.packed[bp / 8](xt + blk * k * step, bp, idx + p0, val + p0, len, tile);
-      const int32_t* pr = perm + s * S;
+      kn.packed[bp / 8](xt + blk * k * step, bp, w.slice(s), w.len(s), tile);
+      const int32_t* pr = w.perm + s * S;
       float bv[S];
       const int nl = slice_rows(pr, bias, bv);
       // Batch row outer: the slice's rows lie within one sort window, so each batch row touches few lines.
@@ -336,50 +358,55 @@ int64_t sell_layout(const int64_t* row_ptr, int64_t n, int32_t* perm, int64_t* s
       perm[slot] = slot < n ? order[slot] : -1;
       if (slot < n) len = std::max(len, row_ptr[order[slot] + 1] - row_ptr[order[slot]]);
     }
-    slice_ptr[s + 1] = slice_ptr[s] + S * len;
+    slice_ptr[s + 1] = slice_ptr[s] + len;
   }
   return slice_ptr[ns];
 }
 
 template <typename I>
 void sell_fill(const int64_t* row_ptr, const int32_t* col_idx, const float* values, int64_t n, const int32_t* perm,
-               const int64_t* slice_ptr, I* idx, float* val, int threads) {
+               const int64_t* slice_ptr, uint8_t* data, int threads) {
   const int64_t ns = (n + S - 1) / S;
-  const int nt = thread_count(threads, slice_ptr[ns]);
+  const int nt = thread_count(threads, S * slice_ptr[ns]);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t s = 0; s < ns; ++s) {
-    const int64_t p0 = slice_ptr[s], len = (slice_ptr[s + 1] - p0) / S;
+    uint8_t* d = data + slice_ptr[s] * Col<I>::kBytes;
+    const int64_t len = slice_ptr[s + 1] - slice_ptr[s];
     for (int64_t l = 0; l < S; ++l) {
       const int32_t r = perm[s * S + l];
       const int64_t q0 = r < 0 ? 0 : row_ptr[r], m = r < 0 ? 0 : row_ptr[r + 1] - q0;
       // Padding repeats the row's last column (column 0 for an empty row) with value 0: a valid address.
       const int32_t pad = m ? col_idx[q0 + m - 1] : 0;
       for (int64_t c = 0; c < len; ++c) {
-        idx[p0 + c * S + l] = static_cast<I>(c < m ? col_idx[q0 + c] : pad);
-        val[p0 + c * S + l] = c < m ? values[q0 + c] : 0.f;
+        const I i = static_cast<I>(c < m ? col_idx[q0 + c] : pad);
+        const float v = c < m ? values[q0 + c] : 0.f;
+        std::memcpy(d + c * Col<I>::kBytes + l * sizeof(I), &i, sizeof(I));
+        std::memcpy(d + c * Col<I>::kBytes + S * sizeof(I) + l * sizeof(float), &v, sizeof(float));
       }
     }
   }
 }
 
 template <typename I>
-void sell_linear(const float* x, int64_t ldx, int64_t batch, int64_t k, int64_t n, const int32_t* perm,
-                 const int64_t* slice_ptr, const I* idx, const float* val, const float* bias, float* y, int threads) {
+void sell_linear(const float* x, int64_t ldx, int64_t batch, int64_t k, int64_t n, const uint8_t* blob,
+                 const float* bias, float* y, int threads) {
   if (batch <= 0 || n <= 0) return;
   const Kernels<I>& kn = kernels<I>();
-  const int64_t entries = slice_ptr[(n + S - 1) / S];
-  if (batch <= kGatherMaxBatch)
-    linear_gather<I>(kn, x, ldx, batch, n, perm, slice_ptr, idx, val, bias, y, thread_count(threads, entries * batch));
+  const int64_t ns = (n + S - 1) / S;
+  const Sell<I> w(blob, ns);
+  const int64_t entries = S * w.slice_ptr[ns];
+  if (batch <= kLanesMaxBatch)
+    linear_lanes<I>(kn, x, ldx, batch, n, w, bias, y, thread_count(threads, entries * batch));
   else
-    linear_packed<I>(kn, x, ldx, batch, k, n, perm, slice_ptr, idx, val, bias, y,
+    linear_packed<I>(kn, x, ldx, batch, k, n, w, bias, y,
                      thread_count(threads, (entries + k) * std::max<int64_t>(batch, 8)));
 }
 
 #define LTH_SELL_INSTANTIATE(I)                                                                               \
   template void sell_fill<I>(const int64_t*, const int32_t*, const float*, int64_t, const int32_t*,           \
-                             const int64_t*, I*, float*, int);                                                \
-  template void sell_linear<I>(const float*, int64_t, int64_t, int64_t, int64_t, const int32_t*, const int64_t*, \
-                               const I*, const float*, const float*, float*, int);
+                             const int64_t*, uint8_t*, int);                                                  \
+  template void sell_linear<I>(const float*, int64_t, int64_t, int64_t, int64_t, const uint8_t*, const float*,  \
+                               float*, int);
 LTH_SELL_INSTANTIATE(uint16_t)
 LTH_SELL_INSTANTIATE(int32_t)
 #undef LTH_SELL_INSTANTIATE

@@ -3,13 +3,15 @@
 Formats (both held by :class:`SparseWeight`): CSR of the kept entries of a (N, K) weight, ``row_ptr`` int64 (N+1),
 ``col_idx`` int32 (ascending in a row), ``values`` fp32, the interchange format (``to_dense``, the reference); and
 the compiled kernel's own SELL-8 layout (sliced ELLPACK: rows sorted by length within windows of 64, slices of
-8 rows padded to their longest row, 16-bit column indices when K <= 65,536). An entry is stored where the mask
-is True (a kept weight that happens to be 0 is stored).
+8 rows padded to their longest row, 16-bit column indices when K <= 65,536), one byte buffer in which each
+column of a slice holds its 8 indices and then their 8 values. An entry is stored where the mask is True (a kept
+weight that happens to be 0 is stored).
 
 Backends: ``reference`` (torch CSR ``@``, MKL on CPU) and ``cpu`` (compiled, fp32, OpenMP; AVX2+FMA with a
-portable fallback chosen at run time). Batches of 1-2 rows gather X with the slice's 8 rows as vector lanes; larger
-batches pack X transposed in blocks of up to 64 rows (fewer when K is large, so the packed panel stays in L2) so
-that each entry does one broadcast and up to 8 vector FMAs.
+portable fallback chosen at run time). Batches of 1-2 rows read X per entry with the slice's 8 rows as independent
+accumulator chains; larger batches pack X transposed in blocks of up to 64 rows (fewer when K is large, so the
+packed panel stays in L2) so that each entry does one broadcast and up to 8 vector FMAs. Eager calls go to the
+kernel through a direct binding (the dispatcher's argument boxing costs more than the kernel on small layers).
 
 Whether the compressed kernel beats dense ``F.linear`` depends on sparsity, batch and shape: the crossover
 sparsities measured by ``bench/cpu_sparse.py`` are stored in ``cpu_sparse_table.json`` next to this file and
@@ -67,8 +69,18 @@ def csr_from_dense_cpu(weight, mask):
 
 @_registry.register("cpu_sparse_linear", "cpu", needs="cpu_sparse_linear")
 def cpu_sparse_linear_cpu(x, arrays, in_features, out_features, bias):
-    perm, slice_ptr, idx, val = arrays
-    return torch.ops.lth_kernels_C.cpu_sparse_linear(x, perm, slice_ptr, idx, val, in_features, out_features, bias)
+    (blob,) = arrays
+    return torch.ops.lth_kernels_C.cpu_sparse_linear(x, blob, in_features, out_features, bias)
+
+
+def _direct_entry():
+    """The extension's direct binding of the kernel (same checks, no dispatcher), or None (not built)."""
+    from lth_kernels import _ext
+
+    return getattr(_ext.C, "cpu_sparse_linear", None)
+
+
+_DIRECT = _direct_entry()
 
 
 def _sell_from_csr(row_ptr, col_idx, values, in_features):
@@ -109,14 +121,14 @@ def _(x, arrays, in_features, out_features, bias, backend):
 class SparseWeight:
     """A (out_features, in_features) fp32 weight in CSR, built once per mask and reused by every call.
 
-    ``kernel`` holds the compiled kernel's SELL-8 arrays (``perm``, ``slice_ptr``, ``idx``, ``val``), built with the
-    CSR when the extension is available (else on first use by the ``cpu`` backend); callers never need them."""
+    ``kernel`` holds the compiled kernel's SELL-8 buffer (uint8, see csrc/cpu/cpu_sparse.h), built with the CSR
+    when the extension is available (else on first use by the ``cpu`` backend); callers never need it."""
 
     row_ptr: torch.Tensor  # int64 (out_features + 1)
     col_idx: torch.Tensor  # int32 (nnz)
     values: torch.Tensor  # fp32 (nnz)
     shape: tuple[int, int]
-    kernel: tuple[torch.Tensor, ...] | None = field(default=None, compare=False, repr=False)
+    kernel: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, mask: torch.Tensor | None = None, *, backend: str | None = None):
@@ -141,12 +153,11 @@ class SparseWeight:
             sw.kernel_arrays()
         return sw
 
-    def kernel_arrays(self) -> tuple[torch.Tensor, ...]:
-        """The SELL-8 arrays of the compiled kernel, built from the CSR on first use (needs the extension)."""
+    def kernel_arrays(self) -> tuple[torch.Tensor]:
+        """``(buffer,)``: the compiled kernel's SELL-8 buffer, built from the CSR on first use (needs the extension)."""
         if self.kernel is None:
-            object.__setattr__(self, "kernel", tuple(_sell_from_csr(self.row_ptr, self.col_idx, self.values,
-                                                                    self.shape[1])))
-        return self.kernel
+            object.__setattr__(self, "kernel", _sell_from_csr(self.row_ptr, self.col_idx, self.values, self.shape[1]))
+        return (self.kernel,)
 
     @property
     def out_features(self) -> int:
@@ -179,6 +190,16 @@ class SparseWeight:
 def cpu_sparse_linear(x: torch.Tensor, sparse_weight: SparseWeight, bias: torch.Tensor | None = None, *,
                       backend: str | None = None) -> torch.Tensor:
     """``x (..., K) @ W^T + bias -> (..., N)`` with ``W`` the CSR ``sparse_weight`` (fp32; no autograd)."""
+    # Eager calls that resolve to the compiled kernel go straight to its direct binding, which checks every
+    # argument itself; on any failure the checks below run and raise the one-line error that names it. At one
+    # row and 99 % sparsity the kernel is ~2 us, and each us of Python before it shows in the layer's speed-up.
+    blob = getattr(sparse_weight, "kernel", None)
+    if (blob is not None and _DIRECT is not None and type(sparse_weight) is SparseWeight
+            and _registry.resolve("cpu_sparse_linear", "cpu", backend) == "cpu" and not torch.compiler.is_compiling()):
+        try:
+            return _DIRECT(x, blob, sparse_weight.shape[1], sparse_weight.shape[0], bias)
+        except (RuntimeError, TypeError, ValueError):
+            pass
     if not isinstance(sparse_weight, SparseWeight):
         raise TypeError(f"sparse_weight: expected a SparseWeight, got {type(sparse_weight).__name__}")
     n, k = sparse_weight.shape
@@ -202,8 +223,7 @@ def cpu_sparse_linear(x: torch.Tensor, sparse_weight: SparseWeight, bias: torch.
     arrays = [sw.row_ptr, sw.col_idx, sw.values] if chosen == "reference" else list(sw.kernel_arrays())
     if torch.compiler.is_compiling():
         return _cpu_sparse_linear_op(x, arrays, k, n, bias, chosen)
-    # Eager: the custom op's dispatch costs ~18 us a call, more than the whole kernel for small layers at high
-    # sparsity; it only matters to tracing, so call the implementation directly (no autograd either way).
+    # Eager: the custom op only matters to tracing, so call the implementation directly (no autograd either way).
     return _registry.implementation("cpu_sparse_linear", chosen)(x, arrays, k, n, bias)
 
 

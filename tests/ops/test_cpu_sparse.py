@@ -1,6 +1,7 @@
 """cpu_sparse: CSR build and CSR x dense inference on every live backend against a float64 dense oracle."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -123,6 +124,22 @@ def test_linear_thread_counts(threads):
         torch.set_num_threads(before)
 
 
+def _sell_parts(blob: torch.Tensor, n: int, k: int):
+    """(perm, slice_ptr, idx (columns, 8), val (columns, 8)) read from the kernel's buffer, as
+    csrc/cpu/cpu_sparse.h lays it out: slice_ptr int64[ns + 1], perm int32[8 ns], then from a 64-byte boundary
+    columns of 8 indices (uint16 stored as int16 when k <= 65,536, else int32) followed by their 8 values."""
+    ns = -(-n // 8)
+    slice_ptr = blob[:8 * (ns + 1)].view(torch.int64)
+    perm = blob[8 * (ns + 1):8 * (ns + 1) + 32 * ns].view(torch.int32)
+    offset = -(-(8 * (ns + 1) + 32 * ns) // 64) * 64
+    isz = 2 if k <= 65536 else 4
+    cols = blob[offset:].view(-1, 8 * (isz + 4))
+    idx = cols[:, :8 * isz].contiguous().view(torch.int16 if isz == 2 else torch.int32)
+    if isz == 2:
+        idx = idx.to(torch.int32) & 0xFFFF
+    return perm, slice_ptr, idx, cols[:, 8 * isz:].contiguous().view(torch.float32)
+
+
 def test_sell_layout():
     # Rows sorted longest first within windows of 64, slices of 8 padded to their longest row (value 0).
     _live("cpu")
@@ -131,8 +148,10 @@ def test_sell_layout():
     mask[7] = False
     weight = torch.randn(n, k)
     sw = SparseWeight.from_dense(weight, mask)
-    perm, slice_ptr, idx, val = sw.kernel_arrays()
-    assert idx.dtype == torch.int16 and perm.numel() == 152 and slice_ptr.numel() == 20
+    (blob,) = sw.kernel_arrays()
+    assert blob.dtype == torch.uint8
+    perm, slice_ptr, idx, val = _sell_parts(blob, n, k)
+    assert perm.numel() == 152 and slice_ptr.numel() == 20 and idx.shape == val.shape == (int(slice_ptr[-1]), 8)
     assert sorted(perm[:n].tolist()) == list(range(n)) and perm[n:].tolist() == [-1, -1]
     lengths = mask.sum(1)
     for w0 in range(0, n, 64):
@@ -143,14 +162,14 @@ def test_sell_layout():
         lanes = perm[8 * s:8 * s + 8]
         rows = lanes[lanes >= 0].long()
         width = int(lengths[rows].max()) if rows.numel() else 0
-        assert slice_ptr[s + 1] - slice_ptr[s] == 8 * width
-        block_idx = idx[slice_ptr[s]:slice_ptr[s + 1]].view(width, 8).long()
-        block_val = val[slice_ptr[s]:slice_ptr[s + 1]].view(width, 8)
+        assert slice_ptr[s + 1] - slice_ptr[s] == width
+        block_idx = idx[slice_ptr[s]:slice_ptr[s + 1]].long()
+        block_val = val[slice_ptr[s]:slice_ptr[s + 1]]
         for lane, row in enumerate(lanes.tolist()):
             if row >= 0:
                 dense[row].index_put_((block_idx[:, lane],), block_val[:, lane], accumulate=True)
     assert torch.equal(dense, weight * mask)  # every kept entry once, padding adds exact zeros
-    assert sw.kernel_arrays() is sw.kernel  # built once
+    assert sw.kernel_arrays()[0] is sw.kernel  # built once
 
 
 @pytest.mark.parametrize("k", [65535, 65536, 65537])
@@ -164,7 +183,12 @@ def test_linear_index_width_boundary(k):
     mask[4] = False
     weight, bias = torch.randn(n, k), torch.randn(n)
     sw = SparseWeight.from_dense(weight, mask)
-    assert sw.kernel_arrays()[2].dtype == (torch.int16 if k <= 65536 else torch.int32)
+    (blob,) = sw.kernel_arrays()
+    columns = int(_sell_parts(blob, n, k)[1][-1])
+    ns = -(-n // 8)
+    assert blob.numel() == -(-(8 * (ns + 1) + 32 * ns) // 64) * 64 + columns * 8 * ((2 if k <= 65536 else 4) + 4)
+    idx = _sell_parts(blob, n, k)[2]
+    assert int(idx.max()) == k - 1 and int(idx.min()) == 0
     for batch in (1, 3, 9):
         x = torch.randn(batch, k)
         assert_close(cpu_sparse_linear(x, sw, bias), _oracle(x, weight, mask, bias), torch.float32)
@@ -186,6 +210,36 @@ def test_linear_non_contiguous_and_degenerate(backend):
     # K = 0: nothing to sum, the output is the bias.
     sw0 = SparseWeight.from_dense(torch.randn(5, 0), torch.zeros(5, 0, dtype=torch.bool), backend=backend)
     assert torch.equal(cpu_sparse_linear(torch.randn(3, 0), sw0, bias[:5], backend=backend), bias[:5].expand(3, 5))
+
+
+_GENERIC_CHECK = """
+import torch, torch.nn.functional as F
+from lth_kernels.ops.cpu_sparse import SparseWeight, cpu_sparse_linear
+assert torch.ops.lth_kernels_C.cpu_sparse_isa() == "generic"
+torch.manual_seed(0)
+for n, k in ((37, 53), (9, 70001)):
+    weight, bias = torch.randn(n, k), torch.randn(n)
+    mask = torch.rand(n, k) > (0.6 if k < 1000 else 0.999)
+    mask[3] = False
+    sw = SparseWeight.from_dense(weight, mask)
+    for batch in (1, 2, 3, 9, 70):
+        x = torch.randn(batch, k)
+        want = F.linear(x.double(), (weight * mask).double(), bias.double())
+        torch.testing.assert_close(cpu_sparse_linear(x, sw, bias).double(), want, atol=1e-4, rtol=1e-4)
+print("ok")
+"""
+
+
+def test_linear_portable_path_matches_oracle():
+    # LTH_KERNELS_CPU_ISA=generic: the kernel CPUs without AVX2 run (lanes and packed paths, both index widths),
+    # in its own process because the choice is made once per process.
+    _live("cpu")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LTH_KERNELS_CPU_ISA": "generic"}
+    out = subprocess.run([sys.executable, "-c", _GENERIC_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_default_mask_is_nonzeros_and_backend_choice():
@@ -219,17 +273,55 @@ def test_compiled_op_checks():
     _live("cpu")
     sw = SparseWeight.from_dense(torch.randn(6, 5), backend="cpu")
     C = torch.ops.lth_kernels_C
-    perm, slice_ptr, idx, val = sw.kernel_arrays()
+    (blob,) = sw.kernel_arrays()
     with pytest.raises(RuntimeError, match="x: expected dtype Float"):
-        C.cpu_sparse_linear(torch.randn(2, 5).double(), perm, slice_ptr, idx, val, 5, 6, None)
-    with pytest.raises(RuntimeError, match="perm: expected 24 entries"):
-        C.cpu_sparse_linear(torch.randn(2, 5), perm, slice_ptr, idx, val, 5, 17, None)
-    with pytest.raises(RuntimeError, match="idx: expected dtype Int"):
-        C.cpu_sparse_linear(torch.randn(2, 70000), perm, slice_ptr, idx, val, 70000, 6, None)
+        C.cpu_sparse_linear(torch.randn(2, 5).double(), blob, 5, 6, None)
+    with pytest.raises(RuntimeError, match="blob: expected .* bytes"):
+        C.cpu_sparse_linear(torch.randn(2, 5), blob, 5, 17, None)
+    with pytest.raises(RuntimeError, match="blob: expected .* bytes .* in_features=70000"):
+        C.cpu_sparse_linear(torch.randn(2, 70000), blob, 70000, 6, None)
+    with pytest.raises(RuntimeError, match="blob: expected dtype Byte"):
+        C.cpu_sparse_linear(torch.randn(2, 5), blob.view(torch.int32), 5, 6, None)
+    with pytest.raises(RuntimeError, match="bias: expected shape"):
+        C.cpu_sparse_linear(torch.randn(2, 5), blob, 5, 6, torch.zeros(5))
     with pytest.raises(RuntimeError, match="row_ptr: must run from 0 to nnz"):
         C.sell_from_csr(sw.row_ptr + 1, sw.col_idx, sw.values, 5)
     with pytest.raises(RuntimeError, match=r"mask: expected the weight's shape"):
         C.csr_from_dense(torch.randn(6, 5), torch.ones(5, 6, dtype=torch.bool))
+
+
+def test_eager_calls_take_the_direct_binding_only_where_the_kernel_is_chosen(monkeypatch):
+    # The direct binding (no dispatcher) serves eager calls that resolve to the compiled kernel; a backend
+    # argument, LTH_KERNELS_BACKEND or a re-ordered preference that picks the reference keeps it out.
+    _live("cpu")
+    weight, bias = torch.randn(19, 23), torch.randn(19)
+    mask = torch.rand(19, 23) > 0.7
+    sw = SparseWeight.from_dense(weight, mask)
+    calls = []
+    direct = cs._DIRECT
+    monkeypatch.setattr(cs, "_DIRECT", lambda *a: calls.append(a) or direct(*a))
+    x = torch.randn(3, 23)
+    y = cpu_sparse_linear(x, sw, bias)
+    assert len(calls) == 1 and calls[0][1] is sw.kernel
+    assert_close(y, _oracle(x, weight, mask, bias), torch.float32)
+    assert torch.equal(y, torch.ops.lth_kernels_C.cpu_sparse_linear(x, sw.kernel, 23, 19, bias))
+    cpu_sparse_linear(x, sw, bias, backend="reference")
+    monkeypatch.setenv("LTH_KERNELS_BACKEND", "cpu_sparse_linear=reference")
+    cpu_sparse_linear(x, sw, bias)
+    monkeypatch.delenv("LTH_KERNELS_BACKEND")
+    assert len(calls) == 1
+    monkeypatch.setitem(_registry._OPS["cpu_sparse_linear"].preference, "cpu", ("reference",))
+    _registry._RESOLVED.clear()
+    try:
+        cpu_sparse_linear(x, sw, bias)
+        assert len(calls) == 1
+    finally:
+        _registry._RESOLVED.clear()
+    # A bad argument fails in the binding, then the Python checks name it (one line, the documented type).
+    with pytest.raises(TypeError, match="x: expected a torch.float32"):
+        cpu_sparse_linear(x.double(), sw, bias)
+    with pytest.raises(ValueError, match="x: expected device"):
+        cpu_sparse_linear(x.to("meta"), sw, bias)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
