@@ -291,23 +291,33 @@ def _pointwise(layer) -> bool:
             and (layer.padding in ("valid", "same") or tuple(layer.padding) == (0, 0)))
 
 
+def _weight_bias(layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # A module's parameters straight from its dict: nn.Module.__getattr__ costs ~0.3 us a lookup, and a small
+    # layer's whole dense call at one row is a few us.
+    params = layer.__dict__.get("_parameters")
+    if params is not None:
+        return params["weight"], params.get("bias")
+    return layer.weight, layer.bias
+
+
 def eval_forward_applies(layer, x: torch.Tensor) -> bool:
     """Whether :func:`eval_forward` should serve this call of a masked linear or conv layer: fp32 inference on CPU
     (eval mode, no gradient needed; a conv input of 4 dims). There the masked op's only job, the masked weight
     gradient, is void, and the weight already holds zeros where it is pruned."""
-    w = layer.weight
-    if layer.training or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
+    w, bias = _weight_bias(layer)
+    if layer.training or not x.is_cpu or x.dtype is not torch.float32 or w.dtype is not torch.float32:
         return False
-    if w.device.type != "cpu" or x.dim() == 0 or (w.dim() == 4 and x.dim() != 4):
+    if not w.is_cpu or x.dim() == 0 or (w.dim() == 4 and x.dim() != 4):
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or
-                                             (layer.bias is not None and layer.bias.requires_grad)))
+                                             (bias is not None and bias.requires_grad)))
 
 
 def uses_kernel(layer, x: torch.Tensor) -> bool:
     """Whether :func:`eval_forward` runs the CSR kernel (else the dense op): a linear or 1x1 conv layer sparse enough
-    for its rows and shape (:func:`use_sparse_cpu`; a conv's rows are its output pixels)."""
-    w = layer.weight
+    for its rows and shape (:func:`use_sparse_cpu`; a conv's rows are its output pixels). Cached per layer for
+    its mask version and row count."""
+    w, _ = _weight_bias(layer)
     if w.dim() == 4:
         if not _pointwise(layer):
             return False
@@ -315,7 +325,12 @@ def uses_kernel(layer, x: torch.Tensor) -> bool:
         rows = x.shape[0] * -(-x.shape[2] // sh) * -(-x.shape[3] // sw)
     else:
         rows = x.numel() // max(x.shape[-1], 1)
-    return use_sparse_cpu(_layer_sparsity(layer), rows, w.shape[1], w.shape[0])
+    key = (layer.mask_version, rows)
+    cached = layer.__dict__.get("_cpu_sparse_route")
+    if cached is None or cached[0] != key:
+        cached = (key, use_sparse_cpu(_layer_sparsity(layer), rows, w.shape[1], w.shape[0]))
+        layer.__dict__["_cpu_sparse_route"] = cached
+    return cached[1]
 
 
 def eval_forward(layer, x: torch.Tensor) -> torch.Tensor:
@@ -326,9 +341,9 @@ def eval_forward(layer, x: torch.Tensor) -> torch.Tensor:
     ``mask_version`` bumped by ``set_mask``; the cache key also holds ``weight._version`` (bumped by in-place
     updates: optimizer steps, ``load_state_dict``) and the weight's identity, so a stale CSR is never used. A 1x1
     conv output has the input's memory format (channels_last input: no copy on either side)."""
-    w = layer.weight
+    w, bias = _weight_bias(layer)
     if not uses_kernel(layer, x):
-        return F.linear(x, w, layer.bias) if w.dim() == 2 else layer._conv_forward(x, w, layer.bias)
+        return F.linear(x, w, bias) if w.dim() == 2 else layer._conv_forward(x, w, bias)
     key = (layer.mask_version, id(w), w._version, w.data_ptr())
     cached = layer.__dict__.get("_cpu_sparse_weight")
     if cached is None or cached[0] != key:
@@ -337,8 +352,8 @@ def eval_forward(layer, x: torch.Tensor) -> torch.Tensor:
             cached = (key, SparseWeight.from_dense(w.detach().reshape(n, -1), layer.mask.reshape(n, -1)))
         layer.__dict__["_cpu_sparse_weight"] = cached
     if w.dim() == 2:
-        return cpu_sparse_linear(x, cached[1], layer.bias)
+        return cpu_sparse_linear(x, cached[1], bias)
     sh, sw = layer.stride
     xs = x if (sh, sw) == (1, 1) else x[:, :, ::sh, ::sw]
-    y = cpu_sparse_linear(xs.permute(0, 2, 3, 1), cached[1], layer.bias).permute(0, 3, 1, 2)
+    y = cpu_sparse_linear(xs.permute(0, 2, 3, 1), cached[1], bias).permute(0, 3, 1, 2)
     return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()

@@ -436,6 +436,8 @@ def test_uses_kernel_compares_the_layers_sparsity_with_the_crossover_of_its_rows
         assert cs.uses_kernel(layer, torch.randn(2, 3, 96)) is live
         if live:
             assert asked[-1] == (6, 96, 40)  # rows: every leading dimension
+        n_asked = len(asked)
+        assert cs.uses_kernel(layer, torch.randn(6, 96)) is live and len(asked) == n_asked  # cached: same rows, mask
         layer.set_mask(_mask_with_sparsity((40, 96), 0.85))
         assert cs.uses_kernel(layer, torch.randn(5, 96)) is False  # 85 % sparse, below the crossover
         layer.set_mask(_mask_with_sparsity((40, 96), 0.9))
