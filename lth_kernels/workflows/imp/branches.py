@@ -29,7 +29,7 @@ def register_branch(name: str, options: str | None = None) -> Callable:
     def deco(fn: Callable) -> Callable:
         if name in BRANCHES:
             raise ValueError(f"name: branch {name!r} is already registered")
-        BRANCHES[name] = Branch(name, fn, options, (fn.__doc__ or "").strip().splitlines()[0])
+        BRANCHES[name] = Branch(name, fn, options, ((fn.__doc__ or "").strip().splitlines() or [""])[0])
         return fn
 
     return deco

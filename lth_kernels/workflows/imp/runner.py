@@ -139,6 +139,10 @@ class ImpRunner:
         """A freshly initialised model, seeded by ``seed``."""
         return make_model(self.hp.model, info or self.data[2], f"{self.flag_prefix}model", seed=seed)
 
+    def replicate_model(self, replicate: int) -> nn.Module:
+        """The replicate's θ₀ as initialised (``pretrain`` may replace it with ``--init.weights``)."""
+        return self.new_model(self.training_for(replicate).seed)
+
     def exclude_globs(self, model: nn.Module) -> tuple[str, ...]:
         """The maskable weights the main run never prunes (by name): see ``prunable``."""
         prunable = self.prunable(model)
@@ -161,11 +165,11 @@ class ImpRunner:
         return model
 
     def rewound_model(self, replicate: int) -> nn.Module:
-        return self.load_rewind(self.new_model(self.training_for(replicate).seed), replicate)
+        return self.load_rewind(self.replicate_model(replicate), replicate)
 
     def initial_model(self, replicate: int) -> nn.Module:
         """θ₀ of the replicate (saved by ``pretrain`` as ``step_0``)."""
-        model = self.new_model(self.training_for(replicate).seed)
+        model = self.replicate_model(replicate)
         load_step(self.replicate_dir(replicate) / "pretrain", 0, model)
         return model
 
@@ -221,7 +225,7 @@ class ImpRunner:
     def pretrain(self, replicate: int) -> None:
         """θ₀ -> θ_K, dense (K = 0: just θ₀); saves ``step_0`` and ``step_<K>``."""
         training = self.training_for(replicate)
-        model = self.new_model(training.seed)
+        model = self.replicate_model(replicate)
         if self.hp.init.weights:
             load_weights(model, self.hp.init.weights)
         trainer = Trainer(model, *self.data[:2], training, batch_size=self.hp.dataset.batch_size,
@@ -231,9 +235,8 @@ class ImpRunner:
 
     def level_ticket(self, replicate: int, level: int) -> Ticket:
         """Level 0: dense. Level L: prune level L-1's final weights further (rank 0 only)."""
-        training = self.training_for(replicate)
         meta = {"source_run": self.path.name, "replicate": replicate, "rewind": self.hp.rewind}
-        model = self.new_model(training.seed)
+        model = self.replicate_model(replicate)
         if level == 0:
             if not self.hp.init.ticket:
                 return Ticket.ones(model, metadata=meta)
@@ -243,8 +246,9 @@ class ImpRunner:
         prev = self.level_dir(replicate, level - 1)
         self.load_final(model, prev)
         p = self.hp.pruning
-        return prune(model, "magnitude", None if ":" in p.structure else p.fraction, current=Ticket.load(prev / MASK),
-                     scope=p.scope, structure=p.structure, exclude=p.exclude, fraction_by=p.fraction_by,
+        # (an N:M structure has its own density: prune ignores the fraction there)
+        return prune(model, "magnitude", p.fraction, current=Ticket.load(prev / MASK), scope=p.scope,
+                     structure=p.structure, exclude=p.exclude, fraction_by=p.fraction_by,
                      metadata={**meta, "level": level})
 
     def level(self, replicate: int, level: int) -> TrainResult:

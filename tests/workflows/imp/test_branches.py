@@ -115,3 +115,32 @@ def test_random_reinit_starts_from_a_fresh_init(tmp_path):
                 assert abs(_corr(state[k], other[k])) < 0.2, (level, k, what)
     a, b = reinits[1][0], reinits[2][0]
     assert all(abs(_corr(a[k], b[k])) < 0.2 for k, w in init.items() if w.dim() >= 2)
+
+
+def test_branch_registry_entries_names_and_seeds(monkeypatch):
+    # A branch is its function, options field and one-line help (the docstring's first line); a name is taken once.
+    from lth_kernels.workflows.imp import branches as br
+
+    def plain(runner, replicate, level, opts, out_dir):
+        """A control without options.
+
+        More text that is not the help."""
+
+    monkeypatch.setattr(br, "BRANCHES", dict(br.BRANCHES))
+    assert br.register_branch("plain_test")(plain) is plain
+    assert br.BRANCHES["plain_test"] == br.Branch("plain_test", plain, None, "A control without options.")
+    br.register_branch("bare_test", options="retrain")(lambda *a: None)
+    assert br.BRANCHES["bare_test"].help == "" and br.BRANCHES["bare_test"].options == "retrain"
+    with pytest.raises(ValueError, match=r"^name: branch 'plain_test' is already registered$"):
+        br.register_branch("plain_test")(plain)
+    hp = ImpHparams.from_preset()
+    assert branch_dir_name(hp, "plain_test") == "plain_test"  # no options: never hashed
+    changed = ImpHparams.from_preset(**{"retrain.training": {"lr": 0.05}})
+    name = branch_dir_name(changed, "retrain")
+    assert name == f"retrain-{changed.retrain.hashname(8)}" and len(name) == len("retrain-") + 8
+    assert branch_dir_name(hp, "retrain") == "retrain"  # default options: the plain name
+    # derived seeds are fixed by their definition (the first 8 bytes of sha256 over the ':'-joined parts, little
+    # endian, 63 bits): a resumed or re-run branch must draw the same masks and inits
+    assert br.derived_seed("random_prune", 0, 1, 0) == 1727916691085555504
+    assert br.derived_seed("a") == 7304431660483791845 and br.derived_seed() == 724655455495936113
+    assert br.derived_seed("a", 12) != br.derived_seed("a1", 2)
