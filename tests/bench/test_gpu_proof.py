@@ -135,6 +135,33 @@ def test_pinned_config_survives_the_shared_memory_prune(monkeypatch):
 
 
 @pytest.mark.parametrize("target", ["sm_90a", "sm_80"])
+def test_bf16_tiles_that_spill_are_dropped_for_bf16_only(monkeypatch, target):
+    # the full tier found these bf16 variants spilling (the masked forward on both targets, dW on sm_80): a bf16
+    # call never autotunes over them, fp16 calls and the unmasked forward keep every tile, the pinned one stays
+    pytest.importorskip("triton")
+    from lth_kernels.ops import _masked_matmul_triton as mm
+
+    monkeypatch.setattr(_triton, "_target", _triton.TARGETS[target])
+    arch = 90 if target == "sm_90a" else 80
+    cases = ((mm._masked_mm_tuned, ("BLOCK_M", "BLOCK_OUT"), mm._MM_BF16_SPILLS, {"TILE": 64, "APPLY_MASK": True}),
+             (mm._grad_weight_tuned, ("BLOCK_N", "BLOCK_K", "BLOCK_M"), mm._GW_BF16_SPILLS, {}))
+    for tuned, fields, spills, extra in cases:
+        operand = tuned.smem[0]
+
+        def keys(dtype, **kw):
+            return {(*(c.kwargs[f] for f in fields), c.num_stages, c.num_warps)
+                    for c in tuned.pruned((), {operand: torch.empty(1, dtype=dtype), **extra, **kw})}
+
+        assert not keys(torch.bfloat16) & spills.get(arch, set())
+        assert keys(torch.float16) - keys(torch.bfloat16) == spills.get(arch, set())
+        assert tuned.pinned_config((), {operand: torch.empty(1, dtype=torch.bfloat16), **extra}) is tuned.pinned
+    unmasked = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_OUT"], c.num_stages, c.num_warps) for c in
+                mm._masked_mm_tuned.pruned((), {"a_ptr": torch.empty(1, dtype=torch.bfloat16), "TILE": 64,
+                                                "APPLY_MASK": False})}
+    assert mm._MM_BF16_SPILLS[arch] <= unmasked
+
+
+@pytest.mark.parametrize("target", ["sm_90a", "sm_80"])
 def test_exact_fp32_gets_its_own_configs(monkeypatch, target):
     # exact fp32 has no tensor cores: the tensor-core tiles spill there, so "ieee" on fp32 operands picks the
     # exact list (its first config pinned); TF32 and 16-bit operands ("ieee" is ignored for them) keep the others
