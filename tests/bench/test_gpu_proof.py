@@ -148,9 +148,9 @@ def test_bf16_tiles_that_spill_are_dropped_for_bf16_only(monkeypatch, target):
     for tuned, fields, spills, extra in cases:
         operand = tuned.smem[0]
 
-        def keys(dtype, **kw):
+        def keys(dtype, tuned=tuned, fields=fields, operand=operand, extra=extra):
             return {(*(c.kwargs[f] for f in fields), c.num_stages, c.num_warps)
-                    for c in tuned.pruned((), {operand: torch.empty(1, dtype=dtype), **extra, **kw})}
+                    for c in tuned.pruned((), {operand: torch.empty(1, dtype=dtype), **extra})}
 
         assert not keys(torch.bfloat16) & spills.get(arch, set())
         assert keys(torch.float16) - keys(torch.bfloat16) == spills.get(arch, set())
