@@ -246,10 +246,10 @@ class ImpRunner:
         prev = self.level_dir(replicate, level - 1)
         self.load_final(model, prev)
         p = self.hp.pruning
-        # (an N:M structure has its own density: prune ignores the fraction there)
+        # (an N:M structure has its own density: prune ignores the fraction there; the new ticket's level is the
+        # current one's + 1, which prune writes itself)
         return prune(model, "magnitude", p.fraction, current=Ticket.load(prev / MASK), scope=p.scope,
-                     structure=p.structure, exclude=p.exclude, fraction_by=p.fraction_by,
-                     metadata={**meta, "level": level})
+                     structure=p.structure, exclude=p.exclude, fraction_by=p.fraction_by, metadata=meta)
 
     def level(self, replicate: int, level: int) -> TrainResult:
         model = self.rewound_model(replicate)

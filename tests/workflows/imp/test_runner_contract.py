@@ -124,15 +124,14 @@ def test_init_weights_and_init_ticket_start_the_run(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_layerwise_fraction_by_prunes_each_group_at_its_own_rate(tmp_path):
-    # Two prunable layers under one layerwise scope, one group at 0.5: each layer loses its own share per level;
-    # fraction_by also makes the output layer (excluded by the model) prunable.
-    hp = _hp(levels=2, **{"pruning.scope": "layerwise",
-                          "pruning.fraction_by": {"fc_layers.0.*": 0.5, "fc.weight": 0.1}})
+def test_layerwise_fraction_by_prunes_each_layer_at_its_own_rate(tmp_path):
+    # layerwise: each of the two hidden layers loses 20 % of its own weights a level (a global ranking would not
+    # keep their counts); fraction_by makes the output layer (excluded by the model) prunable at its own 10 %
+    hp = _hp(levels=2, **{"pruning.scope": "layerwise", "pruning.fraction_by": {"fc.weight": 0.1}})
     path = run_imp(hp, root=tmp_path, progress=False)
     level0 = Ticket.load(path / "replicate_0" / "level_0" / "main" / "mask.safetensors")
     sizes = {name: level0[name].numel() for name in (*PRUNABLE, "fc.weight")}
-    rates = {"fc_layers.0.weight": 0.5, "fc_layers.1.weight": hp.pruning.fraction, "fc.weight": 0.1}
+    rates = {"fc_layers.0.weight": hp.pruning.fraction, "fc_layers.1.weight": hp.pruning.fraction, "fc.weight": 0.1}
     for level in (1, 2):
         ticket = Ticket.load(path / "replicate_0" / f"level_{level}" / "main" / "mask.safetensors")
         for name, size in sizes.items():
@@ -142,6 +141,61 @@ def test_layerwise_fraction_by_prunes_each_group_at_its_own_rate(tmp_path):
             assert int(ticket[name].sum()) == kept, name
         report = json.loads((path / "replicate_0" / f"level_{level}" / "main" / "sparsity_report.json").read_text())
         assert report["excluded"] == []
+
+
+def test_exclude_globs_are_the_maskable_weights_the_main_run_keeps(tmp_path):
+    runner = ImpRunner(_hp(levels=0), root=tmp_path, progress=False)
+    model = runner.replicate_model(0)
+    assert runner.exclude_globs(model) == ("fc.weight",)  # the model's own exclusion
+    hp = _hp(levels=0, **{"pruning.exclude": ("fc_layers.0.weight",)})
+    assert ImpRunner(hp, root=tmp_path, progress=False).exclude_globs(model) == ("fc_layers.0.weight", "fc.weight")
+    hp = _hp(levels=0, **{"pruning.fraction_by": {"fc.weight": 0.1}})
+    assert ImpRunner(hp, root=tmp_path, progress=False).exclude_globs(model) == ()
+
+
+def test_other_ranks_start_from_all_ones_and_never_decide_a_mask(tmp_path):
+    # on a rank other than 0 the ticket factory is not called and nothing is written before training; the
+    # Trainer's broadcast then gives every rank rank 0's masks (tests/workflows/imp/test_runner.py, torchrun)
+    runner = ImpRunner(_hp(levels=0), root=tmp_path, progress=False)
+    runner.is_main = False
+    asked = []
+    model = runner.replicate_model(0)
+    out = tmp_path / "rank1"
+    runner.train_stage(model, lambda: asked.append(1), out, runner.training_for(0), 0)
+    assert asked == [] and not (out / "mask.safetensors").exists()
+    masks = [m.mask for m in model.modules() if hasattr(m, "mask")]
+    assert masks and all(bool(m.all()) for m in masks)
+
+
+def test_a_registered_branch_runs_under_its_own_ticket_and_is_logged(tmp_path, caplog):
+    # the plug-in contract of branches.py: one function, one @register_branch line; a branch without options gets
+    # None, its own directory and ticket, and its log line reads its own report
+    import dataclasses
+
+    from lth_kernels.workflows.imp import branches as br
+
+    seen = []
+
+    def dense_control(runner, replicate, level, opts, out_dir):
+        """The rewound weights trained dense (a control with its own ticket)."""
+        seen.append((level, opts, out_dir.name))
+        res = runner.train_stage(runner.rewound_model(replicate), lambda: Ticket.ones(runner.replicate_model(0)),
+                                 out_dir, runner.training_for(replicate), runner.rewind_step)
+        return dataclasses.replace(res, metrics={})  # no accuracy to report: the line says nan
+
+    br.register_branch("dense_control_test")(dense_control)
+    try:
+        hp = _hp(branches=("random_reinit", "dense_control_test"))
+        with caplog.at_level(logging.INFO, logger="lth_kernels"):
+            path = run_imp(hp, root=tmp_path, progress=False)
+    finally:
+        br.BRANCHES.pop("dense_control_test")
+    assert seen == [(1, None, "dense_control_test")]
+    lines = [r.getMessage() for r in caplog.records if r.name == runner_mod.log.name]
+    assert "branches: random_reinit,dense_control_test," in lines[0]
+    assert lines[-1] == "replicate 0 | level 1 | dense_control_test | density 100.00% | test_acc nan"
+    assert Ticket.load(path / "replicate_0" / "level_1" / "dense_control_test" / "mask.safetensors").prunable_density \
+        == 1.0
 
 
 def test_the_log_names_every_stage_with_its_density_and_accuracy(tmp_path, caplog):
@@ -178,8 +232,15 @@ def _header(root, caplog):
 
 def test_run_imp_defaults_to_runs_in_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = run_imp(_hp(levels=0), progress=False)
+    started = []
+
+    class Recorder(Callback):
+        def on_train_start(self, trainer, step):
+            started.append(trainer.out_dir.name)
+
+    path = run_imp(_hp(levels=0), progress=False, callbacks=[Recorder()])  # keyword arguments reach the runner
     assert path.parent.resolve() == (tmp_path / "runs").resolve()
+    assert started == ["pretrain", "main"]
 
 
 def test_helper_errors_are_one_line_and_name_the_problem(tmp_path):
