@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from lth_kernels.ops._triton import HAS_TRITON, INTERPRET, Tuned, gpu_configs, launch, tl, triton
+from lth_kernels.ops._triton import HAS_TRITON, INTERPRET, Tuned, gpu_configs, launch, spill_prune, tl, triton
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
@@ -150,8 +150,12 @@ if HAS_TRITON:
     # shared memory in fp32
     _SDD_EXACT = _sdd_configs([c for c in _SDD_TABLE if c not in ((128, 64, 64, 8, 3), (128, 128, 64, 8, 4))])
     # Shared memory: the A and S (or A and B) tiles of num_stages pipeline stages.
+    # (BLOCK_M, BK, stages, warps) spilling in the static proof's full tier: bf16 on sm_80 (16 B of stack)
+    _DDS_SPILLS = {80: {torch.bfloat16: {(128, 16, 4, 4)}}}
+    _dds_spills = spill_prune("a_ptr", ("BLOCK_M", "BK"), _DDS_SPILLS)
     _dds_tuned = Tuned(_dds_kernel, _DDS_CONFIGS, key=["M", "P", "Q", "BP", "BQ", "HAS_BIAS", "PRECISION"],
-                       prune=_prune_dds, smem=("a_ptr", ("BLOCK_M", "BK", "BP")), exact=("PRECISION", _DDS_EXACT))
+                       prune=lambda configs, named: _dds_spills(_prune_dds(configs, named), named) or configs[:1],
+                       smem=("a_ptr", ("BLOCK_M", "BK", "BP")), exact=("PRECISION", _DDS_EXACT))
     _sdd_tuned = Tuned(_sdd_kernel, _SDD_CONFIGS, key=["R", "C", "L", "BM", "BN", "PRECISION"],
                        prune=_prune_sdd, smem=("a_ptr", ("BR", "BL", "BC")), exact=("PRECISION", _SDD_EXACT))
 

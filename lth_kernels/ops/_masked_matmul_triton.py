@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from lth_kernels.ops import _mask_cache, _registry
-from lth_kernels.ops._triton import HAS_TRITON, Tuned, capability, gpu_configs, launch, sm_count, tl, triton
+from lth_kernels.ops._triton import HAS_TRITON, Tuned, gpu_configs, launch, sm_count, spill_prune, tl, triton
 
 if HAS_TRITON:
 
@@ -209,23 +209,15 @@ if HAS_TRITON:
     _GW_EXACT = [(64, 64, 32, 3, 8), (64, 64, 16, 3, 4), (128, 64, 16, 3, 8), (64, 128, 16, 3, 8),
                  (128, 128, 16, 3, 8), (32, 64, 32, 3, 4)]
 
-    # Configs whose bf16 variants spill registers (the static proof's full tier, 8-416 B of stack), by
-    # architecture: for the forward/dX kernel with the mask applied (the mask words expanded to a bool tile beside
-    # the bf16 operands) one tile on Hopper and five on Ampere-class GPUs; for dW four tiles on Ampere. Dropped for
-    # bf16 only: fp16 and fp32 variants of the same tiles compile without spills.
-    _MM_BF16_SPILLS = {90: {(64, 256, 4, 4)},
-                       80: {(64, 256, 4, 4), (256, 128, 3, 8), (128, 256, 3, 8), (128, 128, 5, 4), (128, 128, 4, 4)}}
-    _GW_BF16_SPILLS = {80: {(128, 128, 32, 5, 4), (128, 128, 64, 4, 4), (256, 128, 64, 3, 8), (128, 256, 64, 3, 8)}}
-
-    def _bf16_spill_prune(operand, fields, spills, applies=lambda named: True):
-        """A ``Tuned`` prune dropping ``spills[arch]`` (``fields`` + stages + warps) from bf16 calls."""
-        def prune(configs, named):
-            t = named[operand]
-            if t.dtype != torch.bfloat16 or not applies(named):
-                return list(configs)
-            drop = spills.get(90 if capability(t.device) >= 90 else 80, set())
-            return [c for c in configs if (*(c.kwargs[f] for f in fields), c.num_stages, c.num_warps) not in drop]
-        return prune
+    # Configs whose variants spill registers in the static proof's full tier (8-416 B of stack), by architecture and
+    # operand dtype: the forward/dX kernel with the mask applied in bf16 (the mask words expanded to a bool tile
+    # beside the bf16 operands) one tile on Hopper, five on Ampere-class GPUs; dW on Ampere four bf16 tiles, two of
+    # which spill in every dtype there. fp16/fp32 variants of the other tiles compile without spills.
+    _MM_SPILLS = {90: {torch.bfloat16: {(64, 256, 4, 4)}},
+                  80: {torch.bfloat16: {(64, 256, 4, 4), (256, 128, 3, 8), (128, 256, 3, 8), (128, 128, 5, 4),
+                                        (128, 128, 4, 4)}}}
+    _GW_SPILLS = {80: {"*": {(128, 128, 32, 5, 4), (128, 128, 64, 4, 4)},
+                       torch.bfloat16: {(256, 128, 64, 3, 8), (128, 256, 64, 3, 8)}}}
 
     def _mm_configs(table):
         return [triton.Config({"BLOCK_M": m, "BLOCK_OUT": o, "GROUP_SIZE_M": 8}, num_stages=s, num_warps=w)
@@ -238,14 +230,14 @@ if HAS_TRITON:
     _masked_mm_tuned = Tuned(
         _masked_mm_kernel, _mm_configs(_MM_CONFIGS),
         key=["M", "OUT", "RED", "W_RED_IS_K", "APPLY_MASK", "HAS_BIAS", "INPUT_PRECISION"],
-        prune=_bf16_spill_prune("a_ptr", ("BLOCK_M", "BLOCK_OUT"), _MM_BF16_SPILLS, lambda n: n.get("APPLY_MASK")),
+        prune=spill_prune("a_ptr", ("BLOCK_M", "BLOCK_OUT"), _MM_SPILLS, lambda n: n.get("APPLY_MASK")),
         smem=("a_ptr", ("BLOCK_M", "TILE", "BLOCK_OUT")), pinned=PINNED_MM,
         exact=("INPUT_PRECISION", _mm_configs(_MM_EXACT)))
 
     _grad_weight_tuned = Tuned(
         _grad_weight_kernel, _gw_configs(_GW_CONFIGS),
         key=["M", "N", "K", "m_per_split", "WANT_DW", "WANT_SCORES", "PARTIALS", "INPUT_PRECISION"],
-        prune=_bf16_spill_prune("g_ptr", ("BLOCK_N", "BLOCK_K", "BLOCK_M"), _GW_BF16_SPILLS),
+        prune=spill_prune("g_ptr", ("BLOCK_N", "BLOCK_K", "BLOCK_M"), _GW_SPILLS),
         smem=("g_ptr", ("BLOCK_N", "BLOCK_M", "BLOCK_K")), pinned=PINNED_GW,
         exact=("INPUT_PRECISION", _gw_configs(_GW_EXACT)))
 

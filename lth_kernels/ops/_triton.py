@@ -120,6 +120,22 @@ def launch(kernel, grid, *args, **kwargs) -> None:
         _compile(kernel, grid, args, kwargs, pinned=True)
 
 
+def spill_prune(operand: str, fields: tuple[str, ...], spills: dict, applies=None):
+    """A ``Tuned`` prune that drops the configs the static proof found spilling registers.
+
+    ``spills[arch][dtype]``: (``fields`` values..., num_stages, num_warps) tuples, ``arch`` 90 (Hopper) or 80
+    (Ampere-class, any capability below 90), ``dtype`` the ``operand``'s torch dtype or ``"*"`` for all;
+    ``applies(named)`` limits the drop to some calls (e.g. only with the mask applied)."""
+    def prune(configs, named):
+        t = named[operand]
+        if applies is not None and not applies(named):
+            return list(configs)
+        by_dtype = spills.get(90 if capability(t.device) >= 90 else 80, {})
+        drop = by_dtype.get(t.dtype, set()) | by_dtype.get("*", set())
+        return [c for c in configs if (*(c.kwargs[f] for f in fields), c.num_stages, c.num_warps) not in drop]
+    return prune
+
+
 class Tuned:
     """A kernel with its GPU configs: autotuned per ``key`` on the GPU; one pinned config (``configs[pinned]``, or
     the first config the prunes keep) when ``LTH_KERNELS_AUTOTUNE=0``; every kept config compiled under a

@@ -135,30 +135,31 @@ def test_pinned_config_survives_the_shared_memory_prune(monkeypatch):
 
 
 @pytest.mark.parametrize("target", ["sm_90a", "sm_80"])
-def test_bf16_tiles_that_spill_are_dropped_for_bf16_only(monkeypatch, target):
-    # the full tier found these bf16 variants spilling (the masked forward on both targets, dW on sm_80): a bf16
-    # call never autotunes over them, fp16 calls and the unmasked forward keep every tile, the pinned one stays
+def test_tiles_that_spill_are_dropped_where_they_spill(monkeypatch, target):
+    # the full tier found these variants spilling: a call of that dtype on that architecture never autotunes over
+    # them (the masked forward only with the mask applied), other dtypes keep them, the pinned config stays
     pytest.importorskip("triton")
+    from lth_kernels.ops import _block_sparse_triton as bst
     from lth_kernels.ops import _masked_matmul_triton as mm
 
     monkeypatch.setattr(_triton, "_target", _triton.TARGETS[target])
     arch = 90 if target == "sm_90a" else 80
-    cases = ((mm._masked_mm_tuned, ("BLOCK_M", "BLOCK_OUT"), mm._MM_BF16_SPILLS, {"TILE": 64, "APPLY_MASK": True}),
-             (mm._grad_weight_tuned, ("BLOCK_N", "BLOCK_K", "BLOCK_M"), mm._GW_BF16_SPILLS, {}))
+    cases = ((mm._masked_mm_tuned, ("BLOCK_M", "BLOCK_OUT"), mm._MM_SPILLS, {"TILE": 64, "APPLY_MASK": True}),
+             (mm._grad_weight_tuned, ("BLOCK_N", "BLOCK_K", "BLOCK_M"), mm._GW_SPILLS, {}),
+             (bst._dds_tuned, ("BLOCK_M", "BK"), bst._DDS_SPILLS, {"BQ": 64, "BP": 64, "M": 4096, "PRECISION": "tf32"}))
     for tuned, fields, spills, extra in cases:
         operand = tuned.smem[0]
 
-        def keys(dtype, tuned=tuned, fields=fields, operand=operand, extra=extra):
+        def keys(dtype, tuned=tuned, fields=fields, operand=operand, extra=extra, **kw):
             return {(*(c.kwargs[f] for f in fields), c.num_stages, c.num_warps)
-                    for c in tuned.pruned((), {operand: torch.empty(1, dtype=dtype), **extra})}
+                    for c in tuned.pruned((), {operand: torch.empty(1, dtype=dtype), **extra, **kw})}
 
-        assert not keys(torch.bfloat16) & spills.get(arch, set())
-        assert keys(torch.float16) - keys(torch.bfloat16) == spills.get(arch, set())
-        assert tuned.pinned_config((), {operand: torch.empty(1, dtype=torch.bfloat16), **extra}) is tuned.pinned
-    unmasked = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_OUT"], c.num_stages, c.num_warps) for c in
-                mm._masked_mm_tuned.pruned((), {"a_ptr": torch.empty(1, dtype=torch.bfloat16), "TILE": 64,
-                                                "APPLY_MASK": False})}
-    assert mm._MM_BF16_SPILLS[arch] <= unmasked
+        everything = {(*(c.kwargs[f] for f in fields), c.num_stages, c.num_warps) for c in tuned.configs}
+        for dtype in (torch.bfloat16, torch.float16):
+            drop = spills.get(arch, {}).get(dtype, set()) | spills.get(arch, {}).get("*", set())
+            assert not keys(dtype) & drop and drop <= everything
+            assert tuned.pinned_config((), {operand: torch.empty(1, dtype=dtype), **extra}) is tuned.pinned
+        assert keys(torch.float16) - keys(torch.bfloat16) == spills.get(arch, {}).get(torch.bfloat16, set())
 
 
 @pytest.mark.parametrize("target", ["sm_90a", "sm_80"])
