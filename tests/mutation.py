@@ -65,7 +65,6 @@ def prepare(workdir: Path, module: dict, debug: bool = False) -> None:
         'pytest_add_cli_args = ["-p", "no:cacheprovider"]',
         f"also_copy = {_toml_list(extension)}",
         f"debug = {'true' if debug else 'false'}",
-        *([f"timeout_multiplier = {float(module['timeout_multiplier'])}"] if "timeout_multiplier" in module else []),
         "",
     ])
     text = (ROOT / "pyproject.toml").read_text().rstrip("\n") + "\n" + section

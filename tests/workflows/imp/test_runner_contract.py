@@ -256,3 +256,46 @@ def test_helper_errors_are_one_line_and_name_the_problem(tmp_path):
     unfinished.mkdir()
     with pytest.raises(FileNotFoundError, match=f"^{unfinished} has not finished training \\(no done.json\\)$"):
         ImpRunner.load_final(runner.replicate_model(0), unfinished)
+
+
+def test_runner_defaults_and_start_checks(tmp_path, monkeypatch, caplog):
+    # defaults: runs/ under the working directory, progress bars on, no callbacks; each bad start is one line
+    # naming the flag (with the caller's flag prefix) and leaves no run directory behind
+    monkeypatch.chdir(tmp_path)
+    runner = ImpRunner(_hp(levels=0))
+    assert runner.path.parent.resolve() == (tmp_path / "runs").resolve() and runner.path.name.startswith("imp-")
+    assert runner.progress is True and runner.callbacks == [] and runner.device is None
+    assert runner.num_levels == 0 and json.loads((runner.path / "hparams.json").read_text()) == _hp(levels=0).to_dict()
+    train, test, info, _ = runner.data
+    bs = _hp().dataset.batch_size
+    one_step = ImpRunner(_hp(levels=0, **{"training.training_steps": "1ep"}), root=tmp_path / "one",
+                         data=(torch.utils.data.Subset(train, range(bs)), test, info))
+    assert one_step.steps_per_epoch == 1 and one_step.end_step == 1
+    assert isinstance(ImpRunner(_hp(levels=0), root=tmp_path / "int", data=(torch.utils.data.Subset(
+        train, range(bs + bs // 2)), test, info)).steps_per_epoch, int)
+    cases = [
+        (dict(data=(torch.utils.data.Subset(train, range(bs - 1)), test, info)), ValueError,
+         f"^--dataset.batch_size: {bs} is larger than the training set \\({bs - 1} samples\\)$"),
+        (dict(hp=_hp(rewind="3it")), ValueError,
+         r"^--rewind: 3it \(3 steps\) is not before the end of training \(--training.training_steps 3it = 3 steps "
+         r"of \d+ per epoch\)$"),
+        (dict(hp=_hp(**{"model.name": "nope_net"})), ValueError, "^--model"),
+        (dict(hp=_hp(**{"init.weights": str(tmp_path / "none.safetensors")})), FileNotFoundError,
+         f"^--init.weights: no file at {tmp_path / 'none.safetensors'}$"),
+        (dict(hp=_hp(**{"init.ticket": str(tmp_path / "none.safetensors")})), FileNotFoundError,
+         f"^--init.ticket: no file at {tmp_path / 'none.safetensors'}$"),
+        (dict(hp=_hp(**{"init.ticket": str(tmp_path / "none.safetensors")}), flag_prefix="imp."), FileNotFoundError,
+         "^--imp.init.ticket: no file at "),
+        (dict(hp=_hp(**{"model.name": "nope_net"}), flag_prefix="imp."), ValueError, "^--imp.model"),
+    ]
+    for kwargs, exc, pattern in cases:
+        root = tmp_path / "bad"
+        with pytest.raises(exc, match=pattern) as err:
+            ImpRunner(kwargs.pop("hp", _hp()), root=root, progress=False, **kwargs)
+        assert "\n" not in str(err.value) and not root.exists(), pattern
+    with caplog.at_level(logging.WARNING, logger="lth_kernels"):
+        ImpRunner(_hp(levels=3, **{"pruning.structure": "2:4"}), root=tmp_path / "nm", progress=False)
+        ImpRunner(_hp(levels=1, **{"pruning.structure": "2:4"}), root=tmp_path / "nm1", progress=False)
+        ImpRunner(_hp(levels=3), root=tmp_path / "plain", progress=False)
+    warned = [r.getMessage() for r in caplog.records if r.name == runner_mod.log.name]
+    assert warned == ["--pruning.structure 2:4 has a fixed density: running 1 pruned level, not 3"]
