@@ -99,11 +99,11 @@ class ImpRunner:
             raise ValueError(f"--rewind: {hp.rewind} ({self.rewind_step} steps) is not before the end of training "
                              f"(--training.training_steps {hp.training.training_steps} = {self.end_step} steps of "
                              f"{spe} per epoch)")
-        make_model(hp.model, self.data[2], f"{flag_prefix}model", meta=True)  # before the run directory exists
+        shapes = make_model(hp.model, self.data[2], f"{flag_prefix}model", meta=True)  # before the run dir exists
         for flag, path in (("init.weights", hp.init.weights), ("init.ticket", hp.init.ticket)):
             if path and not Path(path).is_file():
                 raise FileNotFoundError(f"--{flag_prefix}{flag}: no file at {path}")
-        self._set_threads(threads)
+        self._set_threads(threads, sum(p.numel() for p in shapes.parameters()))
         self.num_levels = hp.num_levels
         if ":" in hp.pruning.structure and hp.levels > 1 and hp.target_density is None:
             log.warning("--pruning.structure %s has a fixed density: running 1 pruned level, not %d",
@@ -113,12 +113,11 @@ class ImpRunner:
             atomic_write_json(self.path / "hparams.json", hp.to_dict())  # same run, this invocation's job fields
         barrier()
 
-    def _set_threads(self, threads: int | str | None) -> None:
+    def _set_threads(self, threads: int | str | None, parameters: int) -> None:
         if threads == "auto":
             on_cpu = torch.device(self.device).type == "cpu" if self.device is not None \
                 else not torch.cuda.is_available()
-            small = sum(p.numel() for p in self.new_model(0).parameters()) < self.SMALL_MODEL
-            threads = 1 if on_cpu and small else None
+            threads = 1 if on_cpu and parameters < self.SMALL_MODEL else None
         if threads is not None:
             torch.set_num_threads(int(threads))
 

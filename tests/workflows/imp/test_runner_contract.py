@@ -287,6 +287,8 @@ def test_runner_defaults_and_start_checks(tmp_path, monkeypatch, caplog):
         (dict(hp=_hp(**{"init.ticket": str(tmp_path / "none.safetensors")}), flag_prefix="imp."), FileNotFoundError,
          "^--imp.init.ticket: no file at "),
         (dict(hp=_hp(**{"model.name": "nope_net"}), flag_prefix="imp."), ValueError, "^--imp.model"),
+        (dict(hp=_hp(**{"dataset.name": "nope_data"})), ValueError, "^--dataset"),
+        (dict(hp=_hp(**{"dataset.name": "nope_data"}), flag_prefix="imp."), ValueError, "^--imp.dataset"),
     ]
     for kwargs, exc, pattern in cases:
         root = tmp_path / "bad"
@@ -294,8 +296,46 @@ def test_runner_defaults_and_start_checks(tmp_path, monkeypatch, caplog):
             ImpRunner(kwargs.pop("hp", _hp()), root=root, progress=False, **kwargs)
         assert "\n" not in str(err.value) and not root.exists(), pattern
     with caplog.at_level(logging.WARNING, logger="lth_kernels"):
-        ImpRunner(_hp(levels=3, **{"pruning.structure": "2:4"}), root=tmp_path / "nm", progress=False)
+        ImpRunner(_hp(levels=2, **{"pruning.structure": "2:4"}), root=tmp_path / "nm", progress=False)
         ImpRunner(_hp(levels=1, **{"pruning.structure": "2:4"}), root=tmp_path / "nm1", progress=False)
         ImpRunner(_hp(levels=3), root=tmp_path / "plain", progress=False)
     warned = [r.getMessage() for r in caplog.records if r.name == runner_mod.log.name]
-    assert warned == ["--pruning.structure 2:4 has a fixed density: running 1 pruned level, not 3"]
+    assert warned == ["--pruning.structure 2:4 has a fixed density: running 1 pruned level, not 2"]
+    # the up-front model check builds on the meta device (no memory, no init: a large model costs nothing there)
+    built = []
+    real = runner_mod.make_model
+    monkeypatch.setattr(runner_mod, "make_model", lambda *a, **kw: built.append(kw) or real(*a, **kw))
+    ImpRunner(_hp(levels=0), root=tmp_path / "meta", progress=False)
+    assert built[0] == {"meta": True}
+
+
+def test_auto_threads_follow_the_training_device(tmp_path):
+    # "auto": one thread for a small model trained on the CPU (given as "cpu", or no device on a machine without
+    # CUDA); a CUDA device leaves torch's setting alone
+    before = torch.get_num_threads()
+    try:
+        for device, want in (("cuda", 2), (None, 2 if torch.cuda.is_available() else 1), ("cpu", 1)):
+            torch.set_num_threads(2)
+            ImpRunner(_hp(levels=0), root=tmp_path, progress=False, threads="auto", device=device)
+            assert torch.get_num_threads() == want, device
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_job_fields_are_rewritten_into_the_same_run_and_other_ranks_write_nothing(tmp_path, monkeypatch):
+    first = ImpRunner(_hp(levels=1), root=tmp_path, progress=False)
+    again = ImpRunner(_hp(levels=3, replicates=2), root=tmp_path, progress=False)  # job fields: same run name
+    assert again.path == first.path
+    assert json.loads((first.path / "hparams.json").read_text()) == _hp(levels=3, replicates=2).to_dict()
+    monkeypatch.setattr(runner_mod, "is_main_process", lambda: False)
+    other = ImpRunner(_hp(levels=1), root=tmp_path / "rank1", progress=False)
+    assert other.is_main is False and not (tmp_path / "rank1").exists()
+
+
+def test_data_is_built_once_per_distinct_dataset(tmp_path):
+    # the retrain branch asks for its own data set; the same settings give the same (cached) tensors
+    runner = ImpRunner(_hp(levels=0), root=tmp_path, progress=False)
+    main = runner.data_for(runner.hp.dataset)
+    assert main is runner.data and runner.data_for(runner.hp.dataset.replace()) is main
+    held_out = runner.data_for(runner.hp.dataset.replace(validation=100))
+    assert held_out is not main and len(held_out[0]) == len(main[0]) - 100 and len(held_out[3]) == 100
