@@ -318,6 +318,16 @@ def test_auto_threads_follow_the_training_device(tmp_path):
             torch.set_num_threads(2)
             ImpRunner(_hp(levels=0), root=tmp_path, progress=False, threads="auto", device=device)
             assert torch.get_num_threads() == want, device
+        params = sum(p.numel() for p in ImpRunner(_hp(levels=0), root=tmp_path, progress=False).new_model(0)
+                     .parameters())
+        for limit, want in ((params, 2), (params + 1, 1)):  # "under SMALL_MODEL parameters": strictly
+            torch.set_num_threads(2)
+            ImpRunner.SMALL_MODEL, saved = limit, ImpRunner.SMALL_MODEL
+            try:
+                ImpRunner(_hp(levels=0), root=tmp_path, progress=False, threads="auto", device="cpu")
+            finally:
+                ImpRunner.SMALL_MODEL = saved
+            assert torch.get_num_threads() == want, limit
     finally:
         torch.set_num_threads(before)
 
