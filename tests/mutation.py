@@ -65,6 +65,7 @@ def prepare(workdir: Path, module: dict, debug: bool = False) -> None:
         'pytest_add_cli_args = ["-p", "no:cacheprovider"]',
         f"also_copy = {_toml_list(extension)}",
         f"debug = {'true' if debug else 'false'}",
+        *([f"timeout_constant = {float(module['timeout_constant'])}"] if "timeout_constant" in module else []),
         "",
     ])
     text = (ROOT / "pyproject.toml").read_text().rstrip("\n") + "\n" + section
