@@ -65,7 +65,6 @@ def prepare(workdir: Path, module: dict, debug: bool = False) -> None:
         'pytest_add_cli_args = ["-p", "no:cacheprovider"]',
         f"also_copy = {_toml_list(extension)}",
         f"debug = {'true' if debug else 'false'}",
-        *([f"timeout_constant = {float(module['timeout_constant'])}"] if "timeout_constant" in module else []),
         "",
     ])
     text = (ROOT / "pyproject.toml").read_text().rstrip("\n") + "\n" + section
@@ -74,14 +73,52 @@ def prepare(workdir: Path, module: dict, debug: bool = False) -> None:
         target.write_text(text)
 
 
+FRESH = "fresh_verdicts.json"  # {mutant: pytest exit code} from rechecks in fresh interpreters, per mutmut run
+
+
 def results(workdir: Path, module: dict) -> dict[str, int | None]:
-    """mutant name -> mutmut exit code, from the ``.meta`` files of the module's mutated files."""
+    """mutant name -> exit code: mutmut's (the ``.meta`` files of the module's mutated files), with its timeouts
+    replaced by the fresh-process recheck of the same run (:func:`recheck_timeouts`) where there is one."""
     out: dict[str, int | None] = {}
     for meta in sorted((workdir / "mutants").rglob("*.py.meta")):
         src = meta.relative_to(workdir / "mutants").as_posix()[: -len(".meta")]
         if any(Path(src).match(p) or src == p for p in module["mutate"]):
             out.update(json.loads(meta.read_text())["exit_code_by_key"])
+    fresh = json.loads((workdir / FRESH).read_text()) if (workdir / FRESH).exists() else {}
+    out.update({k: v for k, v in fresh.items() if k in out and DETECTED.get(out[k]) == "timeout"})
     return out
+
+
+def recheck_timeouts(workdir: Path, module: dict, jobs: int, budget: float | None) -> None:
+    """Retest each mutant mutmut timed out in its own interpreter (pytest -x on the module's tests, 10 min each).
+
+    mutmut forks its workers from one process that has imported torch; some forked children deadlock (they sit at
+    0 % CPU until mutmut's wall limit), so a mutmut "timeout" is not a verdict. Exit 0 here: survived; 1: killed;
+    past the limit: a real timeout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    codes = results(workdir, module)
+    todo = sorted(n for n, c in codes.items() if DETECTED.get(c) == "timeout")
+    fresh = json.loads((workdir / FRESH).read_text()) if (workdir / FRESH).exists() else {}
+    todo = [n for n in todo if n not in fresh]
+    t0 = time.perf_counter()
+
+    def run(name: str) -> tuple[str, int | None]:
+        if budget is not None and time.perf_counter() - t0 > budget:
+            return name, None
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *module["tests"]]
+        try:
+            rc = subprocess.run(cmd, cwd=workdir / "mutants", env={**_env(workdir), "MUTANT_UNDER_TEST": name},
+                                capture_output=True, timeout=600).returncode
+        except subprocess.TimeoutExpired:
+            rc = 36
+        return name, rc
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for name, rc in pool.map(run, todo):
+            if rc is not None:
+                fresh[name] = rc
+    (workdir / FRESH).write_text(json.dumps(fresh, indent=0, sort_keys=True) + "\n")
 
 
 def summarize(codes: dict[str, int | None]) -> dict[str, int]:
@@ -137,6 +174,7 @@ def mutmut(workdir: Path, args: list[str], log, budget: float | None = None) -> 
 def run_module(name: str, module: dict, workdir: Path, max_children: int, debug: bool,
                budget: float | None, recheck: bool = False) -> tuple[int, float]:
     prepare(workdir, module, debug)
+    (workdir / FRESH).unlink(missing_ok=True)  # verdicts of mutants as they were: mutmut may regenerate them
     codes = results(workdir, module)
     earlier = {n for n in survivors(codes) if codes[n] is not None}
     t0 = time.perf_counter()
@@ -151,6 +189,8 @@ def run_module(name: str, module: dict, workdir: Path, max_children: int, debug:
         again = sorted(earlier & set(survivors(results(workdir, module))))
         if rc == 0 and again:
             rc = mutmut(workdir, ["run", f"--max-children={max_children}", *again], log, left())
+    if rc == 0:
+        recheck_timeouts(workdir, module, max_children, left())
     return rc, time.perf_counter() - t0
 
 

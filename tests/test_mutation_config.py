@@ -29,3 +29,33 @@ def test_score_counts_only_detections():
                  "other": 1}
     assert abs(mutation.score(s) - 300 / 7) < 1e-9
     assert mutation.survivors(codes) == ["d", "e", "f", "h"]
+
+
+def test_fresh_rechecks_replace_mutmut_timeouts_only(tmp_path, monkeypatch):
+    # mutmut's forked workers can deadlock under torch: its "timeouts" are retested in fresh interpreters, and
+    # those verdicts replace the timeouts (never a kill or a survival mutmut itself decided)
+    meta = tmp_path / "mutants" / "pkg" / "mod.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text('{"exit_code_by_key": {"pkg.mod.x_f__mutmut_1": 36, "pkg.mod.x_f__mutmut_2": 24, '
+                    '"pkg.mod.x_f__mutmut_3": 1, "pkg.mod.x_f__mutmut_4": 0}}')
+    module = {"mutate": ["pkg/mod.py"], "tests": ["tests/test_x.py"]}
+    ran = []
+
+    class Done:
+        def __init__(self, rc):
+            self.returncode = rc
+
+    def fake_run(cmd, cwd, env, capture_output, timeout):
+        ran.append(env["MUTANT_UNDER_TEST"])
+        assert cmd[-1] == "tests/test_x.py" and "-x" in cmd and pathlib.Path(cwd) == tmp_path / "mutants"
+        return Done(0 if env["MUTANT_UNDER_TEST"].endswith("_1") else 1)
+
+    monkeypatch.setattr(mutation.subprocess, "run", fake_run)
+    mutation.recheck_timeouts(tmp_path, module, 2, None)
+    assert sorted(ran) == ["pkg.mod.x_f__mutmut_1", "pkg.mod.x_f__mutmut_2"]  # only the timeouts
+    codes = mutation.results(tmp_path, module)
+    assert codes == {"pkg.mod.x_f__mutmut_1": 0, "pkg.mod.x_f__mutmut_2": 1, "pkg.mod.x_f__mutmut_3": 1,
+                     "pkg.mod.x_f__mutmut_4": 0}
+    ran.clear()
+    mutation.recheck_timeouts(tmp_path, module, 2, None)
+    assert ran == []  # already rechecked in this run
