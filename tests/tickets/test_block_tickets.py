@@ -161,3 +161,45 @@ def test_other_strategies_count_weights(strategy):
     kept = sum(int(t[n].sum()) for n in names)
     assert total - math.ceil(0.5 * total) - 256 < kept <= total - math.ceil(0.5 * total)
     assert all(int(t[n].sum()) > 0 for n in names)
+
+
+def test_block_select_units_counts_rules_and_the_layer_safeguard():
+    # block_select on hand-made block scores: layerwise asks the count per layer (by name), global once for all;
+    # "open_lth" removes one weight more than asked (so a block more where the count lands on a boundary), a count of
+    # 0 removes nothing under either rule, and by default each layer's best block survives a count that asks more
+    from lth_kernels.tickets.strategies.structure import block_select
+
+    scores = {"a": torch.tensor([0.4, 0.1, 0.3, 0.2]), "b": torch.tensor([0.05, 0.06, 0.6, 0.7])}
+    alive = {n: torch.ones(4, dtype=torch.bool) for n in scores}
+    weights = {n: torch.full((4,), 4) for n in scores}
+    asked = []
+
+    def quarter(unit, remaining):
+        asked.append((unit, remaining))
+        return math.ceil(0.25 * remaining)
+
+    def kept(keep):
+        return {n: keep[n].tolist() for n in keep}
+
+    lw = block_select(scores, alive, weights, "layerwise", quarter)
+    assert asked == [("a", 16), ("b", 16)]
+    assert kept(lw) == {"a": [True, False, True, True], "b": [False, True, True, True]}
+    asked.clear()
+    gl = block_select(scores, alive, weights, "global", quarter)
+    assert asked == [(None, 32)]
+    assert kept(gl) == {"a": [True, True, True, True], "b": [False, False, True, True]}
+    ones = {n: torch.ones(4, dtype=torch.long) for n in scores}
+    one = block_select(scores, alive, ones, "layerwise", lambda unit, rem: 1)
+    assert [int((~one[n]).sum()) for n in scores] == [1, 1]
+    two = block_select(scores, alive, ones, "layerwise", lambda unit, rem: 1, rule="open_lth")
+    assert [int((~two[n]).sum()) for n in scores] == [2, 2]
+    assert kept(two) == {"a": [True, False, True, False], "b": [False, False, True, True]}
+    for rule in ("exact", "open_lth"):
+        none = block_select(scores, alive, weights, "layerwise", lambda unit, rem: 0, rule=rule)
+        assert all(bool(none[n].all()) for n in scores)
+    single = {"a": torch.tensor([True, False, False, False]), "b": alive["b"]}
+    guarded = block_select(scores, single, weights, "layerwise", lambda unit, rem: rem)
+    assert kept(guarded)["a"] == [True, False, False, False]  # the layer's last block stays
+    assert int(guarded["b"].sum()) == 1 and bool(guarded["b"][3])  # ... and b keeps its best one
+    emptied = block_select(scores, single, weights, "layerwise", lambda unit, rem: rem, allow_empty=True)
+    assert not bool(emptied["a"].any()) and not bool(emptied["b"].any())
