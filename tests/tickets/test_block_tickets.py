@@ -203,3 +203,19 @@ def test_block_select_units_counts_rules_and_the_layer_safeguard():
     assert int(guarded["b"].sum()) == 1 and bool(guarded["b"][3])  # ... and b keeps its best one
     emptied = block_select(scores, single, weights, "layerwise", lambda unit, rem: rem, allow_empty=True)
     assert not bool(emptied["a"].any()) and not bool(emptied["b"].any())
+
+
+def test_block_select_global_offsets_and_float64_scores():
+    # three layers in one global ranking (each gets its own slice back), and float64 scores compared in float64
+    # (two scores 1e-10 apart stay apart; in float32 they would tie and the earlier block would go)
+    from lth_kernels.tickets.strategies.structure import block_select
+
+    scores = {"a": torch.tensor([0.3 + 1e-10, 0.3, 0.9], dtype=torch.float64), "b": torch.tensor([0.8, 0.7, 0.6]),
+              "c": torch.tensor([0.5, 0.95, 0.4])}
+    alive = {n: torch.ones(3, dtype=torch.bool) for n in scores}
+    weights = {n: torch.ones(3, dtype=torch.long) for n in scores}
+    keep = block_select(scores, alive, weights, "global", lambda unit, rem: 3)
+    assert {n: keep[n].tolist() for n in keep} == {"a": [False, False, True], "b": [True, True, True],
+                                                  "c": [True, True, False]}
+    keep = block_select(scores, alive, weights, "global", lambda unit, rem: 1)
+    assert keep["a"].tolist() == [True, False, True]
