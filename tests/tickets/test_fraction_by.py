@@ -82,3 +82,23 @@ def test_random_strategy_honours_the_group_counts():
     t = prune(model, "random", None, generator=g, fraction_by={"*": 0.25})
     assert isinstance(t, Ticket)
     assert [_kept(t, n) for n in ("layers.0.weight", "layers.1.weight", "fc.weight")] == [450, 360, 60]
+
+
+def test_fractions_by_layer_matching_precedence_and_errors():
+    # a glob matches the parameter's name or its module's (the name without its last part); an exact name or
+    # module wins, else the glob with the most literal characters; equal ones with different fractions are refused
+    names = ["blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight", "blocks.1.mlp.fc1.weight", "head.weight", "bias"]
+    got = fractions_by_layer(names, {"blocks.0.attn.qkv": 0.5, "blocks.*": 0.1, "blocks.1.*": 0.3, "head": 0.2})
+    assert got == {"blocks.0.attn.qkv.weight": 0.5, "blocks.0.mlp.fc1.weight": 0.1, "blocks.1.mlp.fc1.weight": 0.3,
+                   "head.weight": 0.2}
+    assert fractions_by_layer(["bias", "x.bias"], {"bias": 0.4}) == {"bias": 0.4}  # a glob is a whole name
+    assert fractions_by_layer(names, {"blocks.0.attn": 0.5}) == {}  # not a module of any name: no match
+    with pytest.raises(ValueError, match=r"^fraction_by: 'blocks.0.mlp.fc1.weight' matches 'blocks.0.\*' and "
+                                         r"'\*0.mlp.fc1' equally well"):
+        fractions_by_layer(names, {"blocks.0.*": 0.1, "*0.mlp.fc1": 0.2})
+    assert fractions_by_layer(names, {"blocks.0.*": 0.1, "*0.mlp.fc1": 0.1})["blocks.0.mlp.fc1.weight"] == 0.1
+    for bad in ("", 3):
+        with pytest.raises(ValueError, match=rf"^fraction_by: every key must be a non-empty glob, got {bad!r}$"):
+            fractions_by_layer(names, {bad: 0.1})
+    with pytest.raises(ValueError, match=r"^fraction_by\['head'\]: expected a number in \(0, 1\)"):
+        fractions_by_layer(names, {"head": None})
