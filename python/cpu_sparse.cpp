@@ -41,8 +41,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_from_dense_impl(const at::Ten
   return {row_ptr, col_idx, values};
 }
 
-}  // namespace
-
 // The SELL-8 buffer of a CSR weight (see csrc/cpu/cpu_sparse.h): one uint8 tensor, column indices uint16 when
 // in_features <= 65,536, else int32.
 at::Tensor sell_from_csr_impl(const at::Tensor& row_ptr_in, const at::Tensor& col_idx_in, const at::Tensor& values_in,
@@ -75,7 +73,7 @@ at::Tensor sell_from_csr_impl(const at::Tensor& row_ptr_in, const at::Tensor& co
   at::Tensor blob = at::zeros({offset + columns * col_bytes}, values.options().dtype(at::kByte));
   uint8_t* d = blob.data_ptr<uint8_t>();
   std::memcpy(d, slice_ptr.data(), sizeof(int64_t) * slice_ptr.size());
-  std::memcpy(d + 8 * (ns + 1), perm.data(), sizeof(int32_t) * perm.size());
+  std::memcpy(d + cpu::sell_perm_offset(ns), perm.data(), sizeof(int32_t) * perm.size());
   const int threads = at::get_num_threads();
   if (narrow)
     cpu::sell_fill<uint16_t>(rp, col_idx.data_ptr<int32_t>(), values.data_ptr<float>(), n, perm.data(),
@@ -85,6 +83,8 @@ at::Tensor sell_from_csr_impl(const at::Tensor& row_ptr_in, const at::Tensor& co
                             slice_ptr.data(), d + offset, threads);
   return blob;
 }
+
+}  // namespace
 
 // Checks the call (each failure names its argument) and runs the kernel. Also bound directly in the Python
 // module (module.cpp): eager callers skip the dispatcher, whose boxing costs more than the kernel on small layers.
@@ -105,8 +105,7 @@ at::Tensor cpu_sparse_linear_impl(const at::Tensor& x_in, const at::Tensor& blob
                 "expected a contiguous 1-D buffer of at least ", offset, " bytes for ", out_features,
                 " rows, got shape ", blob_in.sizes());
   const uint8_t* blob = blob_in.data_ptr<uint8_t>();
-  int64_t columns;
-  std::memcpy(&columns, blob + 8 * ns, sizeof(columns));
+  const int64_t columns = reinterpret_cast<const int64_t*>(blob)[ns];  // slice_ptr[ns]
   LTH_CHECK_ARG(blob_in.numel() == offset + columns * col_bytes, "blob", "expected ", offset + columns * col_bytes,
                 " bytes (", columns, " columns of ", col_bytes, " for in_features=", in_features, "), got ",
                 blob_in.numel());

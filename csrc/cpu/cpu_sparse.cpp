@@ -7,8 +7,8 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <string_view>
 #include <cstring>
+#include <string_view>
 #include <numeric>
 #include <vector>
 
@@ -36,8 +36,9 @@ constexpr int64_t kLanesCost = 6;
 // LTH_KERNELS_CPU_ISA=generic (read once per process) takes the portable path on any CPU: how the tests reach it.
 bool has_avx2() {
 #ifdef LTH_X86
+  static const char* const isa = std::getenv("LTH_KERNELS_CPU_ISA");
   static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                        std::string_view(std::getenv("LTH_KERNELS_CPU_ISA") ? std::getenv("LTH_KERNELS_CPU_ISA") : "") != "generic";
+                        std::string_view(isa ? isa : "") != "generic";
   return v;
 #else
   return false;
@@ -239,7 +240,7 @@ struct Sell {
   const uint8_t* data;
   Sell(const uint8_t* blob, int64_t ns)
       : slice_ptr(reinterpret_cast<const int64_t*>(blob)),
-        perm(reinterpret_cast<const int32_t*>(blob + 8 * (ns + 1))),
+        perm(reinterpret_cast<const int32_t*>(blob + sell_perm_offset(ns))),
         data(blob + sell_data_offset(ns)) {}
   const uint8_t* slice(int64_t s) const { return data + slice_ptr[s] * Col<I>::kBytes; }
   int64_t len(int64_t s) const { return slice_ptr[s + 1] - slice_ptr[s]; }

@@ -29,10 +29,11 @@ int64_t csr_row_ptr(const uint8_t* mask, int64_t n, int64_t k, int64_t* row_ptr,
 void csr_fill(const float* weight, const uint8_t* mask, int64_t n, int64_t k, const int64_t* row_ptr,
               int32_t* col_idx, float* values, int threads);
 
-// Bytes of one column (8 indices of type I, 8 fp32 values) and where the columns start in the buffer.
+// Bytes of one column (8 indices of type I, 8 fp32 values), and where perm and the columns start in the buffer.
 template <typename I>
 constexpr int64_t sell_column_bytes() { return kSliceRows * static_cast<int64_t>(sizeof(I) + sizeof(float)); }
-constexpr int64_t sell_data_offset(int64_t ns) { return (8 * (ns + 1) + 4 * kSliceRows * ns + 63) / 64 * 64; }
+constexpr int64_t sell_perm_offset(int64_t ns) { return 8 * (ns + 1); }
+constexpr int64_t sell_data_offset(int64_t ns) { return (sell_perm_offset(ns) + 4 * kSliceRows * ns + 63) / 64 * 64; }
 
 // SELL pass 1 from CSR: perm[ceil(N/8) * 8], slice_ptr[ceil(N/8) + 1]; returns the number of columns.
 int64_t sell_layout(const int64_t* row_ptr, int64_t n, int32_t* perm, int64_t* slice_ptr);
