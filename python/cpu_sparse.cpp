@@ -119,15 +119,27 @@ at::Tensor cpu_sparse_linear_impl(const at::Tensor& x_in, const at::Tensor& blob
     bias = bias_in->contiguous();
     bias_ptr = bias.data_ptr<float>();
   }
-  // The kernel takes rows with a stride and contiguous columns: reshape keeps most views without a copy.
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < x_in.dim(); ++d) rows *= x_in.size(d);  // not numel / K: K may be 0
-  at::Tensor x = x_in.reshape({rows, in_features});
-  if (x.stride(-1) != 1 || (x.size(0) > 1 && x.stride(0) < in_features)) x = x.contiguous();
+  // The kernel takes rows with a stride and contiguous columns: reshape keeps most views without a copy. A 2-D x
+  // that already has that layout is taken as it is (a new view costs ~0.3 us, a tenth of this call's overhead).
+  const auto rows_ok = [in_features](const at::Tensor& t) {
+    return t.stride(-1) == 1 && (t.size(0) <= 1 || t.stride(0) >= in_features);
+  };
+  at::Tensor x = x_in;
+  if (x_in.dim() != 2 || !rows_ok(x_in)) {
+    int64_t rows = 1;
+    for (int64_t d = 0; d + 1 < x_in.dim(); ++d) rows *= x_in.size(d);  // not numel / K: K may be 0
+    x = x_in.reshape({rows, in_features});
+    if (!rows_ok(x)) x = x.contiguous();
+  }
   const int64_t batch = x.size(0);
-  auto out_shape = x_in.sizes().vec();
-  out_shape.back() = out_features;
-  at::Tensor y = at::empty(out_shape, x_in.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor y;
+  if (x_in.dim() == 2) {
+    y = at::empty({batch, out_features}, x_in.options());
+  } else {
+    auto out_shape = x_in.sizes().vec();
+    out_shape.back() = out_features;
+    y = at::empty(out_shape, x_in.options().memory_format(at::MemoryFormat::Contiguous));
+  }
   if (batch == 0 || out_features == 0) return y;
   if (in_features == 0) return bias_ptr ? y.copy_(bias.expand_as(y)) : y.zero_();
   const int64_t ldx = x.size(0) > 1 ? x.stride(0) : in_features;

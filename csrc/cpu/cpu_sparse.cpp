@@ -1,101 +1,26 @@
 #include "cpu_sparse.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define LTH_X86 1
-#endif
-
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string_view>
 #include <numeric>
 #include <vector>
+
+#include "cpu_sparse_kernels.h"
 
 namespace lth {
 namespace cpu {
 
 namespace {
 
-constexpr int64_t S = kSliceRows;
-// Batches up to this size read X per entry, the slice's 8 rows as 8 independent scalar accumulator chains per
-// batch row; larger ones pack X transposed so that each entry does one broadcast and up to 8 vector FMAs over
-// 8-64 batch rows. Measured on AMD Zen 4: packing wins from B = 3; at B = 1 scalar loads beat vgatherdps by
-// 1.5x (a gather costs more than its 8 loads there).
-constexpr int64_t kLanesMaxBatch = 2;
-// Batch rows per packed block at most (8 ymm accumulators per output row) and the L2 share of one packed
-// K x block panel: its rows are read in random order, so a panel that spills to L3 leaves each entry waiting
-// on an L3 round trip (measured: 1.6x at K = 3072, B = 64 with a 512 KiB L2).
-constexpr int64_t kMaxBlock = 64;
-constexpr int64_t kPanelBytes = 256 << 10;
+using namespace detail;
+
 // Below this many multiply-adds (~50 us on one core) the OpenMP fork/join, and on a shared machine a
 // descheduled second thread, cost more than the work.
 constexpr int64_t kParallelGrain = 1 << 18;
 constexpr int64_t kLanesCost = 6;
-
-// LTH_KERNELS_CPU_ISA=generic (read once per process) takes the portable path on any CPU: how the tests reach it.
-bool has_avx2() {
-#ifdef LTH_X86
-  static const char* const isa = std::getenv("LTH_KERNELS_CPU_ISA");
-  static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                        std::string_view(isa ? isa : "") != "generic";
-  return v;
-#else
-  return false;
-#endif
-}
-
 int thread_count(int threads, int64_t work) { return work < kParallelGrain ? 1 : std::max(threads, 1); }
 
-// A column of the buffer: 8 indices, then 8 values.
-template <typename I>
-struct Col {
-  static constexpr int64_t kBytes = sell_column_bytes<I>();
-  static const I* idx(const uint8_t* d, int64_t c) { return reinterpret_cast<const I*>(d + c * kBytes); }
-  static const float* val(const uint8_t* d, int64_t c) {
-    return reinterpret_cast<const float*>(d + c * kBytes + S * sizeof(I));
-  }
-};
-
-// The 8 column indices of a column; uint16 ones as two 64-bit loads and shifts (ALU work instead of 8 loads,
-// the load ports being what bounds this loop).
-inline void load_cols(const uint16_t* p, int64_t* j) {
-  uint64_t w[2];
-  std::memcpy(w, p, sizeof(w));
-  for (int h = 0; h < 2; ++h)
-    for (int q = 0; q < 4; ++q) j[4 * h + q] = static_cast<int64_t>((w[h] >> (16 * q)) & 0xffff);
-}
-inline void load_cols(const int32_t* p, int64_t* j) {
-  for (int l = 0; l < S; ++l) j[l] = p[l];
-}
-
-// ------------------------------------------------------------------------------------------ slice kernels
-// Lanes: out[b][l] = sum_c val[c][l] * x[b * ldx + idx[c][l]] for NB batch rows (8 NB independent sums).
-using LanesFn = void (*)(const float*, int64_t, const uint8_t*, int64_t, float (*)[S]);
-// Packed: tile[l * bp + j] = sum_c val[c][l] * xt[idx[c][l] * bp + j] for j < bp = 8V.
-using PackedFn = void (*)(const float*, int64_t, const uint8_t*, int64_t, float*);
-// xt[kk * bp + j] = x[j * ldx + kk] for j < bb and kk in [k0, k1); 0 for bb <= j < bp.
-using PackFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
-
-// One body for both instruction sets: inlined into a target("avx2,fma") caller, __builtin_fmaf becomes one
-// vfmadd231ss; the generic build multiplies and adds.
-template <typename I, int NB, bool kFma>
-__attribute__((always_inline)) inline void lanes_body(const float* x, int64_t ldx, const uint8_t* d, int64_t len,
-                                                      float (*out)[S]) {
-  float a[NB][S] = {};
-  for (int64_t c = 0; c < len; ++c) {
-    int64_t j[S];
-    load_cols(Col<I>::idx(d, c), j);
-    const float* v = Col<I>::val(d, c);
-#pragma GCC unroll 8
-    for (int l = 0; l < S; ++l)
-#pragma GCC unroll 2
-      for (int b = 0; b < NB; ++b)
-        a[b][l] = kFma ? __builtin_fmaf(v[l], x[b * ldx + j[l]], a[b][l]) : a[b][l] + v[l] * x[b * ldx + j[l]];
-  }
-  std::memcpy(out, a, sizeof(a));
-}
-
+// ------------------------------------------------------------------------------------------ portable kernels
 template <typename I, int NB>
 void lanes_generic(const float* x, int64_t ldx, const uint8_t* d, int64_t len, float (*out)[S]) {
   lanes_body<I, NB, false>(x, ldx, d, len, out);
@@ -114,114 +39,14 @@ void packed_generic(const float* xt, int64_t bp, const uint8_t* d, int64_t len, 
   }
 }
 
-void pack_generic(const float* x, int64_t ldx, int64_t bb, int64_t bp, int64_t k0, int64_t k1, float* xt) {
-  for (int64_t j = 0; j < bb; ++j)
-    for (int64_t kk = k0; kk < k1; ++kk) xt[kk * bp + j] = x[j * ldx + kk];
-  for (int64_t kk = k0; kk < k1; ++kk) std::memset(xt + kk * bp + bb, 0, sizeof(float) * (bp - bb));
-}
-
-#ifdef LTH_X86
-template <typename I, int NB>
-__attribute__((target("avx2,fma"))) void lanes_avx2(const float* x, int64_t ldx, const uint8_t* d, int64_t len,
-                                                    float (*out)[S]) {
-  lanes_body<I, NB, true>(x, ldx, d, len, out);
-}
-
-// R rows of the slice at once, V vectors (8V batch rows) each: R * V <= 8 accumulators, R independent rows
-// to overlap (a slice's rows share one trip count, so there is no per-row branch to mispredict).
-template <typename I, int V, int R>
-__attribute__((target("avx2,fma"))) void rows_avx2(const float* xt, int64_t bp, const uint8_t* d, int r0,
-                                                   int64_t len, float* tile) {
-  __m256 acc[R][V];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < len; ++c) {
-    const I* ix = Col<I>::idx(d, c) + r0;
-    const float* vl = Col<I>::val(d, c) + r0;
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m256 w = _mm256_broadcast_ss(vl + r);
-      const float* xr = xt + static_cast<int64_t>(ix[r]) * bp;
-#pragma GCC unroll 8
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 8 * v), acc[r][v]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) _mm256_storeu_ps(tile + (r0 + r) * bp + 8 * v, acc[r][v]);
-}
-
-constexpr int rows_for(int v) { return v >= 5 ? 1 : v >= 3 ? 2 : v == 2 ? 4 : 8; }
-
-template <typename I, int V>
-void packed_avx2(const float* xt, int64_t bp, const uint8_t* d, int64_t len, float* tile) {
-  constexpr int R = rows_for(V);
-  for (int r0 = 0; r0 < S; r0 += R) rows_avx2<I, V, R>(xt, bp, d, r0, len, tile);
-}
-
-// 8 x 8 transposes where the block is whole, element copies at the edges.
-__attribute__((target("avx2"))) void pack_avx2(const float* x, int64_t ldx, int64_t bb, int64_t bp, int64_t k0,
-                                               int64_t k1, float* xt) {
-  int64_t j = 0;
-  for (; j + 8 <= bb; j += 8) {
-    int64_t kk = k0;
-    for (; kk + 8 <= k1; kk += 8) {
-      __m256 r[8];
-#pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(x + (j + i) * ldx + kk);
-      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-      float* d = xt + kk * bp + j;
-      _mm256_storeu_ps(d + 0 * bp, _mm256_permute2f128_ps(u0, u4, 0x20));
-      _mm256_storeu_ps(d + 1 * bp, _mm256_permute2f128_ps(u1, u5, 0x20));
-      _mm256_storeu_ps(d + 2 * bp, _mm256_permute2f128_ps(u2, u6, 0x20));
-      _mm256_storeu_ps(d + 3 * bp, _mm256_permute2f128_ps(u3, u7, 0x20));
-      _mm256_storeu_ps(d + 4 * bp, _mm256_permute2f128_ps(u0, u4, 0x31));
-      _mm256_storeu_ps(d + 5 * bp, _mm256_permute2f128_ps(u1, u5, 0x31));
-      _mm256_storeu_ps(d + 6 * bp, _mm256_permute2f128_ps(u2, u6, 0x31));
-      _mm256_storeu_ps(d + 7 * bp, _mm256_permute2f128_ps(u3, u7, 0x31));
-    }
-    for (; kk < k1; ++kk)
-      for (int i = 0; i < 8; ++i) xt[kk * bp + j + i] = x[(j + i) * ldx + kk];
-  }
-  for (; j < bb; ++j)
-    for (int64_t kk = k0; kk < k1; ++kk) xt[kk * bp + j] = x[j * ldx + kk];
-  for (int64_t kk = k0; kk < k1; ++kk) std::memset(xt + kk * bp + bb, 0, sizeof(float) * (bp - bb));
-}
-#endif
-
-template <typename I>
-struct Kernels {
-  LanesFn lanes[kLanesMaxBatch + 1];  // by batch rows 1..kLanesMaxBatch
-  PackedFn packed[9];                 // by vectors 1..8
-  PackFn pack;
-};
-
 template <typename I>
 const Kernels<I>& kernels() {
   static const Kernels<I> generic = {
       {nullptr, lanes_generic<I, 1>, lanes_generic<I, 2>},
-      {nullptr, packed_generic<I, 1>, packed_generic<I, 2>, packed_generic<I, 3>, packed_generic<I, 4>,
-       packed_generic<I, 5>, packed_generic<I, 6>, packed_generic<I, 7>, packed_generic<I, 8>},
-      pack_generic};
-#ifdef LTH_X86
-  static const Kernels<I> avx2 = {
-      {nullptr, lanes_avx2<I, 1>, lanes_avx2<I, 2>},
-      {nullptr, packed_avx2<I, 1>, packed_avx2<I, 2>, packed_avx2<I, 3>, packed_avx2<I, 4>, packed_avx2<I, 5>,
-       packed_avx2<I, 6>, packed_avx2<I, 7>, packed_avx2<I, 8>},
-      pack_avx2};
-  if (has_avx2()) return avx2;
-#endif
-  return generic;
+      {nullptr, packed_generic<I, 1>, packed_generic<I, 2>},
+      transpose_generic, 8, kMaxBlock};
+  static const Kernels<I>* const simd = x86_kernels<I>();
+  return simd ? *simd : generic;
 }
 
 // Lanes of a slice that hold a row (padding slots sit at the end of the last slice), their rows and biases.
@@ -267,31 +92,53 @@ void linear_lanes(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t bat
   }
 }
 
-// One packed block: its slices from s0 to s1 into Y (bias added), the panel xt already packed.
+// One packed block: its slices from s0 to s1 (whole sort windows: s0 a multiple of kWindowSlices) into Y, bias
+// added, the panel xt already packed. A window's rows are a permutation of 64 consecutive rows of Y: its tiles are
+// put back in row order, then transposed into Y with vector stores. (Storing each tile straight to its permuted
+// places cost half the call at N = 3072, B = 64, 99 %: scattered scalar stores into rows of Y 12 KiB apart.)
+constexpr int64_t kWindowSlices = kSortWindow / S;
 template <typename I>
 void block_slices(const Kernels<I>& kn, const float* xt, int64_t b0, int64_t bb, int64_t n, int64_t s0, int64_t s1,
                   const Sell<I>& w, const float* bias, float* y) {
-  alignas(32) float tile[S * kMaxBlock];
-  const int64_t bp = (bb + 7) / 8 * 8;
-  for (int64_t s = s0; s < s1; ++s) {
-    kn.packed[bp / 8](xt, bp, w.slice(s), w.len(s), tile);
-    const int32_t* pr = w.perm + s * S;
-    float bv[S];
-    const int nl = slice_rows(pr, bias, bv);
-    // Batch row outer: the slice's rows lie within one sort window, so each batch row touches few lines.
-    for (int64_t i = 0; i < bb; ++i) {
-      float* dst = y + (b0 + i) * n;
-      for (int l = 0; l < nl; ++l) dst[pr[l]] = tile[l * bp + i] + bv[l];
+  constexpr int64_t kOutStride = kSortWindow + 8;  // not a multiple of 4 KiB, nor of a line set
+  alignas(64) float tile[S * kMaxPanel], rows[kSortWindow * kMaxPanel], out[kMaxPanel * kOutStride];
+  const int64_t bp = kn.panel_rows(bb);
+  for (int64_t ws = s0; ws < s1; ws += kWindowSlices) {
+    const int64_t we = std::min(s1, ws + kWindowSlices), r0 = ws * S, nr = std::min(n, we * S) - r0;
+    for (int64_t s = ws; s < we; ++s) {
+      kn.packed[bp / 8](xt, bp, w.slice(s), w.len(s), tile);
+      const int32_t* pr = w.perm + s * S;
+      for (int l = 0; l < S && pr[l] >= 0; ++l) std::memcpy(rows + (pr[l] - r0) * bp, tile + l * bp, sizeof(float) * bp);
     }
+    // Where rows of Y lie a multiple of 4 KiB apart (N = 3072) the transposes' 8 stores to 8 rows share L1 sets and
+    // 4K-alias the loads (57 us of 151 at B = 64, 99 %, against 24 at N = 3000): there through a local buffer,
+    // then each batch row's span in one run of stores (elsewhere that copy costs ~3 %).
+    if (n * sizeof(float) % 4096 != 0) {
+      kn.transpose(rows, bp, nr, bb, bias ? bias + r0 : nullptr, y + b0 * n + r0, n);
+      continue;
+    }
+    kn.transpose(rows, bp, nr, bb, bias ? bias + r0 : nullptr, out, kOutStride);
+    for (int64_t i = 0; i < bb; ++i) std::memcpy(y + (b0 + i) * n + r0, out + i * kOutStride, sizeof(float) * nr);
   }
 }
 
 // A thread's packing buffer, reused across calls: a fresh one of this size comes from mmap and page-faults on
-// every call.
+// every call. Aligned to a cache line: a panel row of 16 floats is then one line, not two (malloc's 16-byte
+// alignment made B = 64 at 1536 -> 384 take 293 us instead of 200 in some processes).
 float* pack_buffer(size_t floats) {
+  constexpr size_t kLine = 64 / sizeof(float);
   thread_local std::vector<float> buf;
-  if (buf.size() < floats) buf.resize(floats);
-  return buf.data();
+  if (buf.size() < floats + kLine) buf.resize(floats + kLine);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
+  return buf.data() + ((kLine * sizeof(float) - p % (kLine * sizeof(float))) % (kLine * sizeof(float))) / sizeof(float);
+}
+
+// The panel of bb batch rows: xt[kk * bp + j] = x[j * ldx + kk], zero for bb <= j < bp.
+template <typename I>
+void pack(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t bb, int64_t bp, int64_t k, float* xt) {
+  kn.transpose(x, ldx, bb, k, nullptr, xt, bp);
+  if (bp > bb)
+    for (int64_t kk = 0; kk < k; ++kk) std::memset(xt + kk * bp + bb, 0, sizeof(float) * (bp - bb));
 }
 
 template <typename I>
@@ -301,18 +148,18 @@ void linear_packed(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t ba
   // multiple of the thread count where the rows allow, so that each thread owns whole blocks: it packs its
   // panel into its own L2 and writes its own rows of Y. (Threads sharing one panel read half of it from the
   // other core's cache: measured 1.2x from 2 threads instead of 1.8x at B = 64.)
-  const int64_t cap = std::max<int64_t>(8, std::min(kMaxBlock, kPanelBytes / (4 * k) / 8 * 8));
+  const int64_t cap = std::max<int64_t>(8, std::min(kn.max_block, kPanelBytes / (4 * k) / kn.wide * kn.wide));
   int64_t nblk = (batch + cap - 1) / cap;
   if (nt > 1) nblk = std::min((nblk + nt - 1) / nt * nt, std::max<int64_t>(1, batch / 8));
-  const int64_t step = ((batch + nblk - 1) / nblk + 7) / 8 * 8;
+  const int64_t step = std::min(cap, kn.panel_rows((batch + nblk - 1) / nblk));
   nblk = (batch + step - 1) / step;
   const int64_t ns = (n + S - 1) / S;
   if (nt == 1 || nblk >= nt) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
     for (int64_t blk = 0; blk < nblk; ++blk) {
-      const int64_t b0 = blk * step, bb = std::min(step, batch - b0), bp = (bb + 7) / 8 * 8;
+      const int64_t b0 = blk * step, bb = std::min(step, batch - b0), bp = kn.panel_rows(bb);
       float* xt = pack_buffer(static_cast<size_t>(k * bp));
-      kn.pack(x + b0 * ldx, ldx, bb, bp, 0, k, xt);
+      pack(kn, x + b0 * ldx, ldx, bb, bp, k, xt);
       block_slices<I>(kn, xt, b0, bb, n, 0, ns, w, bias, y);
     }
     return;
@@ -324,9 +171,9 @@ void linear_packed(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t ba
     float* xt = pack_buffer(static_cast<size_t>(nblk * k * step));
     for (int64_t blk = 0; blk < nblk; ++blk) {
       const int64_t b0 = blk * step, bb = std::min(step, batch - b0);
-      kn.pack(x + b0 * ldx, ldx, bb, (bb + 7) / 8 * 8, 0, k, xt + blk * k * step);
+      pack(kn, x + b0 * ldx, ldx, bb, kn.panel_rows(bb), k, xt + blk * k * step);
     }
-    constexpr int64_t kChunk = kSortWindow / S;  // slices per task: one sort window, whole cache lines of Y
+    constexpr int64_t kChunk = kWindowSlices;  // slices per task: one sort window, whole cache lines of Y
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < nblk * ((ns + kChunk - 1) / kChunk); ++t) {
       const int64_t nchunk = (ns + kChunk - 1) / kChunk, blk = t / nchunk, s0 = (t % nchunk) * kChunk;
@@ -338,7 +185,7 @@ void linear_packed(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t ba
 
 }  // namespace
 
-const char* sell_linear_isa() { return has_avx2() ? "avx2" : "generic"; }
+const char* sell_linear_isa() { return x86_kernels<uint16_t>() ? x86_isa() : "generic"; }
 
 int64_t csr_row_ptr(const uint8_t* mask, int64_t n, int64_t k, int64_t* row_ptr, int threads) {
   const int nt = thread_count(threads, n * k / 8);

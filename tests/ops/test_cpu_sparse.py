@@ -212,33 +212,65 @@ def test_linear_non_contiguous_and_degenerate(backend):
     assert torch.equal(cpu_sparse_linear(torch.randn(3, 0), sw0, bias[:5], backend=backend), bias[:5].expand(3, 5))
 
 
-_GENERIC_CHECK = """
+_PATH_CHECK = """
+import sys
 import torch, torch.nn.functional as F
 from lth_kernels.ops.cpu_sparse import SparseWeight, cpu_sparse_linear
-assert torch.ops.lth_kernels_C.cpu_sparse_isa() == "generic"
+isa = torch.ops.lth_kernels_C.cpu_sparse_isa()
+assert isa == sys.argv[1], (isa, sys.argv[1])
 torch.manual_seed(0)
-for n, k in ((37, 53), (9, 70001)):
+# the lanes path (1-2 rows), AVX2 packed blocks of 8 and 16, AVX-512 blocks of 16 and 32, two blocks with a short
+# last one, batches of several blocks; uint16 and int32 indices (K > 65,536); N not a multiple of 8 or of 64, and
+# N = 1024 (rows of Y 4 KiB apart: the output goes through a local buffer)
+for n, k in ((37, 53), (131, 300), (1024, 24), (9, 70001)):
     weight, bias = torch.randn(n, k), torch.randn(n)
     mask = torch.rand(n, k) > (0.6 if k < 1000 else 0.999)
     mask[3] = False
     sw = SparseWeight.from_dense(weight, mask)
-    for batch in (1, 2, 3, 9, 70):
+    for batch in (1, 2, 3, 9, 16, 17, 33, 70):
         x = torch.randn(batch, k)
         want = F.linear(x.double(), (weight * mask).double(), bias.double())
         torch.testing.assert_close(cpu_sparse_linear(x, sw, bias).double(), want, atol=1e-4, rtol=1e-4)
+        want = F.linear(x.double(), (weight * mask).double())
+        torch.testing.assert_close(cpu_sparse_linear(x, sw).double(), want, atol=1e-4, rtol=1e-4)
 print("ok")
 """
 
 
-def test_linear_portable_path_matches_oracle():
-    # LTH_KERNELS_CPU_ISA=generic: the kernel CPUs without AVX2 run (lanes and packed paths, both index widths),
-    # in its own process because the choice is made once per process.
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+_FLAGS = _cpu_flags()
+_X86 = {"avx2", "fma"} <= _FLAGS
+
+
+@pytest.mark.parametrize("isa_env,lanes_env,want", [
+    ("generic", "", "generic"),
+    ("avx2", "gather", "avx2+gather"),
+    ("avx2", "blend", "avx2+blend"),
+    ("avx2", "insert", "avx2+insert"),
+    ("", "gather", "avx512+gather"),
+])
+def test_every_instruction_path_matches_oracle(isa_env, lanes_env, want):
+    # Each path the kernel can take, forced through LTH_KERNELS_CPU_ISA / LTH_KERNELS_CPU_LANES (read once per
+    # process, hence a subprocess each): the portable one CPUs without AVX2 run, the three AVX2 lanes fetches
+    # that a timing picks from per CPU, the AVX2 and AVX-512 packed kernels.
     _live("cpu")
+    if want != "generic" and not _X86:
+        pytest.skip("needs an x86 CPU with AVX2 and FMA")
+    if want.startswith("avx512") and "avx512f" not in _FLAGS:
+        pytest.skip("needs a CPU with AVX-512F")
     import subprocess
     import sys
 
-    env = {**os.environ, "LTH_KERNELS_CPU_ISA": "generic"}
-    out = subprocess.run([sys.executable, "-c", _GENERIC_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "LTH_KERNELS_CPU_ISA": isa_env, "LTH_KERNELS_CPU_LANES": lanes_env}
+    out = subprocess.run([sys.executable, "-c", _PATH_CHECK, want], env=env, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
