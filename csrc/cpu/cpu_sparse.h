@@ -52,9 +52,9 @@ void sell_linear(const float* x, int64_t ldx, int64_t batch, int64_t k, int64_t 
                  const float* bias, float* y, int threads);
 
 // Which instruction path sell_linear takes on this CPU: "generic", or the packed path's ("avx2" or "avx512", the
-// latter where the CPU has AVX-512F), "+", and the lanes path's fetch ("gather", "blend" or "insert"; see
-// lanes_variant in cpu_sparse.cpp). LTH_KERNELS_CPU_ISA=generic or =avx2 caps it, LTH_KERNELS_CPU_LANES picks
-// the fetch; both are read once per process.
+// latter where the CPU has AVX-512F and a one-time timing finds it faster), "+", and the lanes path's fetch
+// ("gather", "blend" or "insert", timed the same way; see cpu_sparse_x86.cpp). LTH_KERNELS_CPU_ISA=generic, avx2
+// or avx512 and LTH_KERNELS_CPU_LANES=<fetch> force a choice; both are read once per process.
 const char* sell_linear_isa();
 
 }  // namespace cpu

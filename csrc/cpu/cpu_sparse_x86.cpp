@@ -26,7 +26,7 @@ bool has_avx2() {
   return v;
 }
 
-// AVX-512F for the packed path (16 batch rows per vector, 32 registers); LTH_KERNELS_CPU_ISA=avx2 declines it.
+// The CPU has AVX-512F (16 batch rows per vector, 32 registers) and LTH_KERNELS_CPU_ISA does not say avx2.
 bool has_avx512() {
   static const char* const isa = std::getenv("LTH_KERNELS_CPU_ISA");
   static const bool v = has_avx2() && __builtin_cpu_supports("avx512f") && std::string_view(isa ? isa : "") != "avx2";
@@ -36,7 +36,7 @@ bool has_avx512() {
 // Three ways to fetch a column's 8 x values on AVX2, each the fastest on some core (768 x 768 at 90 %, B = 1,
 // ns per entry): one vgatherdps (Intel Xeon, Golden Cove class: 0.23; AMD Zen 4: 0.38, a gather costing more
 // than its 8 loads there), 8 broadcast loads merged by blends (Intel 0.26), and 8 scalar loads that the compiler
-// merges by inserts (Intel 0.28, Zen 4 0.24). lanes_variant() times them once per process.
+// merges by inserts (Intel 0.28, Zen 4 0.24). lanes_variant() (below) times them once per process.
 enum Fetch { kGather, kBlend, kInsert, kFetches };
 constexpr const char* kFetchNames[kFetches] = {"gather", "blend", "insert"};
 
@@ -79,42 +79,6 @@ __attribute__((target("avx2,fma"))) void lanes_avx2(const float* x, int64_t ldx,
     }
     for (int b = 0; b < NB; ++b) _mm256_storeu_ps(out[b], a[b]);
   }
-}
-
-// The fetch this core runs fastest: each variant over the same synthetic columns (random indices into 1,024 x
-// values, all in L1), best of 7 interleaved runs, ~0.2 ms once per process. LTH_KERNELS_CPU_LANES=gather, blend
-// or insert forces one (how the tests check each against the oracle).
-int lanes_variant() {
-  static const int chosen = [] {
-    const char* env = std::getenv("LTH_KERNELS_CPU_LANES");
-    for (int f = 0; f < kFetches; ++f)
-      if (env && std::string_view(env) == kFetchNames[f]) return f;
-    constexpr int64_t cols = 512, kx = 1024;
-    std::vector<uint8_t> d(static_cast<size_t>(cols * Col<uint16_t>::kBytes + kPrefetchBytes));
-    std::vector<float> x(kx, 1.f);
-    uint32_t r = 12345;
-    for (int64_t c = 0; c < cols; ++c)
-      for (int l = 0; l < S; ++l) {
-        r = r * 1664525u + 1013904223u;
-        const uint16_t i = static_cast<uint16_t>((r >> 8) % kx);
-        const float v = 0.5f;
-        std::memcpy(d.data() + c * Col<uint16_t>::kBytes + l * 2, &i, 2);
-        std::memcpy(d.data() + c * Col<uint16_t>::kBytes + S * 2 + l * 4, &v, 4);
-      }
-    const LanesFn fns[kFetches] = {lanes_avx2<uint16_t, 1, kGather>, lanes_avx2<uint16_t, 1, kBlend>,
-                                   lanes_avx2<uint16_t, 1, kInsert>};
-    double best[kFetches];
-    std::fill(best, best + kFetches, 1e30);
-    float out[kLanesMaxBatch][S];
-    for (int rep = 0; rep < 7; ++rep)
-      for (int f = 0; f < kFetches; ++f) {
-        const auto t0 = std::chrono::steady_clock::now();
-        fns[f](x.data(), kx, d.data(), cols, out);
-        best[f] = std::min(best[f], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      }
-    return static_cast<int>(std::min_element(best, best + kFetches) - best);
-  }();
-  return chosen;
 }
 
 // R rows of the slice at once, V vectors (8V batch rows) each: R * V <= 8 accumulators, R independent rows
@@ -222,6 +186,77 @@ __attribute__((target("avx2"))) void transpose_avx2(const float* src, int64_t ld
   }
   transpose_generic(src + c0, lds, rows, cols - c0, add, dst + c0 * ldd, ldd);
 }
+// ------------------------------------------------------------------------------------------ one-time choices
+// Synthetic columns for the timings below: random uint16 indices below kx, values 0.5.
+std::vector<uint8_t> synthetic_columns(int64_t cols, int64_t kx) {
+  std::vector<uint8_t> d(static_cast<size_t>(cols * Col<uint16_t>::kBytes + kPrefetchBytes));
+  uint32_t r = 12345;
+  for (int64_t c = 0; c < cols; ++c)
+    for (int l = 0; l < S; ++l) {
+      r = r * 1664525u + 1013904223u;
+      const uint16_t i = static_cast<uint16_t>((r >> 8) % kx);
+      const float v = 0.5f;
+      std::memcpy(d.data() + c * Col<uint16_t>::kBytes + l * 2, &i, 2);
+      std::memcpy(d.data() + c * Col<uint16_t>::kBytes + S * 2 + l * 4, &v, 4);
+    }
+  return d;
+}
+
+// Index of the fastest of `n` candidates, run(i) running candidate i once: best of 7 interleaved runs.
+template <typename Run>
+int fastest(int n, const Run& run) {
+  std::vector<double> best(static_cast<size_t>(n), 1e30);
+  for (int rep = 0; rep < 7; ++rep)
+    for (int i = 0; i < n; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      run(i);
+      best[i] = std::min(best[i], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  return static_cast<int>(std::min_element(best.begin(), best.end()) - best.begin());
+}
+
+// The fetch this core runs fastest, timed once per process over 512 synthetic columns indexing 1,024 x values
+// (all in L1; ~0.2 ms). LTH_KERNELS_CPU_LANES=gather, blend or insert forces one (how the tests check each).
+int lanes_variant() {
+  static const int chosen = [] {
+    const char* env = std::getenv("LTH_KERNELS_CPU_LANES");
+    for (int f = 0; f < kFetches; ++f)
+      if (env && std::string_view(env) == kFetchNames[f]) return f;
+    constexpr int64_t cols = 512, kx = 1024;
+    const std::vector<uint8_t> d = synthetic_columns(cols, kx);
+    const std::vector<float> x(kx, 1.f);
+    const LanesFn fns[kFetches] = {lanes_avx2<uint16_t, 1, kGather>, lanes_avx2<uint16_t, 1, kBlend>,
+                                   lanes_avx2<uint16_t, 1, kInsert>};
+    float out[kLanesMaxBatch][S];
+    return fastest(kFetches, [&](int f) { fns[f](x.data(), kx, d.data(), cols, out); });
+  }();
+  return chosen;
+}
+
+// Whether the AVX-512 packed kernel is taken: where the CPU has it and, timed once per process, one block of 32
+// batch rows runs faster than two AVX2 blocks of 16 (it does by 1.15-1.36x on an Intel Xeon, Golden Cove class; a
+// core that splits 512-bit operations may gain less). LTH_KERNELS_CPU_ISA=avx512 takes it untimed.
+bool use_avx512() {
+  static const bool chosen = [] {
+    if (!has_avx512()) return false;
+    const char* isa = std::getenv("LTH_KERNELS_CPU_ISA");
+    if (isa && std::string_view(isa) == "avx512") return true;
+    constexpr int64_t cols = 256, kx = 512;
+    const std::vector<uint8_t> d = synthetic_columns(cols, kx);
+    const std::vector<float> xt(static_cast<size_t>(kx * 32), 1.f);
+    alignas(64) float tile[S * 32];
+    return fastest(2, [&](int wide) {
+             if (wide) {
+               packed_avx512<uint16_t, 2>(xt.data(), 32, d.data(), cols, tile);
+             } else {
+               packed_avx2<uint16_t, 2>(xt.data(), 16, d.data(), cols, tile);
+               packed_avx2<uint16_t, 2>(xt.data() + kx * 16, 16, d.data(), cols, tile);
+             }
+           }) == 1;
+  }();
+  return chosen;
+}
+
 }  // namespace
 
 template <typename I>
@@ -239,13 +274,13 @@ const Kernels<I>* x86_kernels() {
 #undef LTH_X86_KERNELS
 #undef LTH_AVX2_PACKED
 #undef LTH_AVX512_PACKED
-  if (has_avx512()) return &avx512[lanes_variant()];
+  if (use_avx512()) return &avx512[lanes_variant()];
   if (has_avx2()) return &avx2[lanes_variant()];
   return nullptr;
 }
 
 const char* x86_isa() {
-  static const std::string isa = std::string(has_avx512() ? "avx512+" : "avx2+") + kFetchNames[lanes_variant()];
+  static const std::string isa = std::string(use_avx512() ? "avx512+" : "avx2+") + kFetchNames[lanes_variant()];
   return isa.c_str();
 }
 

@@ -254,7 +254,7 @@ _X86 = {"avx2", "fma"} <= _FLAGS
     ("avx2", "gather", "avx2+gather"),
     ("avx2", "blend", "avx2+blend"),
     ("avx2", "insert", "avx2+insert"),
-    ("", "gather", "avx512+gather"),
+    ("avx512", "gather", "avx512+gather"),
 ])
 def test_every_instruction_path_matches_oracle(isa_env, lanes_env, want):
     # Each path the kernel can take, forced through LTH_KERNELS_CPU_ISA / LTH_KERNELS_CPU_LANES (read once per
