@@ -187,26 +187,47 @@ __attribute__((target("avx2"))) void transpose_avx2(const float* src, int64_t ld
   transpose_generic(src + c0, lds, rows, cols - c0, add, dst + c0 * ldd, ldd);
 }
 // ------------------------------------------------------------------------------------------ one-time choices
-// Synthetic columns for the timings below: random uint16 indices below kx, values 0.5.
-std::vector<uint8_t> synthetic_columns(int64_t cols, int64_t kx) {
-  std::vector<uint8_t> d(static_cast<size_t>(cols * Col<uint16_t>::kBytes + kPrefetchBytes));
+// Buffers for the timings below, 64-byte aligned as the kernel's real operands are (a tensor's storage, the pack
+// buffer): at malloc's 16-byte alignment the AVX-512 loads straddle lines and that kernel timed 1.8x slower in
+// some processes.
+struct Synthetic {
+  std::vector<uint8_t> raw;
+  uint8_t* p;
+  explicit Synthetic(size_t bytes) : raw(bytes + 64) {
+    p = raw.data() + (64 - reinterpret_cast<uintptr_t>(raw.data()) % 64) % 64;
+  }
+  float* floats(float v, size_t count) {
+    float* f = reinterpret_cast<float*>(p);
+    std::fill(f, f + count, v);
+    return f;
+  }
+};
+
+// `cols` columns of random uint16 indices below kx, values 0.5.
+Synthetic synthetic_columns(int64_t cols, int64_t kx) {
+  Synthetic d(static_cast<size_t>(cols * Col<uint16_t>::kBytes + kPrefetchBytes));
   uint32_t r = 12345;
   for (int64_t c = 0; c < cols; ++c)
     for (int l = 0; l < S; ++l) {
       r = r * 1664525u + 1013904223u;
       const uint16_t i = static_cast<uint16_t>((r >> 8) % kx);
       const float v = 0.5f;
-      std::memcpy(d.data() + c * Col<uint16_t>::kBytes + l * 2, &i, 2);
-      std::memcpy(d.data() + c * Col<uint16_t>::kBytes + S * 2 + l * 4, &v, 4);
+      std::memcpy(d.p + c * Col<uint16_t>::kBytes + l * 2, &i, 2);
+      std::memcpy(d.p + c * Col<uint16_t>::kBytes + S * 2 + l * 4, &v, 4);
     }
   return d;
 }
 
-// Index of the fastest of `n` candidates, run(i) running candidate i once: best of 7 interleaved runs.
+// Index of the fastest of `n` candidates, run(i) running candidate i once: best of 9 interleaved runs, after 2 ms
+// of running them all (an Intel core runs its first 512-bit instructions at a fraction of their rate while it
+// powers the upper lanes and changes frequency: timed cold, AVX-512 lost in half the processes).
 template <typename Run>
 int fastest(int n, const Run& run) {
+  const auto warm = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - warm < std::chrono::milliseconds(2))
+    for (int i = 0; i < n; ++i) run(i);
   std::vector<double> best(static_cast<size_t>(n), 1e30);
-  for (int rep = 0; rep < 7; ++rep)
+  for (int rep = 0; rep < 9; ++rep)
     for (int i = 0; i < n; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
       run(i);
@@ -216,19 +237,20 @@ int fastest(int n, const Run& run) {
 }
 
 // The fetch this core runs fastest, timed once per process over 512 synthetic columns indexing 1,024 x values
-// (all in L1; ~0.2 ms). LTH_KERNELS_CPU_LANES=gather, blend or insert forces one (how the tests check each).
+// (all in L1). LTH_KERNELS_CPU_LANES=gather, blend or insert forces one (how the tests check each).
 int lanes_variant() {
   static const int chosen = [] {
     const char* env = std::getenv("LTH_KERNELS_CPU_LANES");
     for (int f = 0; f < kFetches; ++f)
       if (env && std::string_view(env) == kFetchNames[f]) return f;
     constexpr int64_t cols = 512, kx = 1024;
-    const std::vector<uint8_t> d = synthetic_columns(cols, kx);
-    const std::vector<float> x(kx, 1.f);
+    const Synthetic d = synthetic_columns(cols, kx);
+    Synthetic xs(sizeof(float) * kx);
+    const float* x = xs.floats(1.f, kx);
     const LanesFn fns[kFetches] = {lanes_avx2<uint16_t, 1, kGather>, lanes_avx2<uint16_t, 1, kBlend>,
                                    lanes_avx2<uint16_t, 1, kInsert>};
     float out[kLanesMaxBatch][S];
-    return fastest(kFetches, [&](int f) { fns[f](x.data(), kx, d.data(), cols, out); });
+    return fastest(kFetches, [&](int f) { fns[f](x, kx, d.p, cols, out); });
   }();
   return chosen;
 }
@@ -242,15 +264,16 @@ bool use_avx512() {
     const char* isa = std::getenv("LTH_KERNELS_CPU_ISA");
     if (isa && std::string_view(isa) == "avx512") return true;
     constexpr int64_t cols = 256, kx = 512;
-    const std::vector<uint8_t> d = synthetic_columns(cols, kx);
-    const std::vector<float> xt(static_cast<size_t>(kx * 32), 1.f);
+    const Synthetic d = synthetic_columns(cols, kx);
+    Synthetic panel(sizeof(float) * kx * 32);
+    const float* xt = panel.floats(1.f, kx * 32);
     alignas(64) float tile[S * 32];
     return fastest(2, [&](int wide) {
              if (wide) {
-               packed_avx512<uint16_t, 2>(xt.data(), 32, d.data(), cols, tile);
+               packed_avx512<uint16_t, 2>(xt, 32, d.p, cols, tile);
              } else {
-               packed_avx2<uint16_t, 2>(xt.data(), 16, d.data(), cols, tile);
-               packed_avx2<uint16_t, 2>(xt.data() + kx * 16, 16, d.data(), cols, tile);
+               packed_avx2<uint16_t, 2>(xt, 16, d.p, cols, tile);
+               packed_avx2<uint16_t, 2>(xt + kx * 16, 16, d.p, cols, tile);
              }
            }) == 1;
   }();
