@@ -5,6 +5,10 @@
 #include <numeric>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "cpu_sparse_kernels.h"
 
 namespace lth {
@@ -72,21 +76,43 @@ struct Sell {
 };
 
 // ------------------------------------------------------------------------------------------ drivers
+// Thread t of T takes slices [split(t), split(t + 1)): equal shares of the columns (the work), cut at multiples of
+// `grain` slices. A static split: with 2 threads at 768 x 768, 90 %, B = 1 7.7 us against 8.5 for dynamic chunks
+// of 16 slices, B = 8 15.4 against 20.1 for dynamic windows (their last chunks left one thread waiting).
+int64_t work_split(const int64_t* slice_ptr, int64_t ns, int t, int nt, int64_t grain) {
+  if (t >= nt) return ns;
+  const int64_t goal = slice_ptr[ns] / nt * t + slice_ptr[ns] % nt * t / nt;
+  const int64_t s = std::lower_bound(slice_ptr, slice_ptr + ns, goal) - slice_ptr;
+  return std::min(ns, (s + grain / 2) / grain * grain);
+}
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 template <typename I>
 void linear_lanes(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t batch, int64_t n, const Sell<I>& w,
                   const float* bias, float* y, int nt) {
   const int64_t ns = (n + S - 1) / S;
-#pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
-  for (int64_t s = 0; s < ns; ++s) {
-    const int32_t* pr = w.perm + s * S;
-    float bv[S], out[kLanesMaxBatch][S];
-    const int nl = slice_rows(pr, bias, bv);
-    for (int64_t b0 = 0; b0 < batch; b0 += kLanesMaxBatch) {
-      const int64_t nb = std::min<int64_t>(kLanesMaxBatch, batch - b0);
-      kn.lanes[nb](x + b0 * ldx, ldx, w.slice(s), w.len(s), out);
-      for (int64_t i = 0; i < nb; ++i) {
-        float* dst = y + (b0 + i) * n;
-        for (int l = 0; l < nl; ++l) dst[pr[l]] = out[i][l] + bv[l];
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int t = thread_id();
+    const int64_t s0 = work_split(w.slice_ptr, ns, t, nt, 1), s1 = work_split(w.slice_ptr, ns, t + 1, nt, 1);
+    for (int64_t s = s0; s < s1; ++s) {
+      const int32_t* pr = w.perm + s * S;
+      float bv[S], out[kLanesMaxBatch][S];
+      const int nl = slice_rows(pr, bias, bv);
+      for (int64_t b0 = 0; b0 < batch; b0 += kLanesMaxBatch) {
+        const int64_t nb = std::min<int64_t>(kLanesMaxBatch, batch - b0);
+        kn.lanes[nb](x + b0 * ldx, ldx, w.slice(s), w.len(s), out);
+        for (int64_t i = 0; i < nb; ++i) {
+          float* dst = y + (b0 + i) * n;
+          for (int l = 0; l < nl; ++l) dst[pr[l]] = out[i][l] + bv[l];
+        }
       }
     }
   }
@@ -173,12 +199,13 @@ void linear_packed(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t ba
       const int64_t b0 = blk * step, bb = std::min(step, batch - b0);
       pack(kn, x + b0 * ldx, ldx, bb, kn.panel_rows(bb), k, xt + blk * k * step);
     }
-    constexpr int64_t kChunk = kWindowSlices;  // slices per task: one sort window, whole cache lines of Y
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < nblk * ((ns + kChunk - 1) / kChunk); ++t) {
-      const int64_t nchunk = (ns + kChunk - 1) / kChunk, blk = t / nchunk, s0 = (t % nchunk) * kChunk;
+    // each thread an equal share of every block's work, cut at whole sort windows (whole cache lines of Y)
+    const int t = thread_id();
+    const int64_t s0 = work_split(w.slice_ptr, ns, t, nt, kWindowSlices);
+    const int64_t s1 = work_split(w.slice_ptr, ns, t + 1, nt, kWindowSlices);
+    for (int64_t blk = 0; blk < nblk && s0 < s1; ++blk) {
       const int64_t b0 = blk * step, bb = std::min(step, batch - b0);
-      block_slices<I>(kn, xt + blk * k * step, b0, bb, n, s0, std::min(ns, s0 + kChunk), w, bias, y);
+      block_slices<I>(kn, xt + blk * k * step, b0, bb, n, s0, s1, w, bias, y);
     }
   }
 }
