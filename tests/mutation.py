@@ -89,30 +89,41 @@ def results(workdir: Path, module: dict) -> dict[str, int | None]:
     return out
 
 
+RECHECK_FACTOR, RECHECK_MIN_S, RECHECK_MAX_S = 10, 60, 600
+
+
 def recheck_timeouts(workdir: Path, module: dict, jobs: int, budget: float | None) -> None:
-    """Retest each mutant mutmut timed out in its own interpreter (pytest -x on the module's tests, 10 min each).
+    """Retest each mutant mutmut timed out in its own interpreter (pytest -x on the module's tests).
 
     mutmut forks its workers from one process that has imported torch; some forked children deadlock (they sit at
     0 % CPU until mutmut's wall limit), so a mutmut "timeout" is not a verdict. Exit 0 here: survived; 1: killed;
-    past the limit: a real timeout."""
+    past the limit: a real timeout (a mutant that loops forever). The limit is 10x the unmutated selection's own
+    time in a fresh interpreter, 60-600 s: a fixed 10 min made each real infinite loop cost 10 min."""
     from concurrent.futures import ThreadPoolExecutor
 
     codes = results(workdir, module)
     todo = sorted(n for n, c in codes.items() if DETECTED.get(c) == "timeout")
     fresh = json.loads((workdir / FRESH).read_text()) if (workdir / FRESH).exists() else {}
     todo = [n for n in todo if n not in fresh]
+    if not todo:
+        return
     t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *module["tests"]]
+
+    def pytest(mutant: str, timeout: float) -> int:
+        try:
+            return subprocess.run(cmd, cwd=workdir / "mutants", env={**_env(workdir), "MUTANT_UNDER_TEST": mutant},
+                                  capture_output=True, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            return 36
+
+    pytest("", RECHECK_MAX_S)  # no mutant active: the original code
+    limit = min(RECHECK_MAX_S, max(RECHECK_MIN_S, RECHECK_FACTOR * (time.perf_counter() - t0)))
 
     def run(name: str) -> tuple[str, int | None]:
         if budget is not None and time.perf_counter() - t0 > budget:
             return name, None
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *module["tests"]]
-        try:
-            rc = subprocess.run(cmd, cwd=workdir / "mutants", env={**_env(workdir), "MUTANT_UNDER_TEST": name},
-                                capture_output=True, timeout=600).returncode
-        except subprocess.TimeoutExpired:
-            rc = 36
-        return name, rc
+        return name, pytest(name, limit)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for name, rc in pool.map(run, todo):

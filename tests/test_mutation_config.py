@@ -45,14 +45,19 @@ def test_fresh_rechecks_replace_mutmut_timeouts_only(tmp_path, monkeypatch):
         def __init__(self, rc):
             self.returncode = rc
 
+    limits = {}
+
     def fake_run(cmd, cwd, env, capture_output, timeout):
         ran.append(env["MUTANT_UNDER_TEST"])
+        limits[env["MUTANT_UNDER_TEST"]] = timeout
         assert cmd[-1] == "tests/test_x.py" and "-x" in cmd and pathlib.Path(cwd) == tmp_path / "mutants"
         return Done(0 if env["MUTANT_UNDER_TEST"].endswith("_1") else 1)
 
     monkeypatch.setattr(mutation.subprocess, "run", fake_run)
     mutation.recheck_timeouts(tmp_path, module, 2, None)
-    assert sorted(ran) == ["pkg.mod.x_f__mutmut_1", "pkg.mod.x_f__mutmut_2"]  # only the timeouts
+    # first the unmutated code (its time sets the limit: a quick selection gets the 60 s floor), then the timeouts
+    assert ran[0] == "" and sorted(ran[1:]) == ["pkg.mod.x_f__mutmut_1", "pkg.mod.x_f__mutmut_2"]
+    assert limits["pkg.mod.x_f__mutmut_1"] == limits["pkg.mod.x_f__mutmut_2"] == mutation.RECHECK_MIN_S
     codes = mutation.results(tmp_path, module)
     assert codes == {"pkg.mod.x_f__mutmut_1": 0, "pkg.mod.x_f__mutmut_2": 1, "pkg.mod.x_f__mutmut_3": 1,
                      "pkg.mod.x_f__mutmut_4": 0}
