@@ -103,3 +103,18 @@ def test_fresh_sampler_starts_at_epoch_zero():
 def test_bad_batch_sizes_name_the_option(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EpochSampler(**kwargs)
+
+
+@pytest.mark.parametrize("repeats", [2, 3])
+def test_repeated_augmentation_repeats_each_index_in_a_row(repeats):
+    # DeiT's repeated augmentation: the epoch's permutation with each index `repeats` times in a row, cut to whole
+    # batches (n = 40, batches of 8: 5 batches, the first 40 / repeats indices of the permutation)
+    plain = EpochSampler(40, 8, seed=3).batch_indices(1).reshape(-1)
+    got = EpochSampler(40, 8, seed=3, repeats=repeats).batch_indices(1).reshape(-1)
+    want = torch.tensor([int(i) for i in plain for _ in range(repeats)][:40])
+    assert torch.equal(got, want)
+
+
+def test_repeats_below_one_are_refused_naming_the_flag():
+    with pytest.raises(ValueError, match=r"^--training.repeated_augment: must be >= 1, got 0$"):
+        EpochSampler(40, 8, seed=0, repeats=0)
