@@ -86,13 +86,17 @@ int64_t work_split(const int64_t* slice_ptr, int64_t ns, int t, int nt, int64_t 
   return std::min(ns, (s + grain / 2) / grain * grain);
 }
 
-int thread_id() {
+// This thread's place in the team and the team's size: the team OpenMP gives may be smaller than asked (a call
+// from inside another parallel region runs on one thread), and the static split must cover every slice.
+struct Team {
+  int id = 0, size = 1;
+  Team() {
 #ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
+    id = omp_get_thread_num();
+    size = omp_get_num_threads();
 #endif
-}
+  }
+};
 
 template <typename I>
 void linear_lanes(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t batch, int64_t n, const Sell<I>& w,
@@ -100,8 +104,9 @@ void linear_lanes(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t bat
   const int64_t ns = (n + S - 1) / S;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const int t = thread_id();
-    const int64_t s0 = work_split(w.slice_ptr, ns, t, nt, 1), s1 = work_split(w.slice_ptr, ns, t + 1, nt, 1);
+    const Team t;
+    const int64_t s0 = work_split(w.slice_ptr, ns, t.id, t.size, 1);
+    const int64_t s1 = work_split(w.slice_ptr, ns, t.id + 1, t.size, 1);
     for (int64_t s = s0; s < s1; ++s) {
       const int32_t* pr = w.perm + s * S;
       float bv[S], out[kLanesMaxBatch][S];
@@ -200,9 +205,9 @@ void linear_packed(const Kernels<I>& kn, const float* x, int64_t ldx, int64_t ba
       pack(kn, x + b0 * ldx, ldx, bb, kn.panel_rows(bb), k, xt + blk * k * step);
     }
     // each thread an equal share of every block's work, cut at whole sort windows (whole cache lines of Y)
-    const int t = thread_id();
-    const int64_t s0 = work_split(w.slice_ptr, ns, t, nt, kWindowSlices);
-    const int64_t s1 = work_split(w.slice_ptr, ns, t + 1, nt, kWindowSlices);
+    const Team t;
+    const int64_t s0 = work_split(w.slice_ptr, ns, t.id, t.size, kWindowSlices);
+    const int64_t s1 = work_split(w.slice_ptr, ns, t.id + 1, t.size, kWindowSlices);
     for (int64_t blk = 0; blk < nblk && s0 < s1; ++blk) {
       const int64_t b0 = blk * step, bb = std::min(step, batch - b0);
       block_slices<I>(kn, xt + blk * k * step, b0, bb, n, s0, s1, w, bias, y);

@@ -16,10 +16,10 @@ constexpr int64_t S = kSliceRows;
 // column and batch row); larger ones pack X transposed so that each entry does one broadcast and vector FMAs
 // over 8-16 batch rows. Measured on AMD Zen 4: packing wins from B = 3.
 constexpr int64_t kLanesMaxBatch = 2;
-// Batch rows per packed block at most, and the L2 share of one packed K x block panel. 16 rows (one cache line
-// of the panel per entry, 4 slice rows in flight) against 64 (4 lines, 1 row): 1.3-1.5x faster at B = 64 on an
-// Intel Xeon (Golden Cove class) for K <= 2048, equal at K = 3072; a panel that spills to L3 leaves each entry
-// waiting on an L3 round trip (measured: 1.6x at K = 3072, B = 64 with a 512 KiB L2).
+// Batch rows per packed block at most, and the L2 share of one packed K x block panel. AVX2: 16 rows (one cache
+// line of the panel per entry, 4 slice rows in flight) against 64 (4 lines, 1 row), B = 64 on an Intel Xeon (Golden
+// Cove class), aligned panels: 1.1-1.3x faster at K = 384-768, within 5 % at K = 1536-3072. A panel that spills to
+// L3 leaves each entry waiting on an L3 round trip (measured: 1.6x at K = 3072, B = 64 with a 512 KiB L2).
 constexpr int64_t kMaxBlock = 16;
 // With AVX-512 (16 lanes a vector): 32 rows, two vectors per slice row, 0-8 % faster than 16 there.
 constexpr int64_t kMaxBlock512 = 32;

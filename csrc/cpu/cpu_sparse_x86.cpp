@@ -35,7 +35,7 @@ bool has_avx512() {
 
 // Three ways to fetch a column's 8 x values on AVX2, each the fastest on some core (768 x 768 at 90 %, B = 1,
 // ns per entry): one vgatherdps (Intel Xeon, Golden Cove class: 0.23; AMD Zen 4: 0.38, a gather costing more
-// than its 8 loads there), 8 broadcast loads merged by blends (Intel 0.26), and 8 scalar loads that the compiler
+// than its 8 loads there), 8 broadcast loads merged by blends (Intel 0.27), and 8 scalar loads that the compiler
 // merges by inserts (Intel 0.28, Zen 4 0.24). lanes_variant() (below) times them once per process.
 enum Fetch { kGather, kBlend, kInsert, kFetches };
 constexpr const char* kFetchNames[kFetches] = {"gather", "blend", "insert"};

@@ -484,3 +484,32 @@ def test_uses_kernel_compares_the_layers_sparsity_with_the_crossover_of_its_rows
         conv3.register_buffer("mask", _mask_with_sparsity((40, 96, 3, 3), 0.99))
         conv3.mask_version = 0
         assert cs.uses_kernel(conv3, torch.randn(1, 96, 5, 5)) is False  # not a GEMM over pixels
+
+
+_SMALL_TEAM_CHECK = """
+import torch, torch.nn.functional as F
+from lth_kernels.ops.cpu_sparse import SparseWeight, cpu_sparse_linear
+torch.set_num_threads(2)
+torch.manual_seed(0)
+weight, bias = torch.randn(768, 768), torch.randn(768)
+mask = torch.rand(768, 768) > 0.9
+sw = SparseWeight.from_dense(weight, mask)
+for batch in (1, 8, 64):  # the lanes path, the shared-panel path, whole blocks per thread
+    x = torch.randn(batch, 768)
+    want = F.linear(x.double(), (weight * mask).double(), bias.double())
+    torch.testing.assert_close(cpu_sparse_linear(x, sw, bias).double(), want, atol=1e-4, rtol=1e-4)
+print("ok")
+"""
+
+
+def test_a_smaller_thread_team_than_asked_still_computes_every_row():
+    # OMP_THREAD_LIMIT=1 gives the kernel a team of one while torch asks for two (as a call from inside another
+    # parallel region would): the static split of the slices must follow the team it got, not the request
+    _live("cpu")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    out = subprocess.run([sys.executable, "-c", _SMALL_TEAM_CHECK], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
