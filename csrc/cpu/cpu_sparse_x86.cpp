@@ -18,18 +18,20 @@ namespace cpu {
 namespace detail {
 namespace {
 
-// LTH_KERNELS_CPU_ISA=generic (read once per process) takes the portable path on any CPU: how the tests reach it.
-bool has_avx2() {
+// LTH_KERNELS_CPU_ISA (read once per process): generic, avx2 or avx512 forces a path (how the tests reach each).
+std::string_view isa_env() {
   static const char* const isa = std::getenv("LTH_KERNELS_CPU_ISA");
-  static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                        std::string_view(isa ? isa : "") != "generic";
+  return isa ? isa : "";
+}
+
+bool has_avx2() {
+  static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && isa_env() != "generic";
   return v;
 }
 
 // The CPU has AVX-512F (16 batch rows per vector, 32 registers) and LTH_KERNELS_CPU_ISA does not say avx2.
 bool has_avx512() {
-  static const char* const isa = std::getenv("LTH_KERNELS_CPU_ISA");
-  static const bool v = has_avx2() && __builtin_cpu_supports("avx512f") && std::string_view(isa ? isa : "") != "avx2";
+  static const bool v = has_avx2() && __builtin_cpu_supports("avx512f") && isa_env() != "avx2";
   return v;
 }
 
@@ -261,8 +263,7 @@ int lanes_variant() {
 bool use_avx512() {
   static const bool chosen = [] {
     if (!has_avx512()) return false;
-    const char* isa = std::getenv("LTH_KERNELS_CPU_ISA");
-    if (isa && std::string_view(isa) == "avx512") return true;
+    if (isa_env() == "avx512") return true;
     constexpr int64_t cols = 256, kx = 512;
     const Synthetic d = synthetic_columns(cols, kx);
     Synthetic panel(sizeof(float) * kx * 32);
