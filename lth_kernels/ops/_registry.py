@@ -149,6 +149,16 @@ def _env_raw():
     return _ENV.get(_ENV_KEY) if _ENV is not None else os.environ.get("LTH_KERNELS_BACKEND")
 
 
+def cached_default(op: str, device: str):
+    """``(env_get, env_key, cache_get, key)`` for a caller's own fast path: while ``env_get(env_key)`` is None
+    (LTH_KERNELS_BACKEND unset), ``cache_get(key)`` is what ``resolve(op, device)`` last answered, or None before
+    its first call and after a change of backends. Inline lookups, no Python call: each call costs ~1 us of a
+    small layer's time where a large layer before it evicted the interpreter's caches."""
+    if _ENV is None:
+        return os.environ.get, "LTH_KERNELS_BACKEND", _RESOLVED.get, (op, device, None, None)
+    return _ENV.get, _ENV_KEY, _RESOLVED.get, (op, device, None, None)
+
+
 def resolve(op: str, device: torch.device | str, backend: str | None = None) -> str:
     """The backend name a call of ``op`` on ``device`` runs with, or ``"auto"`` where the op's rule chooses per call."""
     key = (op, device, backend, _env_raw())
