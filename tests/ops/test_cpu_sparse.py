@@ -274,6 +274,24 @@ def test_every_instruction_path_matches_oracle(isa_env, lanes_env, want):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+def test_output_is_an_ordinary_tensor_in_and_out_of_inference_mode():
+    # The binding allocates Y without the dispatcher: it must still come out as what F.linear gives in each mode
+    # (an inference tensor under inference_mode, else a plain one that later ops and autograd accept).
+    _live("cpu")
+    weight, bias = torch.randn(10, 7), torch.randn(10)
+    mask = torch.rand(10, 7) > 0.4
+    sw = SparseWeight.from_dense(weight, mask)
+    x = torch.randn(3, 7)
+    with torch.inference_mode():
+        y = cpu_sparse_linear(x, sw, bias)
+        assert y.is_inference() and not y.requires_grad
+    y = cpu_sparse_linear(x, sw, bias)
+    assert not y.is_inference() and not y.requires_grad and y.is_contiguous() and y.shape == (3, 10)
+    scale = torch.ones(1, requires_grad=True)
+    (y.add_(1.0) * scale).sum().backward()
+    assert_close(scale.grad, (_oracle(x, weight, mask, bias) + 1.0).sum().reshape(1), torch.float32)
+
+
 def test_default_mask_is_nonzeros_and_backend_choice():
     weight = torch.randn(9, 11) * (torch.rand(9, 11) > 0.6)
     sw = SparseWeight.from_dense(weight)
