@@ -136,7 +136,8 @@ def _env_choice(op: str) -> str | None:
 
 
 # resolve() answers per (op, device, backend, LTH_KERNELS_BACKEND): the liveness checks behind it cost ~10 us, more
-# than a small CPU kernel. Registering or re-ordering backends clears it.
+# than a small CPU kernel. Registering or re-ordering backends clears it (never rebinds it: cached_default hands out
+# its bound get).
 _RESOLVED: dict[tuple, str] = {}
 # The variable is read on every call from os.environ's own backing dict, which its setters keep in step:
 # ``os.environ.get`` is four Python-level calls, ~2 us each time a large layer has just evicted the interpreter's
