@@ -143,11 +143,8 @@ _RESOLVED: dict[tuple, str] = {}
 # ``os.environ.get`` is four Python-level calls, ~2 us each time a large layer has just evicted the interpreter's
 # caches (measured beside a 768 x 768 F.linear), a tenth of a sparse layer's call at one row.
 _ENV = getattr(os.environ, "_data", None)
-_ENV_KEY = os.environ.encodekey("LTH_KERNELS_BACKEND") if _ENV is not None else None
-
-
-def _env_raw():
-    return _ENV.get(_ENV_KEY) if _ENV is not None else os.environ.get("LTH_KERNELS_BACKEND")
+_ENV_GET, _ENV_KEY = ((_ENV.get, os.environ.encodekey("LTH_KERNELS_BACKEND")) if _ENV is not None
+                      else (os.environ.get, "LTH_KERNELS_BACKEND"))
 
 
 def cached_default(op: str, device: str):
@@ -155,14 +152,12 @@ def cached_default(op: str, device: str):
     (LTH_KERNELS_BACKEND unset), ``cache_get(key)`` is what ``resolve(op, device)`` last answered, or None before
     its first call and after a change of backends. Inline lookups, no Python call: each call costs ~1 us of a
     small layer's time where a large layer before it evicted the interpreter's caches."""
-    if _ENV is None:
-        return os.environ.get, "LTH_KERNELS_BACKEND", _RESOLVED.get, (op, device, None, None)
-    return _ENV.get, _ENV_KEY, _RESOLVED.get, (op, device, None, None)
+    return _ENV_GET, _ENV_KEY, _RESOLVED.get, (op, device, None, None)  # resolve()'s key, no backend, no env
 
 
 def resolve(op: str, device: torch.device | str, backend: str | None = None) -> str:
     """The backend name a call of ``op`` on ``device`` runs with, or ``"auto"`` where the op's rule chooses per call."""
-    key = (op, device, backend, _env_raw())
+    key = (op, device, backend, _ENV_GET(_ENV_KEY))  # as cached_default builds it
     chosen = _RESOLVED.get(key)
     if chosen is None:
         chosen = _RESOLVED[key] = _resolve(op, torch.device(device), backend)

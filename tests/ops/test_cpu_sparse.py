@@ -283,8 +283,9 @@ def test_output_is_an_ordinary_tensor_in_and_out_of_inference_mode():
     sw = SparseWeight.from_dense(weight, mask)
     x = torch.randn(3, 7)
     with torch.inference_mode():
-        y = cpu_sparse_linear(x, sw, bias)
-        assert y.is_inference() and not y.requires_grad
+        for xi in (x, x.reshape(1, 3, 7)):  # 2-D and N-D outputs are allocated apart
+            y = cpu_sparse_linear(xi, sw, bias)
+            assert y.is_inference() and not y.requires_grad and y.shape == (*xi.shape[:-1], 10)
     y = cpu_sparse_linear(x, sw, bias)
     assert not y.is_inference() and not y.requires_grad and y.is_contiguous() and y.shape == (3, 10)
     scale = torch.ones(1, requires_grad=True)
